@@ -1,0 +1,70 @@
+"""One error tree for voxbatch. Third-party errors are translated into it at the adapter boundary.
+
+    VoxbatchError
+    ├── PermanentError            retrying the same thing gives the same answer
+    │   ├── InputError            the user's recording or options are unusable (exit 2 / HTTP 422)
+    │   ├── NotFound              a job, window or stored object that does not exist
+    │   ├── EngineRejected        the model server refused a request for a reason other than size
+    │   └── JobCancelled          the job was cancelled while a step ran
+    ├── WindowTooLarge            the server refused a window as too long or too big: split and retry
+    │   └── RepetitionLoop        the transcript degenerated into a loop twice: split and retry
+    └── TransientError            a later attempt may succeed (retry with backoff)
+        ├── EngineUnavailable     connection errors, timeouts, 5xx, 429
+        └── StorageUnavailable    object storage did not answer
+
+Every message is one sentence a user can act on: it ends up in a CLI line or a job's ``error``.
+"""
+
+from __future__ import annotations
+
+
+class VoxbatchError(Exception):
+    """Base of every error voxbatch raises on purpose."""
+
+
+class PermanentError(VoxbatchError):
+    """Retrying the same request gives the same answer."""
+
+
+class InputError(PermanentError):
+    """The recording or the options cannot become a document."""
+
+
+class NotFound(PermanentError):
+    """A job, window or stored object that does not exist."""
+
+
+class EngineRejected(PermanentError):
+    """The model server refused a request (a 4xx that is not about size or duration)."""
+
+
+class JobCancelled(PermanentError):
+    """The job was cancelled while a step was running."""
+
+
+class WindowTooLarge(VoxbatchError):
+    """The server refused a window as too long or too large; the caller splits it and retries.
+
+    ``max_duration_s`` is the limit the server named, when it named one, so that later windows
+    can be cut to fit before they are sent.
+    """
+
+    def __init__(self, message: str, max_duration_s: float | None = None) -> None:
+        super().__init__(message)
+        self.max_duration_s = max_duration_s
+
+
+class RepetitionLoop(WindowTooLarge):
+    """The transcript kept repeating itself even with a repetition penalty."""
+
+
+class TransientError(VoxbatchError):
+    """A later attempt may succeed."""
+
+
+class EngineUnavailable(TransientError):
+    """The model server did not answer, timed out or answered 5xx/429."""
+
+
+class StorageUnavailable(TransientError):
+    """Object storage did not answer."""

@@ -1,0 +1,77 @@
+"""Configuration, read once at the edges (CLI, worker start, API start) from ``VOXBATCH_*``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DATA_DIR = Path("voxbatch-data")
+
+# Voxtral's context is 32k tokens at 12.5 audio tokens/s padded to 30 s chunks: 30 min is the
+# longest window that leaves room for a transcript (see shared/reference/voxtral-vllm.md).
+MAX_WINDOW_MINUTES = 30
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOXBATCH_", extra="ignore")
+
+    data_dir: Path = Field(default=DATA_DIR, description="where embedded defaults keep their files")
+    database_url: str = ""
+    broker_url: str = "redis://localhost:6379/0"
+    storage_url: str = ""
+    s3_endpoint_url: str | None = None
+    engine: Literal["auto", "vllm", "mistral", "offline"] = "auto"
+    vllm_url: str | None = None
+    vllm_api_key: str | None = None
+    model: str = "mistralai/Voxtral-Small-24B-2507"
+    # A hint for servers whose caps are known; when unset the client learns them from refusals.
+    vllm_max_audio_s: float | None = None
+    vllm_max_upload_mb: float | None = None
+    mistral_api_key: str | None = None
+    mistral_url: str = "https://api.mistral.ai/v1"
+    mistral_transcribe_model: str = "voxtral-mini-latest"
+    mistral_chat_model: str = "voxtral-small-latest"
+    request_timeout_s: float = 1800.0
+    engine_retries: int = 5
+    window_minutes: float = MAX_WINDOW_MINUTES
+    drop_url: str | None = None
+    outbox_url: str | None = None
+    lease_seconds: float = 120.0
+    max_window_attempts: int = 4
+    flower_basic_auth: str | None = None
+    flower_url: str | None = None
+    gpu_concurrency: int = 8
+    max_upload_mb: float = 20_000.0
+    webhook_allow_private: bool = False
+
+    @field_validator("window_minutes")
+    @classmethod
+    def _window_fits_voxtral(cls, value: float) -> float:
+        if not 0 < value <= MAX_WINDOW_MINUTES:
+            raise ValueError(f"window_minutes must be in (0, {MAX_WINDOW_MINUTES}]")
+        return value
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            # People paste libpq URLs; SQLAlchemy needs the driver named to pick psycopg 3.
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url[len("postgresql://"):]
+            elif url.startswith("postgres://"):
+                url = "postgresql+psycopg://" + url[len("postgres://"):]
+            return url
+        return f"sqlite:///{(self.data_dir / 'voxbatch.db').resolve()}"
+
+    def resolved_storage_url(self) -> str:
+        if self.storage_url:
+            return self.storage_url
+        return (self.data_dir / "store").resolve().as_uri()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
