@@ -1,0 +1,117 @@
+"""Tables: a Job and its Windows. The database is the source of truth; Redis only carries messages.
+
+Times are float seconds from the start of the recording; a window spans ``[start_s, end_s)``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import Column, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_job_id() -> str:
+    # 16 hex characters: short enough to type, 64 random bits.
+    return uuid.uuid4().hex[:16]
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    splitting = "splitting"
+    transcribing = "transcribing"
+    reducing = "reducing"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+class WindowStatus(StrEnum):
+    pending = "pending"
+    running = "running"
+    done = "done"
+    failed = "failed"
+
+
+class Job(SQLModel, table=True):
+    id: str = Field(default_factory=new_job_id, primary_key=True, max_length=32)
+    tenant: str | None = Field(default=None, index=True, max_length=200)
+    # What the user gave: an absolute local path or an s3:// URL. Never modified or deleted.
+    source: str = Field(sa_column=Column(Text, nullable=False))
+    # Set when the recording was uploaded into our own storage (API, `submit FILE`).
+    source_key: str | None = Field(default=None, sa_column=Column(Text))
+    source_name: str = Field(default="", sa_column=Column(Text, nullable=False))
+    fingerprint: str | None = Field(default=None, index=True, max_length=128)
+    status: JobStatus = Field(default=JobStatus.queued, index=True, max_length=16)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    instructions: str | None = Field(default=None, sa_column=Column(Text))
+    preset: str = Field(default="conference-talk", max_length=64)
+    language: str | None = Field(default=None, max_length=16)
+    window_minutes: float = 30.0
+    engine: str | None = Field(default=None, max_length=32)
+    model: str | None = Field(default=None, max_length=200)
+    duration_s: float | None = None
+    windows_total: int | None = None
+    windows_done: int = 0
+    reduce_claimed: bool = False
+    attempt: int = 0
+    webhook_url: str | None = Field(default=None, sa_column=Column(Text))
+    webhook_attempts: str | None = Field(default=None, sa_column=Column(Text))  # JSON list
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    started_at: datetime | None = None
+    split_started_at: datetime | None = None
+    split_finished_at: datetime | None = None
+    reduce_started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def output_prefix(self) -> str:
+        return f"jobs/{self.id}/output/"
+
+
+class Window(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("job_id", "index", name="uq_window_job_index"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="job.id", index=True, max_length=32)
+    index: int
+    start_s: float
+    end_s: float
+    status: WindowStatus = Field(default=WindowStatus.pending, index=True, max_length=16)
+    attempts: int = 0
+    lease_owner: str | None = Field(default=None, max_length=200)
+    lease_expires_at: datetime | None = Field(default=None, index=True)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    engine_s: float | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def audio_key(self) -> str:
+        return window_audio_key(self.job_id, self.index)
+
+    @property
+    def result_key(self) -> str:
+        return window_result_key(self.job_id, self.index)
+
+
+def window_audio_key(job_id: str, index: int) -> str:
+    return f"jobs/{job_id}/windows/{index:04d}.flac"
+
+
+def window_result_key(job_id: str, index: int) -> str:
+    return f"jobs/{job_id}/windows/{index:04d}.json"
+
+
+OUTPUT_NAMES = ("document.md", "document.json", "transcript.txt")

@@ -1,0 +1,1 @@
+"""The processes that do the work: ffmpeg audio, engines, the Celery app and its thin tasks."""
