@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -75,14 +74,21 @@ def cli(verbose: bool) -> None:
 
 def job_options(fn: F) -> F:
     """The options shared by `run` and `submit`."""
-    fn = click.option("--window-minutes", type=float, default=None,
-                      help="Longest window sent to the model, in minutes (1-30; default 30).")(fn)
-    fn = click.option("--language", default=None,
-                      help="ISO 639-1 code of the spoken language (default: detected).")(fn)
-    fn = click.option("--preset", default=None,
-                      help="conference-talk (default), panel, meeting, lecture or voice-journal.")(fn)
-    fn = click.option("--instructions", default=None,
-                      help="Your own words on what the summaries should say or look like.")(fn)
+    fn = click.option(
+        "--window-minutes",
+        type=float,
+        default=None,
+        help="Longest window sent to the model, in minutes (1-30; default 30).",
+    )(fn)
+    fn = click.option(
+        "--language", default=None, help="ISO 639-1 code of the spoken language (default: detected)."
+    )(fn)
+    fn = click.option(
+        "--preset", default=None, help="conference-talk (default), panel, meeting, lecture or voice-journal."
+    )(fn)
+    fn = click.option(
+        "--instructions", default=None, help="Your own words on what the summaries should say or look like."
+    )(fn)
     return fn
 
 
@@ -106,9 +112,13 @@ def copy_outputs(rt: Any, job: Job, out_dir: Path) -> Path:
 @cli.command()
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=True, exists=False))
 @job_options
-@click.option("--output-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="Where to write document.md, document.json and transcript.txt "
-                   "(default: voxbatch-output/<recording name>/).")
+@click.option(
+    "--output-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Where to write document.md, document.json and transcript.txt "
+    "(default: voxbatch-output/<recording name>/).",
+)
 @one_line_errors
 def run(
     file: Path,
@@ -133,18 +143,19 @@ def run(
     if engine.name == "offline" and settings.engine == "auto":
         click.echo(
             "voxbatch: warning: no VOXBATCH_VLLM_URL or Mistral key set; using the offline engine "
-            "(pocketsphinx, English only, no summaries)", err=True)
-    key = fingerprint(path, {"options": options.__dict__, "engine": engine.name,
-                             "model": engine.model})
+            "(pocketsphinx, English only, no summaries)",
+            err=True,
+        )
+    key = fingerprint(path, {"options": options.__dict__, "engine": engine.name, "model": engine.model})
     job = pipeline.find_resumable(rt, key)
     if job is not None and job.status != JobStatus.succeeded:
         job = pipeline.prepare_rerun(rt, job)
-        click.echo(f"voxbatch: resuming job {job.id} ({job.windows_done} windows already done)",
-                   err=True)
+        click.echo(f"voxbatch: resuming job {job.id} ({job.windows_done} windows already done)", err=True)
     elif job is None:
         job = pipeline.create_job(rt, str(path), options, source_name=path.name, fingerprint=key)
-    click.echo(f"voxbatch: job {job.id}: {path.name}, {info.duration_s / 60:.1f} min, "
-               f"engine {engine.name}", err=True)
+    click.echo(
+        f"voxbatch: job {job.id}: {path.name}, {info.duration_s / 60:.1f} min, engine {engine.name}", err=True
+    )
 
     if job.status != JobStatus.succeeded:
         bar: Any = None
@@ -152,8 +163,9 @@ def run(
         def progress(done: int, total: int) -> None:
             nonlocal bar
             if bar is None:
-                bar = click.progressbar(length=total, label="windows", file=sys.stderr,
-                                        show_pos=True, show_eta=True)
+                bar = click.progressbar(
+                    length=total, label="windows", file=sys.stderr, show_pos=True, show_eta=True
+                )
                 bar.__enter__()
             bar.update(done - bar.pos)
 

@@ -8,8 +8,10 @@ import sys
 
 
 def configure_logging(verbose: bool = False, stream: object = None) -> None:
-    level = logging.DEBUG if verbose else getattr(
-        logging, os.environ.get("VOXBATCH_LOG_LEVEL", "WARNING").upper(), logging.WARNING
+    level = (
+        logging.DEBUG
+        if verbose
+        else getattr(logging, os.environ.get("VOXBATCH_LOG_LEVEL", "WARNING").upper(), logging.WARNING)
     )
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

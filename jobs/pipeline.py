@@ -44,7 +44,6 @@ from jobs.models import (
     WindowStatus,
     utcnow,
     window_audio_key,
-    window_result_key,
 )
 from jobs.presets import get_preset, merge_prompt, overall_prompt, window_prompt
 from jobs.settings import MAX_WINDOW_MINUTES, Settings
@@ -215,15 +214,22 @@ def retry_job(rt: Runtime, job_id: str, tenant: str | None = None) -> Job:
             update(Window)
             .where(col(Window.job_id) == job_id)
             .where(col(Window.status) != WindowStatus.done)
-            .values(status=WindowStatus.pending, attempts=0, error=None, lease_owner=None,
-                    lease_expires_at=None)
+            .values(
+                status=WindowStatus.pending, attempts=0, error=None, lease_owner=None, lease_expires_at=None
+            )
         )
         status = JobStatus.queued if job.windows_total is None else JobStatus.transcribing
         s.execute(
             update(Job)
             .where(col(Job.id) == job_id)
-            .values(status=status, error=None, finished_at=None, reduce_claimed=False,
-                    attempt=Job.attempt + 1, updated_at=utcnow())
+            .values(
+                status=status,
+                error=None,
+                finished_at=None,
+                reduce_claimed=False,
+                attempt=Job.attempt + 1,
+                updated_at=utcnow(),
+            )
         )
         s.commit()
     log.info("job %s: retry requested", job_id)
@@ -263,12 +269,22 @@ def split_job(rt: Runtime, job_id: str) -> int:
     _ensure_running(job)
     if job.windows_total is not None:
         return job.windows_total
-    _set(rt, job_id, status=JobStatus.splitting, split_started_at=utcnow(),
-         started_at=job.started_at or utcnow())
+    _set(
+        rt,
+        job_id,
+        status=JobStatus.splitting,
+        split_started_at=utcnow(),
+        started_at=job.started_at or utcnow(),
+    )
     src = source_for_ffmpeg(rt, job)
     info = rt.audio.probe(src)
-    log.info("job %s: %.1f s of %s audio, splitting into windows of ≤ %g min",
-             job_id, info.duration_s, info.codec, job.window_minutes)
+    log.info(
+        "job %s: %.1f s of %s audio, splitting into windows of ≤ %g min",
+        job_id,
+        info.duration_s,
+        info.codec,
+        job.window_minutes,
+    )
     rows: list[Window] = []
     with tempfile.TemporaryDirectory(prefix=f"voxbatch-split-{job_id}-") as tmp:
         for w in rt.audio.split(src, Path(tmp), job.window_minutes * 60.0):
@@ -287,8 +303,13 @@ def split_job(rt: Runtime, job_id: str) -> int:
             update(Job)
             .where(col(Job.id) == job_id)
             .where(col(Job.status) == JobStatus.splitting)
-            .values(windows_total=len(rows), duration_s=duration, status=JobStatus.transcribing,
-                    split_finished_at=utcnow(), updated_at=utcnow())
+            .values(
+                windows_total=len(rows),
+                duration_s=duration,
+                status=JobStatus.transcribing,
+                split_finished_at=utcnow(),
+                updated_at=utcnow(),
+            )
         )
         s.commit()
     log.info("job %s: %d windows", job_id, len(rows))
@@ -314,15 +335,18 @@ def claim_window(rt: Runtime, job_id: str, index: int, owner: str) -> Window | N
                     & ((col(Window.lease_expires_at) < now) | (col(Window.lease_owner) == owner)),
                 )
             )
-            .values(status=WindowStatus.running, lease_owner=owner, lease_expires_at=now + lease,
-                    attempts=Window.attempts + 1, started_at=now)
+            .values(
+                status=WindowStatus.running,
+                lease_owner=owner,
+                lease_expires_at=now + lease,
+                attempts=Window.attempts + 1,
+                started_at=now,
+            )
         )
         s.commit()
         if res.rowcount != 1:  # type: ignore[attr-defined]
             return None
-        return s.exec(
-            select(Window).where(Window.job_id == job_id).where(Window.index == index)
-        ).one()
+        return s.exec(select(Window).where(Window.job_id == job_id).where(Window.index == index)).one()
 
 
 @contextmanager
@@ -363,8 +387,10 @@ def run_window(rt: Runtime, job_id: str, index: int, owner: str = "local") -> bo
     if window is None:
         return _all_done(rt, job_id)
     if window.attempts > rt.settings.max_window_attempts:
-        reason = (f"window {index + 1} ({span(window.start_s, window.end_s)}) failed "
-                  f"{window.attempts - 1} times; the last error was: {window.error or 'worker lost'}")
+        reason = (
+            f"window {index + 1} ({span(window.start_s, window.end_s)}) failed "
+            f"{window.attempts - 1} times; the last error was: {window.error or 'worker lost'}"
+        )
         _fail_window(rt, window, reason)
         raise PermanentError(reason)
     started = time.monotonic()
@@ -383,8 +409,12 @@ def run_window(rt: Runtime, job_id: str, index: int, owner: str = "local") -> bo
             s.execute(
                 update(Window)
                 .where(col(Window.id) == window.id)
-                .values(status=WindowStatus.pending, lease_owner=None, lease_expires_at=None,
-                        error=str(exc)[:2000])
+                .values(
+                    status=WindowStatus.pending,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    error=str(exc)[:2000],
+                )
             )
             s.commit()
         raise
@@ -393,8 +423,14 @@ def run_window(rt: Runtime, job_id: str, index: int, owner: str = "local") -> bo
         s.execute(
             update(Window)
             .where(col(Window.id) == window.id)
-            .values(status=WindowStatus.done, lease_owner=None, lease_expires_at=None,
-                    error=None, engine_s=elapsed, finished_at=utcnow())
+            .values(
+                status=WindowStatus.done,
+                lease_owner=None,
+                lease_expires_at=None,
+                error=None,
+                engine_s=elapsed,
+                finished_at=utcnow(),
+            )
         )
         s.commit()
     log.info("job %s: window %d done in %.1f s", job_id, index, elapsed)
@@ -406,8 +442,7 @@ def _fail_window(rt: Runtime, window: Window, reason: str) -> None:
         s.execute(
             update(Window)
             .where(col(Window.id) == window.id)
-            .values(status=WindowStatus.failed, error=reason, lease_owner=None,
-                    lease_expires_at=None)
+            .values(status=WindowStatus.failed, error=reason, lease_owner=None, lease_expires_at=None)
         )
         s.commit()
     fail_job(rt, window.job_id, reason)
@@ -470,8 +505,9 @@ class _WindowWork:
         self.job_id = job_id
         self._n = 0
 
-    def over(self, op: Callable[[Path], str], path: Path, start: float, end: float,
-             depth: int = 0) -> list[_Piece]:
+    def over(
+        self, op: Callable[[Path], str], path: Path, start: float, end: float, depth: int = 0
+    ) -> list[_Piece]:
         limit = self.rt.engine.max_audio_s()
         if limit is not None and end - start > limit + 0.5:
             return self._cut(op, path, start, end, limit * 0.97, depth)
@@ -480,25 +516,30 @@ class _WindowWork:
         except WindowTooLarge as exc:
             length = end - start
             if depth >= MAX_RESPLIT_DEPTH or length < 2 * MIN_PIECE_S:
-                raise EngineRejected(
-                    f"the model server refused even a {length:.0f} s piece: {exc}"
-                ) from exc
+                raise EngineRejected(f"the model server refused even a {length:.0f} s piece: {exc}") from exc
             target = length / 2
             if exc.max_duration_s and exc.max_duration_s < length:
                 target = max(MIN_PIECE_S, exc.max_duration_s * 0.97)
-            log.info("job %s: server refused %.0f s of audio (%s); cutting into ≤ %.0f s pieces",
-                     self.job_id, length, exc, target)
+            log.info(
+                "job %s: server refused %.0f s of audio (%s); cutting into ≤ %.0f s pieces",
+                self.job_id,
+                length,
+                exc,
+                target,
+            )
             return self._cut(op, path, start, end, target, depth + 1)
 
-    def _cut(self, op: Callable[[Path], str], path: Path, start: float, end: float,
-             max_s: float, depth: int) -> list[_Piece]:
+    def _cut(
+        self, op: Callable[[Path], str], path: Path, start: float, end: float, max_s: float, depth: int
+    ) -> list[_Piece]:
         self._n += 1
         out_dir = self.tmp / f"pieces-{self._n}"
         out_dir.mkdir()
         pieces: list[_Piece] = []
         for w in self.rt.audio.split(str(path), out_dir, max_s):
-            pieces += self.over(op, w.path, start + w.start_s, start + w.start_s + (w.end_s - w.start_s),
-                                depth)
+            pieces += self.over(
+                op, w.path, start + w.start_s, start + w.start_s + (w.end_s - w.start_s), depth
+            )
         return pieces
 
 
@@ -521,8 +562,9 @@ def _process_window(rt: Runtime, job: Job, window: Window) -> WindowResult:
         summary: str | None = None
         # No speech, nothing to summarise: asking anyway invites the model to invent content.
         if engine.can_summarize and transcript:
-            prompt = window_prompt(preset, job.instructions, window.index, total,
-                                   span(window.start_s, window.end_s))
+            prompt = window_prompt(
+                preset, job.instructions, window.index, total, span(window.start_s, window.end_s)
+            )
             parts = work.over(lambda p: engine.summarize_audio(p, prompt), audio, 0.0, length)
             texts = [p.text.strip() for p in parts if p.text.strip()]
             if len(texts) == 1:
@@ -536,8 +578,9 @@ def _process_window(rt: Runtime, job: Job, window: Window) -> WindowResult:
         end_s=window.end_s,
         transcript=transcript,
         summary=summary,
-        pieces=[{"start_s": window.start_s + p.start_s, "end_s": window.start_s + p.end_s}
-                for p in pieces] if len(pieces) > 1 else [],
+        pieces=[{"start_s": window.start_s + p.start_s, "end_s": window.start_s + p.end_s} for p in pieces]
+        if len(pieces) > 1
+        else [],
         engine=engine.name,
         model=engine.model,
     )
@@ -557,8 +600,12 @@ def claim_reduce(rt: Runtime, job_id: str) -> bool:
             .where(col(Job.status) == JobStatus.transcribing)
             .where(col(Job.windows_total).is_not(None))
             .where(col(Job.windows_done) >= col(Job.windows_total))
-            .values(reduce_claimed=True, status=JobStatus.reducing, reduce_started_at=utcnow(),
-                    updated_at=utcnow())
+            .values(
+                reduce_claimed=True,
+                status=JobStatus.reducing,
+                reduce_started_at=utcnow(),
+                updated_at=utcnow(),
+            )
         )
         s.commit()
         return bool(res.rowcount == 1)  # type: ignore[attr-defined]
@@ -602,8 +649,14 @@ def reduce_job(rt: Runtime, job_id: str) -> Job:
             update(Job)
             .where(col(Job.id) == job_id)
             .where(col(Job.status) == JobStatus.reducing)
-            .values(status=JobStatus.succeeded, engine=engine.name, model=engine.model,
-                    finished_at=utcnow(), updated_at=utcnow(), error=None)
+            .values(
+                status=JobStatus.succeeded,
+                engine=engine.name,
+                model=engine.model,
+                finished_at=utcnow(),
+                updated_at=utcnow(),
+                error=None,
+            )
         )
         s.commit()
     log.info("job %s: succeeded", job_id)
@@ -646,9 +699,7 @@ def _merge(rt: Runtime, group: list[tuple[str, str]]) -> tuple[str, str]:
 # --- in one process -----------------------------------------------------------------------------
 
 
-def run_local(
-    rt: Runtime, job_id: str, progress: Callable[[int, int], None] | None = None
-) -> Job:
+def run_local(rt: Runtime, job_id: str, progress: Callable[[int, int], None] | None = None) -> Job:
     """The whole pipeline in this process: split, every window in order, reduce.
 
     A failure marks the job failed with its reason and re-raises; what was done stays stored,

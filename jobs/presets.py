@@ -80,9 +80,7 @@ def get_preset(name: str | None) -> Preset:
         raise InputError(f"unknown preset {key!r}; choose one of: {known}") from None
 
 
-def window_prompt(
-    preset: Preset, instructions: str | None, index: int, total: int, span: str
-) -> str:
+def window_prompt(preset: Preset, instructions: str | None, index: int, total: int, span: str) -> str:
     parts = [
         f"This audio is part {index + 1} of {total} ({span}) of a longer recording.",
         preset.window,

@@ -60,9 +60,9 @@ class Settings(BaseSettings):
             url = self.database_url
             # People paste libpq URLs; SQLAlchemy needs the driver named to pick psycopg 3.
             if url.startswith("postgresql://"):
-                url = "postgresql+psycopg://" + url[len("postgresql://"):]
+                url = "postgresql+psycopg://" + url[len("postgresql://") :]
             elif url.startswith("postgres://"):
-                url = "postgresql+psycopg://" + url[len("postgres://"):]
+                url = "postgresql+psycopg://" + url[len("postgres://") :]
             return url
         return f"sqlite:///{(self.data_dir / 'voxbatch.db').resolve()}"
 

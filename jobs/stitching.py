@@ -54,9 +54,7 @@ def check_tiling(results: list[WindowResult], duration_s: float | None, tol_s: f
             )
         expected = r.end_s
     if duration_s is not None and results and abs(expected - duration_s) > max(1.0, tol_s):
-        raise PermanentError(
-            f"windows end at {expected:.2f}s but the recording lasts {duration_s:.2f}s"
-        )
+        raise PermanentError(f"windows end at {expected:.2f}s but the recording lasts {duration_s:.2f}s")
 
 
 def stitch(results: list[WindowResult]) -> str:
