@@ -1,0 +1,43 @@
+import pytest
+
+from jobs.errors import InputError
+from jobs.languages import check_language
+from jobs.pipeline import JobOptions
+from jobs.presets import PRESETS, get_preset, overall_prompt, window_prompt
+from jobs.settings import Settings
+
+
+def test_presets_named_in_the_contract_exist() -> None:
+    assert {"conference-talk", "panel", "meeting", "lecture", "voice-journal"} <= set(PRESETS)
+
+
+def test_unknown_preset_names_the_choices() -> None:
+    with pytest.raises(InputError, match="unknown preset 'podcast'; choose one of: conference-talk"):
+        get_preset("podcast")
+
+
+def test_instructions_go_after_the_preset_in_the_user_prompt() -> None:
+    p = window_prompt(get_preset("panel"), "Name every speaker.", 2, 5, "01:00:00 – 01:30:00")
+    assert "part 3 of 5 (01:00:00 – 01:30:00)" in p
+    assert p.index(get_preset("panel").window) < p.index("Name every speaker.")
+    o = overall_prompt(get_preset("meeting"), "In French.", [("00:00:00 – 00:30:00", "a"), ("x", "b")])
+    assert "In French." in o and o.index("[00:00:00 – 00:30:00]\na") < o.index("[x]\nb")
+
+
+def test_languages() -> None:
+    assert check_language("EN") == "en"
+    assert check_language(None) is None
+    assert check_language("auto") is None
+    with pytest.raises(InputError, match="unknown language code 'xx'"):
+        check_language("xx")
+
+
+@pytest.mark.parametrize("minutes", [0, 0.5, 31, 45])
+def test_window_minutes_never_above_thirty(minutes: float) -> None:
+    with pytest.raises(InputError, match="between 1 and 30"):
+        JobOptions(window_minutes=minutes).validated(Settings())
+
+
+def test_defaults() -> None:
+    opts = JobOptions(instructions="  ").validated(Settings())
+    assert opts.preset == "conference-talk" and opts.window_minutes == 30 and opts.instructions is None
