@@ -1,0 +1,405 @@
+"""ffmpeg behind the AudioTool seam: probe a recording, split it into 16 kHz mono FLAC windows.
+
+Times are float seconds; windows are half-open spans ``[start_s, end_s)`` of the decoded audio,
+computed from sample counts so they never drift.
+
+The split is one decode pass. A decoding ffmpeg resamples and downmixes the source to 16 kHz mono
+s16le on a pipe; Python reads it in large blocks and streams samples into the current window's
+encoder (a second ffmpeg writing FLAC, which runs on the other core). Only the last part of each
+window, its *lookback range* (see ``jobs.planning``), is held back in memory until the cut is
+chosen, so memory stays flat whatever the recording's length.
+
+User-controlled strings never reach ffmpeg as protocol URLs: local paths go in as
+``file:/absolute/path`` with only the file and pipe protocols allowed, URLs only as http(s), and
+only container formats that hold audio may be opened (no playlists, no concat lists, no images).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import numpy.typing as npt
+
+from jobs.engine import SourceInfo, WindowAudio
+from jobs.errors import InputError
+from jobs.planning import FRAME_S, NoiseFloor, choose_cut, frame_levels, lookback_s
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+FRAME_LEN = round(FRAME_S * SAMPLE_RATE)
+BLOCK_SAMPLES = 10 * SAMPLE_RATE  # 10 s (320 kB) per read: few syscalls, little memory
+PIPE_BYTES = 1 << 20  # enlarged pipes let the decoder, Python and the encoder overlap
+MIN_WINDOW_S = 1.0
+
+LOCAL_PROTOCOLS = "file,pipe"
+URL_PROTOCOLS = "http,https,tcp,tls,crypto"
+# Demuxers of containers and raw streams that carry audio. Anything else (image2, hls, concat,
+# playlists, subtitles, devices) is refused before it can open other files or URLs.
+AUDIO_FORMATS = ",".join(
+    [
+        "aac", "ac3", "aiff", "amr", "amrnb", "amrwb", "ape", "asf", "au", "avi", "caf",
+        "dsf", "dts", "dtshd", "eac3", "flac", "flv", "gsm", "loas", "matroska", "mlp",
+        "mov", "mp3", "mpc", "mpc8", "mpeg", "mpegts", "nut", "ogg", "oma", "rm", "tak",
+        "truehd", "tta", "voc", "w64", "wav", "wv", "xwma",
+    ]
+)  # fmt: skip
+
+QUIET_ARGS = ["-nostdin", "-hide_banner", "-loglevel", "error"]
+# The decoder does the resampling and downmix: cheaper there than anywhere downstream.
+DECODE_ARGS = f"-map 0:a:0 -vn -sn -dn -ac 1 -ar {SAMPLE_RATE} -f s16le".split()
+ENCODE_ARGS = f"-f s16le -ar {SAMPLE_RATE} -ac 1 -i pipe:0 -c:a flac -f flac".split()
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class FfmpegAudio:
+    """AudioTool on the ffmpeg and ffprobe binaries."""
+
+    def __init__(self, ffmpeg: str = "ffmpeg", ffprobe: str = "ffprobe") -> None:
+        self.ffmpeg = ffmpeg
+        self.ffprobe = ffprobe
+
+    def probe(self, source: str) -> SourceInfo:
+        """Probe a local path or an http(s) URL. Raises InputError naming what is wrong."""
+        target = _Target.parse(source)
+        cmd = [
+            self.ffprobe, "-v", "error", "-hide_banner",
+            *target.input_args(), "-show_format", "-show_streams", "-of", "json",
+        ]  # fmt: skip
+        try:
+            done = subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+        except subprocess.TimeoutExpired as exc:
+            raise InputError(f"{target.name} could not be read within 2 minutes") from exc
+        if done.returncode != 0:
+            detail = _last_line(done.stderr.decode("utf-8", "replace"))
+            log.info("ffprobe refused %s: %s", target.name, detail)
+            raise target.unreadable(detail)
+        data: dict[str, Any] = json.loads(done.stdout or b"{}")
+        fmt = data.get("format", {})
+        streams = data.get("streams", [])
+        audio = [s for s in streams if s.get("codec_type") == "audio"]
+        if not audio:
+            if streams:
+                raise InputError(f"{target.name} has no audio stream")
+            raise target.unreadable("no streams")
+        stream = audio[0]
+        duration = _number(fmt.get("duration")) or _number(stream.get("duration"))
+        if duration is None or not math.isfinite(duration) or duration <= 0:
+            raise InputError(f"{target.name} has no audio duration ffmpeg can determine")
+        size = _number(fmt.get("size"))
+        return SourceInfo(
+            duration_s=duration,
+            format_name=str(fmt.get("format_name", "")),
+            codec=str(stream.get("codec_name", "")),
+            sample_rate=int(_number(stream.get("sample_rate")) or 0),
+            channels=int(stream.get("channels") or 0),
+            size_bytes=int(size) if size is not None else None,
+        )
+
+    def split(self, source: str, out_dir: Path, max_window_s: float) -> Iterator[WindowAudio]:
+        """Cut the source into 16 kHz mono FLAC windows (``0000.flac``, ...) of at most
+        ``max_window_s``, each ending in silence or at the quietest point near the limit, in one
+        decode pass. Each window is yielded as soon as its file is complete."""
+        if max_window_s < MIN_WINDOW_S:
+            raise ValueError(f"max_window_s must be at least {MIN_WINDOW_S} s, got {max_window_s}")
+        target = _Target.parse(source)
+        out_dir = Path(out_dir).resolve()
+        if target.path is not None and target.path.parent == out_dir:
+            # A window re-split into its own directory would overwrite itself.
+            raise ValueError(f"out_dir {out_dir} holds the source; split into another directory")
+        self.probe(source)
+        return self._split(target, out_dir, max_window_s)
+
+    def _split(self, target: _Target, out_dir: Path, max_window_s: float) -> Iterator[WindowAudio]:
+        decoder = _Process(
+            [self.ffmpeg, *QUIET_ARGS, *target.input_args(), *DECODE_ARGS, "pipe:1"], stdin=False
+        )
+        planner = _WindowPlanner(max_window_s)
+        encoder: _Encoder | None = None
+        count = 0
+        try:
+            assert decoder.proc.stdout is not None
+            for samples in _blocks(decoder.proc.stdout):
+                for event in planner.feed(samples):
+                    if isinstance(event, _Cut):
+                        assert encoder is not None
+                        yield encoder.finish(end_sample=event.at)
+                        encoder = None
+                        count += 1
+                    else:
+                        if encoder is None:
+                            out_dir.mkdir(parents=True, exist_ok=True)
+                            encoder = _Encoder(self.ffmpeg, out_dir, planner.index, planner.start)
+                        encoder.write(event)
+            rc = decoder.proc.wait()
+            if rc != 0:
+                detail = decoder.last_error() or f"ffmpeg exited with status {rc}"
+                raise InputError(f"{target.name} could not be decoded: {detail}")
+            rest = planner.flush()
+            if len(rest):
+                if encoder is None:
+                    encoder = _Encoder(self.ffmpeg, out_dir, planner.index, planner.start)
+                encoder.write(rest)
+            if encoder is not None:
+                yield encoder.finish(end_sample=planner.position)
+                encoder = None
+                count += 1
+            elif planner.position == 0:
+                raise InputError(f"{target.name} holds no audio samples ffmpeg can decode")
+            log.info(
+                "split %s into %d windows (%.1f s)",
+                target.name,
+                count,
+                planner.position / SAMPLE_RATE,
+            )
+        finally:
+            decoder.kill()
+            if encoder is not None:
+                encoder.abort()
+
+
+class _Target:
+    """A source as ffmpeg must see it: a ``file:`` path or an http(s) URL, with its whitelist."""
+
+    def __init__(self, url: str, protocols: str, name: str, path: Path | None) -> None:
+        self.url = url
+        self.protocols = protocols
+        self.name = name
+        self.path = path
+
+    @classmethod
+    def parse(cls, source: str) -> _Target:
+        if not source:
+            raise InputError("no recording was given")
+        if _SCHEME.match(source):
+            parts = urlsplit(source)
+            # Presigned URLs carry credentials in the query: name the file by its path only.
+            name = unquote(parts.path.rsplit("/", 1)[-1]) or parts.netloc
+            if parts.scheme.lower() not in ("http", "https"):
+                raise InputError(
+                    f"{parts.scheme}:// sources are not supported; give a local file or an http(s) URL"
+                )
+            return cls(source, URL_PROTOCOLS, name, None)
+        path = Path(source).expanduser().absolute()
+        name = path.name or source
+        if not path.exists():
+            raise InputError(f"{source} does not exist")
+        if path.is_dir():
+            raise InputError(f"{name} is a directory, not an audio file")
+        if not path.is_file():
+            raise InputError(f"{name} is not a regular file")
+        if path.stat().st_size == 0:
+            raise InputError(f"{name} is empty")
+        return cls("file:" + str(path), LOCAL_PROTOCOLS, name, path)
+
+    def input_args(self) -> list[str]:
+        return [
+            "-protocol_whitelist", self.protocols,
+            "-format_whitelist", AUDIO_FORMATS,
+            "-i", self.url,
+        ]  # fmt: skip
+
+    def unreadable(self, detail: str) -> InputError:
+        if self.path is None and re.search(r"Server returned|Connection|resolve|timed out", detail):
+            return InputError(f"{self.name} could not be fetched: {detail}")
+        return InputError(f"{self.name} is not an audio or video file ffmpeg can read")
+
+
+class _Cut:
+    """The current window ends at absolute sample ``at``."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+
+class _WindowPlanner:
+    """Turns a stream of samples into "write these samples" and "cut here" events.
+
+    Samples before the window's lookback range pass straight through; those inside it are held
+    until the range is full, then the cut is chosen and the rest starts the next window.
+    """
+
+    def __init__(self, max_window_s: float) -> None:
+        self.limit = int(max_window_s * SAMPLE_RATE)
+        back = int(lookback_s(max_window_s) * SAMPLE_RATE) // FRAME_LEN * FRAME_LEN
+        self.direct = self.limit - back  # samples of a window written before the range
+        self.index = 0  # of the current window
+        self.start = 0  # absolute sample where the current window starts
+        self.position = 0  # absolute samples seen
+        self._written = 0  # samples of the current window already passed on
+        self._held: list[npt.NDArray[np.int16]] = []
+        self._held_n = 0
+        self._floor = NoiseFloor()
+
+    def feed(self, samples: npt.NDArray[np.int16]) -> Iterator[npt.NDArray[np.int16] | _Cut]:
+        self._floor.add(frame_levels(samples, FRAME_LEN))
+        self.position += len(samples)
+        pending: deque[npt.NDArray[np.int16]] = deque([samples])
+        while pending:
+            chunk = pending.popleft()
+            if len(chunk) == 0:
+                continue
+            if self._written < self.direct:
+                n = min(self.direct - self._written, len(chunk))
+                self._written += n
+                yield chunk[:n]
+                pending.appendleft(chunk[n:])
+                continue
+            n = min(self.limit - self._written - self._held_n, len(chunk))
+            self._held.append(chunk[:n])
+            self._held_n += n
+            pending.appendleft(chunk[n:])
+            if self._written + self._held_n < self.limit:
+                continue
+            held = np.concatenate(self._held)
+            self._held, self._held_n = [], 0
+            cut = choose_cut(frame_levels(held, FRAME_LEN), FRAME_S, self._floor.dbfs())
+            at = min(len(held), round(cut.offset_s * SAMPLE_RATE))
+            if at:
+                yield held[:at]
+            end = self.start + self._written + at
+            if not cut.in_silence:
+                log.info("no silence before %.1f s; cut at the quietest point", end / SAMPLE_RATE)
+            yield _Cut(end)
+            self.index += 1
+            self.start = end
+            self._written = 0
+            pending.appendleft(held[at:])
+
+    def flush(self) -> npt.NDArray[np.int16]:
+        held = np.concatenate(self._held) if self._held else np.empty(0, np.int16)
+        self._held, self._held_n = [], 0
+        return held
+
+
+class _Process:
+    """A child ffmpeg whose stderr is drained by a thread, keeping its last lines."""
+
+    def __init__(self, cmd: list[str], stdin: bool) -> None:
+        log.debug("running %s", cmd)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=None if stdin else subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                _enlarge(pipe)
+        self._lines: deque[str] = deque(maxlen=20)
+        self._drain = threading.Thread(target=self._read_stderr, daemon=True)
+        self._drain.start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").strip()
+            if line:
+                self._lines.append(line)
+
+    def last_error(self) -> str:
+        self._drain.join(timeout=5)
+        return self._lines[-1] if self._lines else ""
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        with contextlib.suppress(OSError):
+            self.proc.wait(timeout=10)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        self._drain.join(timeout=5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+class _Encoder:
+    """One window's FLAC encoder, fed raw samples on stdin; renamed into place when complete."""
+
+    def __init__(self, ffmpeg: str, out_dir: Path, index: int, start_sample: int) -> None:
+        self.index = index
+        self.start_sample = start_sample
+        self.path = out_dir / f"{index:04d}.flac"
+        self.part = out_dir / f".{index:04d}.flac.part"
+        self.process = _Process([ffmpeg, *QUIET_ARGS, "-y", *ENCODE_ARGS, str(self.part)], stdin=True)
+
+    def write(self, samples: npt.NDArray[np.int16]) -> None:
+        assert self.process.proc.stdin is not None
+        try:
+            self.process.proc.stdin.write(samples.tobytes())
+        except BrokenPipeError as exc:
+            raise RuntimeError(f"the FLAC encoder stopped: {self.process.last_error()}") from exc
+
+    def finish(self, end_sample: int) -> WindowAudio:
+        assert self.process.proc.stdin is not None
+        self.process.proc.stdin.close()
+        rc = self.process.proc.wait()
+        if rc != 0:
+            raise RuntimeError(f"the FLAC encoder failed: {self.process.last_error()}")
+        self.process.kill()
+        os.replace(self.part, self.path)
+        window = WindowAudio(
+            index=self.index,
+            start_s=self.start_sample / SAMPLE_RATE,
+            end_s=end_sample / SAMPLE_RATE,
+            path=self.path,
+        )
+        log.debug("window %d: %.3f–%.3f s", window.index, window.start_s, window.end_s)
+        return window
+
+    def abort(self) -> None:
+        self.process.kill()
+        self.part.unlink(missing_ok=True)
+
+
+def _blocks(pipe: IO[bytes]) -> Iterator[npt.NDArray[np.int16]]:
+    """Samples from a raw s16le pipe, BLOCK_SAMPLES at a time (the last block may be shorter)."""
+    carry = b""
+    while True:
+        data = pipe.read(BLOCK_SAMPLES * 2)
+        if not data:
+            return
+        if carry:
+            data = carry + data
+        usable = len(data) - len(data) % 2
+        carry = data[usable:]
+        if usable:
+            yield np.frombuffer(data[:usable], dtype="<i2").astype(np.int16, copy=False)
+
+
+def _enlarge(pipe: IO[bytes]) -> None:
+    f_setpipe_sz = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(pipe.fileno(), f_setpipe_sz, PIPE_BYTES)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _number(value: object) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(str(value))
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
