@@ -1,0 +1,714 @@
+"""A stand-in for ``vllm serve mistralai/Voxtral-*`` that enforces what vLLM enforces.
+
+It speaks vLLM's OpenAI-compatible API (``GET /v1/models``, ``POST /v1/audio/transcriptions``,
+``POST /v1/chat/completions``) and refuses what a recent vLLM serving Voxtral refuses, with the same
+status codes and messages (see shared/reference/voxtral-vllm.md): unknown model (404), a response
+format other than json/text (400), unknown language (400), an upload over
+``VLLM_MAX_AUDIO_CLIP_FILESIZE_MB`` (400), audio longer than ``VLLM_MAX_AUDIO_DECODE_DURATION_S``
+(400), a native decode over ``VLLM_MAX_AUDIO_DECODE_BYTES`` (400), prompt + max tokens over the
+32k context (400), a system message (400) and more than 5 audios in one chat request (400).
+
+Audio is decoded for real (ffprobe + ffmpeg to 16 kHz mono float) and answered deterministically:
+
+- transcription: ``tests.markers.words(markers heard)``, e.g. ``"marker-3 marker-4"`` (``""`` if none);
+- chat with audio: ``"Summary of 1800 s: marker-3 marker-4. Prompt: <first 300 chars of the text>"``;
+- text-only chat: ``"Overall: marker-3 marker-4. Prompt: <first 300 chars of the prompt>"`` where the
+  markers are the distinct ``marker-N`` words found in the prompt, in order.
+
+Audio holding the loop trigger tone is answered with a long repetition loop unless the request
+carries ``frequency_penalty > 0``, ``presence_penalty > 0`` or ``repetition_penalty > 1``.
+
+Fault injection: ``fail_every=N`` answers every Nth POST with 503, ``latency_s`` sleeps per request,
+``error_200_every=N`` answers every Nth POST with an error body under status 200 (as some vLLM
+versions do for undecodable uploads). ``GET /stats`` returns request counts per endpoint and a log
+of every request (endpoint, status, audio duration, markers, sampling parameters, message roles).
+
+``mode="mistral"`` speaks the hosted Mistral API's shapes instead: ``input_audio`` is a plain base64
+string, a Bearer key is required, model ids are ``voxtral-*-latest`` and duration limits are the
+hosted ones (15 min transcription, 20 min chat).
+
+Run it as a process::
+
+    .venv/bin/python -m tests.standins.vllm_server --port 8000 [--max-duration-s 600]
+        [--max-file-mb 25] [--fail-every N] [--latency S] [--model NAME] [--mode vllm|mistral]
+
+or in-process with ``with StandInVLLM(max_duration_s=2400) as server: server.url, server.stats()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import math
+import re
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from tests import markers
+
+VOXTRAL_SMALL = "mistralai/Voxtral-Small-24B-2507"
+MISTRAL_TRANSCRIBE_MODELS = ("voxtral-mini-latest", "voxtral-mini-2507", "voxtral-mini-2602")
+MISTRAL_CHAT_MODELS = ("voxtral-small-latest", "voxtral-mini-latest", "voxtral-small-2507")
+SAMPLE_RATE = 16_000
+TOKENS_PER_CHUNK = 375  # 12.5 tokens/s x 30 s
+CHUNK_S = 30.0
+PROMPT_OVERHEAD_TOKENS = 6  # [INST] [BEGIN_AUDIO] ... [/INST] lang:xx [TRANSCRIBE]
+ECHO_CHARS = 300
+LOOP_WORDS = 1500
+
+# Voxtral's native languages and Whisper's others (accepted with a warning); anything else is a 400.
+NATIVE_LANGUAGES = frozenset(["ar", "nl", "en", "fr", "de", "hi", "it", "pt", "es"])
+WHISPER_LANGUAGES = NATIVE_LANGUAGES | frozenset(
+    """af am as az ba be bg bn bo br bs ca cs cy da el et eu fa fi fo gl gu ha haw he hr ht hu hy
+    id is ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my ne nn no oc pa pl ps
+    ro ru sa sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt uk ur uz vi yi yo yue zh""".split()  # noqa: SIM905
+)
+MARKER_WORD = re.compile(r"\bmarker-\d+\b")
+
+
+@dataclass
+class ServerConfig:
+    """Limits and faults of one stand-in; defaults are a recent vLLM's."""
+
+    model: str = VOXTRAL_SMALL
+    mode: Literal["vllm", "mistral"] = "vllm"
+    api_key: str | None = None
+    max_model_len: int = 32_768
+    max_file_mb: float = 25.0  # VLLM_MAX_AUDIO_CLIP_FILESIZE_MB
+    max_duration_s: float = 600.0  # VLLM_MAX_AUDIO_DECODE_DURATION_S
+    max_decode_bytes: int = 256 * 1024 * 1024  # VLLM_MAX_AUDIO_DECODE_BYTES
+    max_audios: int = 5
+    mistral_transcribe_max_s: float = 900.0
+    mistral_chat_max_s: float = 1200.0
+    fail_every: int = 0
+    error_200_every: int = 0
+    latency_s: float = 0.0
+
+
+class APIError(Exception):
+    def __init__(
+        self, status: int, message: str, kind: str = "BadRequestError", param: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.kind = kind
+        self.param = param
+
+
+@dataclass(frozen=True)
+class Heard:
+    """What the stand-in 'hears' in one audio item."""
+
+    duration_s: float
+    markers: list[int]
+    loop: bool
+
+
+@dataclass
+class ServerState:
+    config: ServerConfig
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    posts: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    def next_post(self) -> int:
+        with self.lock:
+            self.posts += 1
+            return self.posts
+
+    def record(self, entry: dict[str, Any]) -> None:
+        with self.lock:
+            name = entry["endpoint"]
+            self.counts[name] = self.counts.get(name, 0) + 1
+            self.log.append(entry)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "counts": dict(self.counts),
+                "posts": self.posts,
+                "log": [dict(e) for e in self.log],
+            }
+
+    def reset(self) -> None:
+        with self.lock:
+            self.posts = 0
+            self.counts.clear()
+            self.log.clear()
+
+
+# --- audio ---------------------------------------------------------------------------------
+
+
+def hear(data: bytes, config: ServerConfig, max_duration_s: float) -> Heard:
+    """Check an audio item against the caps, decode it to 16 kHz mono and detect its markers."""
+    size_mb = len(data) / 1024**2
+    if size_mb > config.max_file_mb:
+        # vLLM's VLLMValidationError renders its parameter and value after the message.
+        raise APIError(
+            400,
+            f"Maximum file size exceeded (parameter=audio_filesize_mb, value={size_mb:.2f})",
+            param="audio_filesize_mb",
+        )
+    with tempfile.NamedTemporaryFile(suffix=".audio") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        duration_s, native_rate, channels = _probe(Path(tmp.name))
+        if duration_s > max_duration_s:
+            if config.mode == "mistral":
+                raise APIError(
+                    400,
+                    f"Audio duration {duration_s:.0f}s exceeds the maximum allowed duration "
+                    f"of {max_duration_s:.0f}s for this model.",
+                    kind="invalid_request_error",
+                )
+            raise APIError(
+                400,
+                f"Audio exceeds maximum allowed duration of {max_duration_s:.0f}s "
+                f"(got {duration_s:.1f}s). "
+                "Set VLLM_MAX_AUDIO_DECODE_DURATION_S to increase this limit.",
+            )
+        decode_bytes = int(duration_s * native_rate) * channels * 4
+        if decode_bytes > config.max_decode_bytes:
+            raise APIError(
+                400,
+                f"Decoded audio would be {decode_bytes} bytes, exceeding the maximum of "
+                f"{config.max_decode_bytes} bytes. "
+                "Set VLLM_MAX_AUDIO_DECODE_BYTES to increase this limit.",
+            )
+        samples = _decode(Path(tmp.name))
+    found, loop = markers.detect(samples, SAMPLE_RATE)
+    return Heard(duration_s=len(samples) / SAMPLE_RATE, markers=found, loop=loop)
+
+
+def _probe(path: Path) -> tuple[float, int, int]:
+    proc = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "a:0",
+            "-show_entries",
+            "stream=sample_rate,channels,duration:format=duration",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        check=False,
+    )
+    try:
+        info = json.loads(proc.stdout)
+        stream = info["streams"][0]
+        duration = float(stream.get("duration") or info["format"]["duration"])
+        return duration, int(stream["sample_rate"]), int(stream["channels"])
+    except (ValueError, KeyError, IndexError) as exc:
+        raise APIError(400, "Invalid or unsupported audio file.") from exc
+
+
+def _decode(path: Path) -> np.ndarray:
+    proc = subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-f",
+            "f32le",
+            "-ac",
+            "1",
+            "-ar",
+            str(SAMPLE_RATE),
+            "pipe:1",
+        ],
+        capture_output=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise APIError(400, "Invalid or unsupported audio file.")
+    return np.frombuffer(proc.stdout, dtype=np.float32)
+
+
+def audio_tokens(duration_s: float) -> int:
+    """Voxtral pads audio to the next 30-s chunk and spends 375 tokens per chunk."""
+    return max(1, math.ceil(duration_s / CHUNK_S)) * TOKENS_PER_CHUNK
+
+
+def text_tokens(text: str) -> int:
+    return math.ceil(len(text) / 4)
+
+
+def _penalized(params: dict[str, Any]) -> bool:
+    return (
+        float(params.get("frequency_penalty") or 0) > 0
+        or float(params.get("presence_penalty") or 0) > 0
+        or float(params.get("repetition_penalty") or 1) > 1
+    )
+
+
+def _loop_text(prefix: str, max_tokens: int) -> str:
+    n = max(1, min(LOOP_WORDS, max_tokens - len(prefix.split())))
+    return (prefix + " " + " ".join(["the"] * n)).strip()
+
+
+def _check_context(config: ServerConfig, prompt_tokens: int, max_tokens: int | None) -> int:
+    limit = config.max_model_len
+    if prompt_tokens >= limit:
+        raise APIError(
+            400,
+            f"The decoder prompt (length {prompt_tokens}) is longer than the maximum model "
+            f"length of {limit}. Make sure that `max_model_len` is no smaller than the number "
+            "of text tokens plus multimodal tokens.",
+        )
+    if max_tokens is None:
+        return limit - prompt_tokens
+    if prompt_tokens + max_tokens > limit:
+        raise APIError(
+            400,
+            f"This model's maximum context length is {limit} tokens. However, you requested "
+            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, "
+            f"{max_tokens} in the completion). Please reduce the length of the messages or "
+            "completion.",
+        )
+    return max_tokens
+
+
+# --- handlers ------------------------------------------------------------------------------
+
+
+def _check_model(config: ServerConfig, model: str | None, allowed: tuple[str, ...]) -> str:
+    if model is None or model == "":
+        if config.mode == "mistral":
+            raise APIError(400, "model is required", kind="invalid_request_error")
+        return config.model
+    if model not in allowed:
+        raise APIError(404, f"The model `{model}` does not exist.", kind="NotFoundError")
+    return model
+
+
+def _opt_float(params: dict[str, Any], name: str) -> float | None:
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError) as exc:
+        raise APIError(400, f"{name}: Input should be a valid number", param=name) from exc
+
+
+def _opt_int(params: dict[str, Any], name: str) -> int | None:
+    value = _opt_float(params, name)
+    if value is None:
+        return None
+    if value != int(value) or value < 1:
+        raise APIError(400, f"{name}: Input should be a positive integer", param=name)
+    return int(value)
+
+
+def transcribe(
+    config: ServerConfig, params: dict[str, Any], data: bytes, entry: dict[str, Any]
+) -> tuple[str, str, Heard]:
+    allowed = MISTRAL_TRANSCRIBE_MODELS if config.mode == "mistral" else (config.model,)
+    model = _check_model(config, params.get("model"), allowed)
+    entry.update(
+        model=model,
+        language=params.get("language"),
+        response_format=params.get("response_format") or "json",
+    )
+    for name in ("temperature", "frequency_penalty", "presence_penalty", "repetition_penalty"):
+        entry[name] = _opt_float(params, name)
+    language = params.get("language") or None
+    if language is not None and language not in WHISPER_LANGUAGES:
+        raise APIError(
+            400,
+            f"Unsupported language: {language!r}.  Language should be one of: {sorted(NATIVE_LANGUAGES)}.",
+            param="language",
+        )
+    response_format = entry["response_format"]
+    if config.mode == "vllm":
+        if response_format == "verbose_json":
+            raise APIError(400, f"Currently do not support verbose_json for {model}")
+        if response_format not in ("json", "text"):
+            raise APIError(400, "Currently only support response_format: `text`, `json` or `verbose_json`")
+    max_tokens = _opt_int(params, "max_completion_tokens")
+    entry["max_tokens"] = max_tokens
+    cap = config.mistral_transcribe_max_s if config.mode == "mistral" else config.max_duration_s
+    heard = hear(data, config, cap)
+    entry.update(duration_s=heard.duration_s, markers=heard.markers, loop=heard.loop)
+    prompt_tokens = audio_tokens(heard.duration_s) + PROMPT_OVERHEAD_TOKENS
+    budget = _check_context(config, prompt_tokens, max_tokens)
+    text = markers.words(heard.markers)
+    if heard.loop and not _penalized(params):
+        text = _loop_text(text, budget)
+    return text, response_format, heard
+
+
+def _audio_bytes(config: ServerConfig, part: dict[str, Any]) -> bytes:
+    kind = part.get("type")
+    if kind == "input_audio":
+        payload = part.get("input_audio")
+        if config.mode == "mistral":
+            if not isinstance(payload, str):
+                raise APIError(
+                    422, "input_audio must be a base64 string or a URL", kind="invalid_request_error"
+                )
+            b64 = payload
+        else:
+            if not isinstance(payload, dict) or "data" not in payload:
+                raise APIError(400, "input_audio must be an object with `data` and `format`")
+            b64 = payload["data"]
+    elif kind == "audio_url":
+        url = str((part.get("audio_url") or {}).get("url", ""))
+        if not url.startswith("data:"):
+            raise APIError(400, "The stand-in only accepts data: URLs for audio_url.")
+        b64 = url.split(",", 1)[-1]
+    else:
+        raise APIError(400, f"Unknown content part type: {kind}")
+    try:
+        return base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise APIError(400, "Invalid base64 audio data.") from exc
+
+
+def chat(config: ServerConfig, body: dict[str, Any], entry: dict[str, Any]) -> tuple[str, str, int]:
+    allowed = MISTRAL_CHAT_MODELS if config.mode == "mistral" else (config.model,)
+    model = _check_model(config, body.get("model"), allowed)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise APIError(400, "messages: Field required", param="messages")
+    roles = [str(m.get("role")) for m in messages if isinstance(m, dict)]
+    entry.update(model=model, roles=roles)
+    for name in (
+        "temperature",
+        "top_p",
+        "frequency_penalty",
+        "presence_penalty",
+        "repetition_penalty",
+    ):
+        entry[name] = _opt_float(body, name)
+    if "system" in roles:
+        raise APIError(400, "System prompts are not supported by Voxtral; put instructions in the user turn.")
+    texts: list[str] = []
+    audio_parts: list[dict[str, Any]] = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+            continue
+        for part in content or []:
+            if part.get("type") == "text":
+                texts.append(str(part.get("text", "")))
+            else:
+                audio_parts.append(part)
+    if len(audio_parts) > config.max_audios:
+        raise APIError(400, f"At most {config.max_audios} audio(s) may be provided in one prompt.")
+    max_tokens = _opt_int(body, "max_completion_tokens") or _opt_int(body, "max_tokens")
+    entry["max_tokens"] = max_tokens
+    prompt = "\n".join(texts)
+    entry["prompt"] = prompt
+    cap = config.mistral_chat_max_s if config.mode == "mistral" else config.max_duration_s
+    heard = [hear(_audio_bytes(config, p), config, cap) for p in audio_parts]
+    entry.update(
+        duration_s=sum(h.duration_s for h in heard),
+        markers=[k for h in heard for k in h.markers],
+        loop=any(h.loop for h in heard),
+        audios=len(heard),
+    )
+    prompt_tokens = (
+        sum(audio_tokens(h.duration_s) for h in heard)
+        + text_tokens(prompt)
+        + PROMPT_OVERHEAD_TOKENS * len(messages)
+    )
+    budget = _check_context(config, prompt_tokens, max_tokens)
+    echo = prompt[:ECHO_CHARS]
+    if heard:
+        heard_words = markers.words(entry["markers"]) or "no markers"
+        answer = f"Summary of {entry['duration_s']:.0f} s: {heard_words}. Prompt: {echo}"
+        if entry["loop"] and not _penalized(body):
+            answer = _loop_text(f"Summary of {entry['duration_s']:.0f} s:", budget)
+    else:
+        found = list(dict.fromkeys(MARKER_WORD.findall(prompt)))
+        answer = f"Overall: {' '.join(found) or 'no markers'}. Prompt: {echo}"
+    finish = "length" if len(answer.split()) >= budget else "stop"
+    return answer, finish, prompt_tokens
+
+
+# --- app -----------------------------------------------------------------------------------
+
+
+def _error_body(config: ServerConfig, err: APIError) -> dict[str, Any]:
+    if config.mode == "mistral":
+        return {
+            "object": "error",
+            "message": err.message,
+            "type": err.kind,
+            "param": err.param,
+            "code": None,
+        }
+    return {
+        "error": {
+            "message": err.message,
+            "type": err.kind,
+            "param": err.param,
+            "code": err.status,
+        }
+    }
+
+
+def create_app(state: ServerState) -> FastAPI:
+    app = FastAPI(title="stand-in vLLM (Voxtral)")
+    config = state.config
+
+    def authorized(request: Request) -> bool:
+        if config.api_key is None:
+            return True
+        return request.headers.get("authorization") == f"Bearer {config.api_key}"
+
+    def unauthorized() -> Response:
+        if config.mode == "mistral":
+            return JSONResponse({"message": "Unauthorized", "request_id": "standin"}, 401)
+        return JSONResponse({"error": "Unauthorized"}, 401)
+
+    def injected_fault(endpoint: str) -> Response | None:
+        n = state.next_post()
+        if config.latency_s:
+            time.sleep(config.latency_s)
+        if config.fail_every and n % config.fail_every == 0:
+            state.record({"endpoint": endpoint, "status": 503, "injected": True})
+            err = APIError(503, "Service temporarily unavailable.", kind="ServiceUnavailableError")
+            return JSONResponse(_error_body(config, err), 503)
+        if config.error_200_every and n % config.error_200_every == 0:
+            state.record({"endpoint": endpoint, "status": 200, "injected": True})
+            return JSONResponse(
+                {
+                    "object": "error",
+                    "message": "Format not recognised.",
+                    "type": "BadRequestError",
+                    "param": None,
+                    "code": 400,
+                },
+                200,
+            )
+        return None
+
+    @app.get("/v1/models")
+    def models(request: Request) -> Response:
+        if not authorized(request):
+            return unauthorized()
+        ids = (
+            sorted(set(MISTRAL_TRANSCRIBE_MODELS + MISTRAL_CHAT_MODELS))
+            if config.mode == "mistral"
+            else [config.model]
+        )
+        data = [
+            {
+                "id": i,
+                "object": "model",
+                "created": 0,
+                "owned_by": "vllm",
+                "max_model_len": config.max_model_len,
+            }
+            for i in ids
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.get("/stats")
+    def stats() -> Response:
+        return JSONResponse(state.snapshot())
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request) -> Response:
+        # Read the whole body before refusing anything: closing early would look like a network
+        # failure to the client instead of the 400 vLLM answers.
+        form = await request.form()
+        if not authorized(request):
+            return unauthorized()
+        upload = form.get("file")
+        params = {k: v for k, v in form.items() if isinstance(v, str)}
+        data = await upload.read() if isinstance(upload, UploadFile) else None
+        await form.close()
+        return await run_in_threadpool(_transcribe_sync, params, data)
+
+    def _transcribe_sync(params: dict[str, Any], data: bytes | None) -> Response:
+        endpoint = "transcriptions"
+        fault = injected_fault(endpoint)
+        if fault is not None:
+            return fault
+        entry: dict[str, Any] = {"endpoint": endpoint}
+        try:
+            if data is None:
+                raise APIError(400, "file: Field required", param="file")
+            entry["upload_bytes"] = len(data)
+            text, response_format, heard = transcribe(config, params, data, entry)
+        except APIError as err:
+            entry.update(status=err.status, error=err.message)
+            state.record(entry)
+            return JSONResponse(_error_body(config, err), err.status)
+        entry.update(status=200, text_words=len(text.split()))
+        state.record(entry)
+        if response_format == "text":
+            return PlainTextResponse(text)
+        body: dict[str, Any] = {
+            "text": text,
+            "usage": {"type": "duration", "seconds": math.ceil(heard.duration_s)},
+        }
+        if config.mode == "mistral":
+            body.update(model=entry["model"], language=params.get("language"), segments=[])
+        return JSONResponse(body)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        raw = await request.body()
+        if not authorized(request):
+            return unauthorized()
+        return await run_in_threadpool(_chat_sync, raw)
+
+    def _chat_sync(raw: bytes) -> Response:
+        endpoint = "chat"
+        fault = injected_fault(endpoint)
+        if fault is not None:
+            return fault
+        entry: dict[str, Any] = {"endpoint": endpoint}
+        try:
+            try:
+                body = json.loads(raw)
+            except ValueError as exc:
+                raise APIError(400, "Request body is not valid JSON.") from exc
+            answer, finish, prompt_tokens = chat(config, body, entry)
+        except APIError as err:
+            entry.update(status=err.status, error=err.message)
+            state.record(entry)
+            return JSONResponse(_error_body(config, err), err.status)
+        entry.update(status=200)
+        state.record(entry)
+        completion = len(answer.split())
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": entry["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer},
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt_tokens + completion,
+                },
+            }
+        )
+
+    return app
+
+
+class StandInVLLM:
+    """The stand-in on a free 127.0.0.1 port in a background thread, as a context manager."""
+
+    def __init__(self, **config: Any) -> None:
+        self.config = ServerConfig(**config)
+        self.state = ServerState(self.config)
+        self._sock: socket.socket | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stats(self) -> dict[str, Any]:
+        return self.state.snapshot()
+
+    def reset_stats(self) -> None:
+        self.state.reset()
+
+    def __enter__(self) -> StandInVLLM:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(self.state), log_level="warning", lifespan="off", timeout_keep_alive=30
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("stand-in vLLM server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._sock is not None:
+            self._sock.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--model", default=VOXTRAL_SMALL)
+    parser.add_argument("--mode", choices=("vllm", "mistral"), default="vllm")
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--max-model-len", type=int, default=32_768)
+    parser.add_argument("--max-duration-s", type=float, default=600.0)
+    parser.add_argument("--max-file-mb", type=float, default=25.0)
+    parser.add_argument("--max-decode-bytes", type=int, default=256 * 1024 * 1024)
+    parser.add_argument("--fail-every", type=int, default=0)
+    parser.add_argument("--error-200-every", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    config = ServerConfig(
+        model=args.model,
+        mode=args.mode,
+        api_key=args.api_key,
+        max_model_len=args.max_model_len,
+        max_duration_s=args.max_duration_s,
+        max_file_mb=args.max_file_mb,
+        max_decode_bytes=args.max_decode_bytes,
+        fail_every=args.fail_every,
+        error_200_every=args.error_200_every,
+        latency_s=args.latency,
+    )
+    state = ServerState(config)
+    shown = {k: v for k, v in asdict(config).items() if k != "api_key"}
+    print(json.dumps({"listening": f"http://{args.host}:{args.port}/v1", **shown}))
+    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
