@@ -1,0 +1,266 @@
+"""`voxbatch run` as a user runs it: a subprocess, embedded defaults, a stand-in vLLM server.
+
+The recordings carry marker tones (tests/markers.py); the stand-in transcribes exactly the markers
+it hears, so each window's transcript proves which slice of the recording it carried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.speech import Marker, Recording, Silence, Speech, build_recording, marker_talk
+from tests.standins.vllm_server import StandInVLLM
+
+VOXBATCH = [sys.executable, "-m", "api.cli"]
+MARKER = re.compile(r"marker-(\d+)")
+
+
+def env_for(tmp: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXBATCH_")}
+    env.update(VOXBATCH_DATA_DIR=str(tmp / "data"), **extra)
+    return env
+
+
+def voxbatch(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*VOXBATCH, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def markers_in(text: str) -> list[int]:
+    return [int(m) for m in MARKER.findall(text)]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def standin() -> Iterator[StandInVLLM]:
+    with StandInVLLM() as server:
+        yield server
+
+
+def vllm_env(tmp: Path, server: StandInVLLM, **extra: str) -> dict[str, str]:
+    return env_for(tmp, VOXBATCH_ENGINE="vllm", VOXBATCH_VLLM_URL=server.url, **extra)
+
+
+def check_document(out: Path, rec: Recording) -> dict:
+    doc = json.loads((out / "document.json").read_text())
+    expected = [m.k for m in rec.markers]
+    # The stitched transcript: every marker once, in order.
+    assert markers_in(doc["transcript"]) == expected
+    assert markers_in((out / "transcript.txt").read_text()) == expected
+    # Each window carried exactly the markers that lie inside its time range.
+    previous_end = 0.0
+    for w in doc["windows"]:
+        assert w["start_s"] == pytest.approx(previous_end, abs=1e-3)
+        previous_end = w["end_s"]
+        inside = [m.k for m in rec.markers if w["start_s"] <= m.start_s and m.end_s <= w["end_s"]]
+        assert markers_in(w["transcript"]) == inside, w
+    return doc
+
+
+def test_run_makes_the_documents_from_every_window(
+    tmp_path: Path, marker_recording_mp3: Recording, standin: StandInVLLM
+) -> None:
+    rec = marker_recording_mp3
+    out = tmp_path / "out"
+    done = voxbatch(
+        ["run", str(rec.path), "--window-minutes", "1", "--preset", "panel",
+         "--instructions", "Name every marker you hear.", "--output-dir", str(out)],
+        vllm_env(tmp_path, standin), tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == str((out / "document.md").absolute())
+    doc = check_document(out, rec)
+    assert len(doc["windows"]) >= 2
+    assert doc["engine"] == "vllm" and doc["model"] == "mistralai/Voxtral-Small-24B-2507"
+    assert doc["instructions"] == "Name every marker you hear."
+    # Window summaries came from chat calls that carried the window's audio and the instructions.
+    for w in doc["windows"]:
+        if w["transcript"]:
+            assert w["summary"] and "Name every marker you hear." in w["summary"]
+    assert doc["summary"]
+    md = (out / "document.md").read_text()
+    assert md.startswith("# marker-talk\n")
+    spans = re.findall(r"^## (\d\d:\d\d:\d\d) – (\d\d:\d\d:\d\d)$", md, flags=re.M)
+    assert len(spans) == len(doc["windows"]) and spans[0][0] == "00:00:00"
+    log = standin.stats()["log"]
+    transcriptions = [e for e in log if e["endpoint"] == "transcriptions" and e["status"] == 200]
+    assert len(transcriptions) == len(doc["windows"])
+    assert all(e["temperature"] == 0 for e in transcriptions)
+    # Resampled to 16 kHz mono FLAC before upload: 44.1 kHz stereo would be ~10x larger.
+    assert all(e["upload_bytes"] < 60 * 32_000 for e in transcriptions)
+
+
+def test_a_server_with_default_caps_gets_smaller_pieces(tmp_path: Path, audio_dir: Path) -> None:
+    # 30-minute windows against a server that refuses more than 60 s per request: the client
+    # learns the cap from the refusal and re-cuts each window at silences.
+    rec = build_recording(marker_talk(list(range(40, 52))), audio_dir / "capped.wav")
+    with StandInVLLM(max_duration_s=60.0) as server:
+        out = tmp_path / "out"
+        done = voxbatch(["run", str(rec.path), "--output-dir", str(out)], vllm_env(tmp_path, server),
+                        tmp_path)
+        assert done.returncode == 0, done.stderr
+        doc = check_document(out, rec)
+        assert len(doc["windows"]) == 1
+        ok = [e for e in server.stats()["log"] if e["endpoint"] == "transcriptions" and e["status"] == 200]
+        assert len(ok) >= 2 and all(e["duration_s"] <= 60.0 for e in ok)
+
+
+def test_a_repetition_loop_is_detected_and_retried(tmp_path: Path, audio_dir: Path,
+                                                   standin: StandInVLLM) -> None:
+    from tests.speech import LoopTrigger
+
+    parts = [Speech("Music starts now."), Silence(0.8), Marker(7), Silence(0.8), LoopTrigger(3.0),
+             Silence(0.8), Marker(8), Silence(0.8), Speech("And we are back.")]
+    rec = build_recording(parts, audio_dir / "loop.wav")
+    out = tmp_path / "out"
+    done = voxbatch(["run", str(rec.path), "--output-dir", str(out)], vllm_env(tmp_path, standin), tmp_path)
+    assert done.returncode == 0, done.stderr
+    doc = check_document(out, rec)
+    assert len(doc["transcript"].split()) < 50  # no "the the the …"
+    tries = [e for e in standin.stats()["log"] if e["endpoint"] == "transcriptions"]
+    assert len(tries) >= 2
+    assert any((e.get("frequency_penalty") or 0) > 0 or (e.get("repetition_penalty") or 1) > 1 for e in tries)
+
+
+def test_running_again_changes_nothing_and_calls_no_model(
+    tmp_path: Path, marker_recording: Recording, standin: StandInVLLM
+) -> None:
+    env = vllm_env(tmp_path, standin)
+    args = ["run", str(marker_recording.path), "--window-minutes", "1"]
+    first = voxbatch([*args, "--output-dir", str(tmp_path / "a")], env, tmp_path)
+    assert first.returncode == 0, first.stderr
+    calls = standin.stats()["posts"]
+    second = voxbatch([*args, "--output-dir", str(tmp_path / "b")], env, tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert standin.stats()["posts"] == calls
+    for name in ("document.md", "document.json", "transcript.txt"):
+        assert sha(tmp_path / "a" / name) == sha(tmp_path / "b" / name)
+
+
+def test_an_interrupted_run_resumes_after_the_last_finished_window(
+    tmp_path: Path, marker_recording: Recording
+) -> None:
+    with StandInVLLM(latency_s=1.0) as server:
+        env = vllm_env(tmp_path, server)
+        args = [*VOXBATCH, "run", str(marker_recording.path), "--window-minutes", "1",
+                "--output-dir", str(tmp_path / "out")]
+        proc = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        results = tmp_path / "data" / "store" / "jobs"
+        deadline = time.monotonic() + 120
+        while not list(results.glob("*/windows/0000.json")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert "run the same command again to resume" in err
+        assert "Traceback" not in err
+        done_before = {p.name for p in results.glob("*/windows/*.json")}
+        server.reset_stats()
+        again = voxbatch(args[3:], env, tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert "resuming job" in again.stderr
+        windows = json.loads((tmp_path / "out" / "document.json").read_text())["windows"]
+        transcribed = server.stats()["counts"].get("transcriptions", 0)
+        assert transcribed == len(windows) - len(done_before)
+        check_document(tmp_path / "out", marker_recording)
+
+
+def test_offline_engine_transcribes_real_speech_and_says_it_does_not_summarise(
+    tmp_path: Path, audio_dir: Path
+) -> None:
+    rec = build_recording(
+        [Speech("Good morning everyone and welcome to the conference."), Silence(1.0),
+         Speech("Today we talk about the weather.")],
+        audio_dir / "offline.ogg", codec_args=["-c:a", "libvorbis"],
+    )
+    out = tmp_path / "out"
+    done = voxbatch(["run", str(rec.path), "--output-dir", str(out)], env_for(tmp_path), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "using the offline engine" in done.stderr
+    doc = json.loads((out / "document.json").read_text())
+    assert doc["engine"] == "offline" and doc["summary"] is None
+    words = set(doc["transcript"].lower().split())
+    assert len(words & {"good", "morning", "everyone", "welcome", "conference", "today", "weather"}) >= 3
+    assert "offline engine" in (out / "document.md").read_text()
+
+
+def _png(path: Path) -> Path:
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=red:s=32x32", "-frames:v", "1",
+                    "-f", "image2", "-c:v", "png", "-y", str(path)], check=True)
+    return path
+
+
+def _silent_video(path: Path) -> Path:
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=d=2:s=64x64", "-c:v", "mpeg4",
+                    "-y", str(path)], check=True)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d / "missing.mp3", "does not exist"),
+        (lambda d: (d / "empty.wav").write_bytes(b"") and d / "empty.wav" or d / "empty.wav", "is empty"),
+        (lambda d: (d / "noise.mp3").write_bytes(os.urandom(50_000)) and d / "noise.mp3", "ffmpeg can read"),
+        (lambda d: _png(d / "picture.wav"), ""),
+        (lambda d: _silent_video(d / "video.mp4"), "no audio stream"),
+        (lambda d: d, "directory"),
+    ],
+    ids=["missing", "empty", "noise", "picture", "video-without-audio", "directory"],
+)
+def test_bad_input_gets_one_line_and_leaves_nothing(tmp_path: Path, make, message: str) -> None:  # type: ignore[no-untyped-def]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    path = make(inputs)
+    before = {p: sha(p) for p in inputs.rglob("*") if p.is_file()}
+    done = voxbatch(["run", str(path), "--output-dir", str(tmp_path / "out")], env_for(tmp_path), tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("voxbatch: error: ") and message in lines[0]
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
+    assert {p: sha(p) for p in inputs.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--preset", "podcast"], "unknown preset 'podcast'"),
+        (["--language", "xx"], "unknown language code 'xx'"),
+        (["--window-minutes", "45"], "between 1 and 30"),
+    ],
+)
+def test_bad_options_get_one_line(tmp_path: Path, short_speech: Path, args: list[str], message: str) -> None:
+    done = voxbatch(["run", str(short_speech), *args], env_for(tmp_path), tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert message in done.stderr
+
+
+def test_an_engine_refusal_fails_with_the_servers_reason(
+    tmp_path: Path, marker_recording: Recording, standin: StandInVLLM
+) -> None:
+    env = vllm_env(tmp_path, standin, VOXBATCH_MODEL="mistralai/Voxtral-Mini-3B-2507")
+    done = voxbatch(["run", str(marker_recording.path), "--window-minutes", "1"], env, tmp_path)
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) <= 3, done.stderr
+    assert "window 1 (00:00:00 – " in done.stderr and "Voxtral-Mini-3B-2507" in done.stderr
+    assert "Traceback" not in done.stderr
