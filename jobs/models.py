@@ -115,3 +115,39 @@ def window_result_key(job_id: str, index: int) -> str:
 
 
 OUTPUT_NAMES = ("document.md", "document.json", "transcript.txt")
+
+
+class Tenant(SQLModel, table=True):
+    """Who owns jobs and keys; webhooks of its jobs are signed with its secret."""
+
+    name: str = Field(primary_key=True, max_length=200)
+    webhook_secret: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key, stored as a SHA-256 hash; ``prefix`` identifies it in lists and logs."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    tenant: str = Field(foreign_key="tenant.name", index=True, max_length=200)
+    prefix: str = Field(index=True, max_length=32)
+    key_hash: str = Field(unique=True, max_length=128)
+    created_at: datetime = Field(default_factory=utcnow)
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class DropObject(SQLModel, table=True):
+    """The drop folder's ledger: one row per (bucket, key, ETag) ever seen, so ingestion is
+    exactly-once across scans, restarts and several watchers; new content (new ETag) is a new row."""
+
+    __table_args__ = (UniqueConstraint("bucket", "key", "etag", name="uq_drop_bucket_key_etag"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    bucket: str = Field(max_length=255)
+    key: str = Field(sa_column=Column(Text, nullable=False))
+    etag: str = Field(max_length=200)
+    size: int | None = None
+    job_id: str | None = Field(default=None, index=True, max_length=32)
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    created_at: datetime = Field(default_factory=utcnow)
