@@ -86,7 +86,7 @@ class FfmpegAudio:
         except subprocess.TimeoutExpired as exc:
             raise InputError(f"{target.name} could not be read within 2 minutes") from exc
         if done.returncode != 0:
-            detail = _last_line(done.stderr.decode("utf-8", "replace"))
+            detail = target.scrub(_last_line(done.stderr.decode("utf-8", "replace")))
             log.info("ffprobe refused %s: %s", target.name, detail)
             raise target.unreadable(detail)
         data: dict[str, Any] = json.loads(done.stdout or b"{}")
@@ -98,7 +98,8 @@ class FfmpegAudio:
                 raise InputError(f"{target.name} has no audio stream")
             raise target.unreadable("no streams")
         stream = audio[0]
-        duration = _number(fmt.get("duration")) or _number(stream.get("duration"))
+        # The audio stream's own duration first: a video track may run longer than its sound.
+        duration = _number(stream.get("duration")) or _number(fmt.get("duration"))
         if duration is None or not math.isfinite(duration) or duration <= 0:
             raise InputError(f"{target.name} has no audio duration ffmpeg can determine")
         size = _number(fmt.get("size"))
@@ -148,7 +149,7 @@ class FfmpegAudio:
                         encoder.write(event)
             rc = decoder.proc.wait()
             if rc != 0:
-                detail = decoder.last_error() or f"ffmpeg exited with status {rc}"
+                detail = target.scrub(decoder.last_error()) or f"ffmpeg exited with status {rc}"
                 raise InputError(f"{target.name} could not be decoded: {detail}")
             rest = planner.flush()
             if len(rest):
@@ -213,6 +214,10 @@ class _Target:
             "-format_whitelist", AUDIO_FORMATS,
             "-i", self.url,
         ]  # fmt: skip
+
+    def scrub(self, detail: str) -> str:
+        """ffmpeg's message without the URL, whose query may hold a presigned signature."""
+        return re.sub(r"\?\S*", "", detail.replace(self.url, self.name))
 
     def unreadable(self, detail: str) -> InputError:
         if self.path is None and re.search(r"Server returned|Connection|resolve|timed out", detail):
