@@ -1,0 +1,277 @@
+"""VLLMEngine: Voxtral served by vLLM, through its OpenAI-compatible HTTP API.
+
+What vLLM does with Voxtral (shared/reference/voxtral-vllm.md) shapes every request:
+
+- the whole upload is one prompt: 375 tokens per started 30 s of audio, in a 32,768-token
+  context, so the answer's ``max_completion_tokens`` is always bounded by what is left;
+- transcription wants ``temperature=0``; audio understanding ``temperature=0.2, top_p=0.95``;
+- there are no system prompts: instructions go in the user turn, next to the audio;
+- servers cap uploads (``VLLM_MAX_AUDIO_CLIP_FILESIZE_MB``, 25 MB) and durations
+  (``VLLM_MAX_AUDIO_DECODE_DURATION_S``, 600 s). A refusal raises WindowTooLarge; the cap it names
+  is remembered, so ``max_audio_s()`` reports it and later windows are refused before upload;
+- Voxtral can loop on music or silence: a looping answer is asked again once with a penalty,
+  then raised as RepetitionLoop so the pipeline splits the window.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from jobs.errors import EngineRejected, InputError, RepetitionLoop, WindowTooLarge
+from jobs.settings import Settings
+from workers.engines import flac
+from workers.engines.http import ApiClient, Refusal, RefusedTooLarge, audio_tokens, longest_audio_s
+from workers.engines.loops import is_loop
+
+logger = logging.getLogger(__name__)
+
+MAX_MODEL_LEN = 32_768
+PROMPT_OVERHEAD_TOKENS = 16  # [INST], audio delimiters, "lang:xx[TRANSCRIBE]": a few, counted high
+MIN_OUTPUT_TOKENS = 512  # a window leaving less room than this for the answer is too long
+TRANSCRIPT_TOKENS_PER_S = 6.0  # fast speech is ~4-5 tokens/s; above that is a runaway answer
+SUMMARY_MAX_TOKENS = 2048
+COMPLETE_MAX_TOKENS = 4096
+DEFAULT_UPLOAD_CAP_BYTES = 25 * 1024 * 1024  # vLLM's VLLM_MAX_AUDIO_CLIP_FILESIZE_MB default
+SIZE_SAFETY = 0.9  # FLAC bitrate varies with content: aim below a learned size limit
+MIB = 1024 * 1024
+
+
+def text_tokens(text: str) -> int:
+    """A high estimate of Tekken tokens (about 4 bytes per token in English, fewer elsewhere)."""
+    return math.ceil(len(text.encode("utf-8")) / 3)
+
+
+class VLLMEngine:
+    """Voxtral on a vLLM server at ``settings.vllm_url`` (``http://host:8000/v1``)."""
+
+    name = "vllm"
+    can_summarize = True
+    # Sampling changes for the one retry after a looping answer.
+    transcribe_loop_retry: Mapping[str, Any] = {"temperature": 0.2, "frequency_penalty": 0.5}
+    chat_loop_retry: Mapping[str, Any] = {"temperature": 0.3, "frequency_penalty": 0.5}
+
+    def __init__(self, settings: Settings, *, backoff_base_s: float = 1.0) -> None:
+        if not settings.vllm_url:
+            raise InputError("the vllm engine needs VOXBATCH_VLLM_URL (for example http://gpu-host:8000/v1)")
+        headers = {"Authorization": f"Bearer {settings.vllm_api_key}"} if settings.vllm_api_key else {}
+        self.model = settings.model
+        self.transcribe_model = settings.model
+        self._api = ApiClient(
+            settings.vllm_url,
+            server=f"vLLM at {settings.vllm_url}",
+            headers=headers,
+            timeout_s=settings.request_timeout_s,
+            retries=settings.engine_retries,
+            backoff_base_s=backoff_base_s,
+        )
+        self._init_limits(
+            max_s=settings.vllm_max_audio_s,
+            max_upload_bytes=(settings.vllm_max_upload_mb * MIB if settings.vllm_max_upload_mb else None),
+        )
+
+    def _init_limits(self, max_s: float | None, max_upload_bytes: float | None) -> None:
+        self._lock = threading.Lock()
+        self._max_s = max_s
+        self._max_upload_bytes = max_upload_bytes
+        self._context = MAX_MODEL_LEN  # lowered when a server started with a smaller one says so
+
+    # --- the Engine protocol ---------------------------------------------------------------
+
+    def max_audio_s(self) -> float | None:
+        with self._lock:
+            return self._max_s
+
+    def transcribe(self, audio: Path, language: str | None) -> str:
+        duration, size = self._admit(audio, prompt_tokens=0)
+        room = self._context - audio_tokens(duration) - PROMPT_OVERHEAD_TOKENS
+        max_tokens = min(room, max(MIN_OUTPUT_TOKENS, math.ceil(duration * TRANSCRIPT_TOKENS_PER_S)))
+        fields = self._transcription_fields(language, max_tokens)
+
+        def send(retry: Mapping[str, Any]) -> str:
+            merged = {k: str(v) for k, v in {**fields, **retry}.items()}
+            answer = self._post(
+                "audio/transcriptions",
+                duration,
+                size,
+                data=merged,
+                files=lambda: {"file": (audio.name, audio.open("rb"), _mime(audio))},
+            )
+            if isinstance(answer, str):
+                return answer.strip()
+            if not isinstance(answer, dict) or not isinstance(answer.get("text"), str):
+                raise EngineRejected(f"{self.name} answered a transcription without text")
+            return str(answer["text"]).strip()
+
+        return self._without_loops(send, self.transcribe_loop_retry, f"transcript of {audio.name}")
+
+    def summarize_audio(self, audio: Path, prompt: str) -> str:
+        prompt_tokens = text_tokens(prompt)
+        duration, size = self._admit(audio, prompt_tokens=prompt_tokens)
+        room = self._context - audio_tokens(duration) - prompt_tokens - PROMPT_OVERHEAD_TOKENS
+        data = base64.b64encode(audio.read_bytes()).decode("ascii")
+        # Instructions ride in the user turn: Voxtral has no system prompt.
+        content = [self._audio_part(data, _format(audio)), {"type": "text", "text": prompt}]
+        return self._chat(content, min(room, SUMMARY_MAX_TOKENS), duration, size, f"summary of {audio.name}")
+
+    def complete(self, prompt: str) -> str:
+        room = self._context - text_tokens(prompt) - PROMPT_OVERHEAD_TOKENS
+        if room < MIN_OUTPUT_TOKENS:
+            raise EngineRejected(
+                f"the text prompt (about {text_tokens(prompt)} tokens) does not fit "
+                f"{self.model}'s {self._context}-token context"
+            )
+        content = [{"type": "text", "text": prompt}]
+        return self._chat(content, min(room, COMPLETE_MAX_TOKENS), 0.0, 0, "text answer")
+
+    def close(self) -> None:
+        self._api.close()
+
+    # --- shapes that differ between vLLM and Mistral's hosted API -------------------------------
+
+    def _transcription_fields(self, language: str | None, max_tokens: int) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "model": self.transcribe_model,
+            "temperature": 0.0,
+            "response_format": "json",
+            # Bounds a runaway loop: vLLM's default is the whole remaining context.
+            "max_completion_tokens": max_tokens,
+        }
+        if language:
+            fields["language"] = language
+        return fields
+
+    def _audio_part(self, data_b64: str, fmt: str) -> dict[str, Any]:
+        return {"type": "input_audio", "input_audio": {"data": data_b64, "format": fmt}}
+
+    # --- shared machinery --------------------------------------------------------------------
+
+    def _chat(
+        self,
+        content: list[dict[str, Any]],
+        max_tokens: int,
+        duration: float,
+        size: int,
+        what: str,
+    ) -> str:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": content}],
+            "temperature": 0.2,
+            "top_p": 0.95,
+            "max_tokens": max_tokens,
+        }
+
+        def send(retry: Mapping[str, Any]) -> str:
+            answer = self._post("chat/completions", duration, size, json_body={**body, **retry})
+            try:
+                choice = answer["choices"][0]
+                text = choice["message"]["content"]
+            except (KeyError, IndexError, TypeError) as exc:
+                raise EngineRejected(f"{self.name} answered the {what} without a message") from exc
+            if not isinstance(text, str):
+                raise EngineRejected(f"{self.name} answered the {what} without text")
+            if choice.get("finish_reason") == "length":
+                logger.warning("%s: the %s was cut at %d tokens", self.name, what, max_tokens)
+            return text.strip()
+
+        return self._without_loops(send, self.chat_loop_retry, what)
+
+    def _without_loops(
+        self, send: Callable[[Mapping[str, Any]], str], retry: Mapping[str, Any], what: str
+    ) -> str:
+        text = send({})
+        if not is_loop(text):
+            return text
+        logger.warning("%s: the %s loops; asking again with %s", self.name, what, dict(retry))
+        text = send(retry)
+        if is_loop(text):
+            raise RepetitionLoop(
+                f"the {what} kept repeating itself even with a repetition penalty; the window will be split"
+            )
+        return text
+
+    def _post(
+        self,
+        path: str,
+        duration: float,
+        size: int,
+        **kwargs: Any,
+    ) -> Any:
+        try:
+            return self._api.post(path, **kwargs)
+        except RefusedTooLarge as exc:
+            exc.max_duration_s = self._learn(exc.refusal, duration, size)
+            raise
+
+    def _admit(self, audio: Path, prompt_tokens: int) -> tuple[float, int]:
+        """Refuse before uploading what the server is known to refuse; return (seconds, bytes)."""
+        if not audio.is_file():
+            raise InputError(f"window audio {audio} does not exist")
+        duration = flac.duration_s(audio)
+        size = audio.stat().st_size
+        cap = self.max_audio_s()
+        if cap is not None and duration > cap:
+            raise WindowTooLarge(
+                f"the window lasts {duration:.0f} s, over {self.name}'s limit of {cap:.0f} s",
+                max_duration_s=cap,
+            )
+        with self._lock:
+            upload_cap = self._max_upload_bytes
+        if upload_cap is not None and size > upload_cap:
+            raise WindowTooLarge(
+                f"the window is {size / MIB:.1f} MB, over {self.name}'s upload limit of "
+                f"{upload_cap / MIB:.1f} MB (VLLM_MAX_AUDIO_CLIP_FILESIZE_MB raises it)",
+                max_duration_s=_fitting_duration(duration, size, upload_cap),
+            )
+        budget = self._context - PROMPT_OVERHEAD_TOKENS - prompt_tokens - MIN_OUTPUT_TOKENS
+        if audio_tokens(duration) > budget:
+            raise WindowTooLarge(
+                f"the window lasts {duration:.0f} s: its {audio_tokens(duration)} audio tokens "
+                f"leave no room for an answer in the {self._context}-token context",
+                max_duration_s=longest_audio_s(budget),
+            )
+        return duration, size
+
+    def _learn(self, refusal: Refusal, duration: float, size: int) -> float | None:
+        """Remember the limit a refusal reveals; return it as a duration when there is one."""
+        limit: float | None = None
+        if refusal.max_duration_s is not None:
+            limit = refusal.max_duration_s
+        elif refusal.max_model_len is not None:
+            with self._lock:
+                self._context = min(self._context, refusal.max_model_len)
+            budget = refusal.max_model_len - PROMPT_OVERHEAD_TOKENS - MIN_OUTPUT_TOKENS
+            limit = longest_audio_s(budget)
+        elif refusal.about_size and size:
+            with self._lock:
+                known = self._max_upload_bytes
+                # vLLM names no number: assume its default when the file was above it.
+                if known is None or known >= size:
+                    known = DEFAULT_UPLOAD_CAP_BYTES if size > DEFAULT_UPLOAD_CAP_BYTES else size / 2
+                self._max_upload_bytes = known
+            limit = _fitting_duration(duration, size, known)
+        if limit is not None:
+            with self._lock:
+                self._max_s = limit if self._max_s is None else min(self._max_s, limit)
+            logger.warning("%s: learned a limit of %.0f s per request: %s", self.name, limit, refusal.message)
+        return limit
+
+
+def _fitting_duration(duration: float, size: int, upload_cap: float) -> float:
+    """The duration whose file should fit ``upload_cap`` at this file's bitrate, rounded down."""
+    return float(math.floor(duration * upload_cap / size * SIZE_SAFETY))
+
+
+def _format(audio: Path) -> str:
+    return audio.suffix.lower().lstrip(".") or "flac"
+
+
+def _mime(audio: Path) -> str:
+    fmt = _format(audio)
+    return {"mp3": "audio/mpeg", "ogg": "audio/ogg", "wav": "audio/wav"}.get(fmt, f"audio/{fmt}")
