@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     window_minutes: float = MAX_WINDOW_MINUTES
     drop_url: str | None = None
     outbox_url: str | None = None
+    # The drop-folder watcher (workers/watcher.py).
+    watch_interval_s: float = Field(default=60.0, gt=0, description="seconds between full inbox scans")
+    # Preset per prefix under the inbox, as JSON: {"panels/": "panel", "standups/": "meeting"};
+    # the longest matching prefix wins, a sidecar's "preset" wins over it.
+    drop_presets: dict[str, str] = Field(default_factory=dict)
+    # Tag each ingested recording (voxbatch=<job id> or voxbatch=rejected); content and ETag unchanged.
+    drop_tag_processed: bool = False
+    # SQS queue receiving the bucket's s3:ObjectCreated:* notifications; scans still reconcile.
+    drop_sqs_queue_url: str | None = None
     lease_seconds: float = 120.0
     max_window_attempts: int = 4
     flower_basic_auth: str | None = None
