@@ -360,3 +360,15 @@ def test_standin_text_format_and_models(vllm_server: StandInVLLM, tmp_path: Path
     assert answer.text == "marker-12"
     models = httpx.get(f"{vllm_server.url}/models").json()
     assert [m["id"] for m in models["data"]] == [vllm_server.config.model]
+
+
+def test_a_full_30_minute_window_fits_the_context(
+    vllm_server_raised_caps: StandInVLLM, tmp_path: Path
+) -> None:
+    window = write_marker_window(tmp_path / "30min.flac", [1, 2, 3], total_s=1800)
+    engine = engine_for(vllm_server_raised_caps, tmp_path)
+    assert engine.transcribe(window, "en") == "marker-1 marker-2 marker-3"
+    [entry] = log_of(vllm_server_raised_caps, "transcriptions")
+    max_tokens = entry["max_tokens"]
+    # 60 chunks of 375 audio tokens; the answer gets what is left of 32k, not more.
+    assert isinstance(max_tokens, int) and 9_000 < max_tokens <= MAX_MODEL_LEN - 22_500 - 6
