@@ -1,0 +1,139 @@
+"""The Celery app: broker, routing and the settings long tasks on Redis need, and how steps are enqueued.
+
+Why each setting (shared/reference/celery-redis-s3.md §1):
+
+- ``task_acks_late`` + ``worker_prefetch_multiplier=1``: a message is acked only after its task ran,
+  and a worker reserves one message per slot, so nothing waits unacked behind a long window.
+- ``task_reject_on_worker_lost`` / ``task_retry_on_worker_lost``: a prefork child that dies puts its
+  message back instead of acking it.
+- ``visibility_timeout`` (set in all three places) is above the longest task, so Redis never
+  redelivers a running window on its own. A SIGKILLed worker's window comes back much earlier through
+  the database lease and the sweep (``workers.sweeper``), not through the visibility timeout.
+- Soft shutdown plus ``REMAP_SIGTERM=SIGQUIT`` (set by ``voxbatch worker``): SIGTERM gives running
+  tasks a few seconds, then restores their messages to the queue at once.
+- Events on and ``task_send_sent_event`` so Flower shows queued tasks too.
+
+Task names (``voxbatch.split|window|reduce|sweep``) carry the job id as their first argument, so
+Flower's search finds every task of a job.
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit, urlunsplit
+
+from celery import Celery
+
+from jobs.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+CPU_QUEUE = "cpu"
+GPU_QUEUE = "gpu"
+QUEUES = (CPU_QUEUE, GPU_QUEUE)
+
+SPLIT = "voxbatch.split"
+WINDOW = "voxbatch.window"
+REDUCE = "voxbatch.reduce"
+SWEEP = "voxbatch.sweep"
+
+ROUTES = {SPLIT: CPU_QUEUE, WINDOW: GPU_QUEUE, REDUCE: CPU_QUEUE, SWEEP: CPU_QUEUE}
+
+# Longest task: a 30-minute window whose requests each may take request_timeout_s (30 min), plus
+# re-cuts. Redis redelivers anything unacked for this long, so it must stay above every task.
+VISIBILITY_TIMEOUT_S = 6 * 3600
+# Transient retries wait at most this long; a retry is an unacked ETA message, so it must stay well
+# below the visibility timeout or the retry itself would be redelivered.
+RETRY_BACKOFF_MAX_S = 300
+# How long SIGTERM lets running tasks finish before their messages go back to the queue.
+SOFT_SHUTDOWN_S = 5.0
+RESULT_EXPIRES_S = 24 * 3600
+
+
+def result_backend_url(broker_url: str) -> str:
+    """The broker's Redis, next database number: results never share keys with queues."""
+    parts = urlsplit(broker_url)
+    if not parts.scheme.startswith("redis"):
+        return broker_url
+    path = parts.path.strip("/")
+    db = int(path) if path.isdigit() else 0
+    return urlunsplit((parts.scheme, parts.netloc, f"/{(db + 1) % 16}", parts.query, ""))
+
+
+def celery_config(settings: Settings) -> dict[str, object]:
+    transport = {
+        "visibility_timeout": VISIBILITY_TIMEOUT_S,
+        # Publishing while Redis restarts: keep trying instead of failing the task that enqueues.
+        "max_retries": 15,
+        "interval_start": 0,
+        "interval_step": 0.5,
+        "interval_max": 1,
+    }
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": result_backend_url(settings.broker_url),
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        "visibility_timeout": VISIBILITY_TIMEOUT_S,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "task_acks_late": True,
+        "task_acks_on_failure": True,
+        "task_reject_on_worker_lost": True,
+        "task_retry_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_soft_shutdown_timeout": SOFT_SHUTDOWN_S,
+        "worker_enable_soft_shutdown_on_idle": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "result_expires": RESULT_EXPIRES_S,
+        "result_extended": True,
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 30,
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 15,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
+        "task_routes": {name: {"queue": queue} for name, queue in ROUTES.items()},
+        "task_default_queue": CPU_QUEUE,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "worker_hijack_root_logger": False,
+        "broker_channel_error_retry": True,
+    }
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("voxbatch", include=["workers.tasks"])
+    app.conf.update(celery_config(settings))
+    return app
+
+
+# `celery -A workers.celery_app` and every process that enqueues use this one app.
+app = make_celery(get_settings())
+
+
+# --- enqueueing (by name, so callers never import the task bodies) ------------------------------
+
+
+def enqueue_split(job_id: str) -> None:
+    app.send_task(SPLIT, args=[job_id], queue=ROUTES[SPLIT])
+
+
+def enqueue_window(job_id: str, index: int) -> None:
+    app.send_task(WINDOW, args=[job_id, index], queue=ROUTES[WINDOW])
+
+
+def enqueue_reduce(job_id: str) -> None:
+    app.send_task(REDUCE, args=[job_id], queue=ROUTES[REDUCE])
+
+
+def enqueue_sweep(expires_s: float) -> None:
+    # A sweep that waited longer than one period is stale: the next one is already on its way.
+    app.send_task(SWEEP, args=[], queue=ROUTES[SWEEP], expires=expires_s)

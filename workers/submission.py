@@ -1,0 +1,134 @@
+"""Submitting a recording to the workers, and resuming a job: what the CLI, the API and the drop-folder
+watcher share.
+
+``submit`` validates the options before anything is written, copies a local file into object
+storage under ``jobs/<id>/source/<safe name>`` (streamed, memory stays flat) or checks that an
+``s3://`` source exists, creates the job row and only then enqueues the split (outbox order: the
+message never names a job the database does not have yet).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import IO
+
+from sqlalchemy import update
+from sqlmodel import col
+
+from jobs import pipeline
+from jobs.errors import InputError, TransientError
+from jobs.models import Job, utcnow
+from jobs.storage import S3Storage, parse_s3_url
+from workers import celery_app
+
+log = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(name: str) -> str:
+    """A storage-safe file name: letters, digits, dot, dash, underscore; never empty or hidden."""
+    cleaned = _UNSAFE.sub("_", Path(name).name).strip("._")
+    return cleaned[:200] or "recording"
+
+
+def source_key(job_id: str, name: str) -> str:
+    return f"jobs/{job_id}/source/{safe_name(name)}"
+
+
+def submit(
+    rt: pipeline.Runtime,
+    source: str,
+    options: pipeline.JobOptions,
+    *,
+    stream: IO[bytes] | None = None,
+    source_name: str | None = None,
+    tenant: str | None = None,
+    fingerprint: str | None = None,
+) -> Job:
+    """Create a job for ``source`` (a local path, an ``s3://`` URL, or ``stream``'s bytes) and enqueue it.
+
+    With ``stream``, ``source`` is only the name the user knows the recording by (an upload).
+    """
+    options = options.validated(rt.settings)
+    name = source_name
+    if stream is None and source.startswith("s3://"):
+        bucket, key = parse_s3_url(source)
+        if not key or key.endswith("/"):
+            raise InputError(f"{source} names a folder, not a recording")
+        if not S3Storage(bucket, "", endpoint_url=rt.settings.s3_endpoint_url).exists(key):
+            raise InputError(f"{source} does not exist or is not readable with these credentials")
+        job = pipeline.create_job(
+            rt, source, options, source_name=name or key.rsplit("/", 1)[-1], tenant=tenant,
+            fingerprint=fingerprint,
+        )
+    else:
+        path: Path | None = None
+        if stream is None:
+            path = Path(source).expanduser().absolute()
+            if not path.is_file():
+                raise InputError(f"{source} is not a file")
+            source = str(path)
+        name = name or Path(source).name
+        job = pipeline.create_job(
+            rt, source, options, source_name=name, tenant=tenant, fingerprint=fingerprint
+        )
+        key = source_key(job.id, name)
+        try:
+            if stream is not None:
+                rt.storage.put_stream(key, stream)
+            else:
+                assert path is not None
+                with path.open("rb") as f:
+                    rt.storage.put_stream(key, f)
+        except Exception as exc:
+            pipeline.fail_job(rt, job.id, f"the upload into storage failed: {exc}")
+            raise
+        with rt.db.session() as s:
+            s.execute(
+                update(Job).where(col(Job.id) == job.id).values(source_key=key, updated_at=utcnow())
+            )
+            s.commit()
+        job.source_key = key
+    _enqueue(rt, job.id, celery_app.enqueue_split, job.id)
+    log.info("job %s: submitted (%s)", job.id, job.source_name)
+    return job
+
+
+def resume(rt: pipeline.Runtime, job_id: str, tenant: str | None = None) -> Job:
+    """Retry a failed or cancelled job: windows already done are kept, only what is missing is enqueued."""
+    job = pipeline.retry_job(rt, job_id, tenant)
+    enqueue_missing(rt, job)
+    return pipeline.get_job(rt, job_id)
+
+
+def enqueue_missing(rt: pipeline.Runtime, job: Job) -> None:
+    if job.windows_total is None:
+        _enqueue(rt, job.id, celery_app.enqueue_split, job.id)
+        return
+    pending = pipeline.pending_windows(rt, job.id)
+    for index in pending:
+        _enqueue(rt, job.id, celery_app.enqueue_window, job.id, index)
+    if not pending and pipeline.claim_reduce(rt, job.id):
+        _enqueue(rt, job.id, celery_app.enqueue_reduce, job.id)
+    log.info("job %s: %d window(s) enqueued again", job.id, len(pending))
+
+
+def _enqueue(rt: pipeline.Runtime, job_id: str, fn: object, *args: object) -> None:
+    try:
+        fn(*args)  # type: ignore[operator]
+    except Exception as exc:
+        reason = (
+            f"could not reach the broker at {redacted(rt.settings.broker_url)} ({exc.__class__.__name__}); "
+            f"start Redis (or `voxbatch up`), then `voxbatch retry {job_id}`"
+        )
+        # A job whose message never left is failed, so that `retry` can pick it up again.
+        pipeline.fail_job(rt, job_id, reason)
+        raise TransientError(reason) from exc
+
+
+def redacted(url: str) -> str:
+    """The URL without a password, for messages."""
+    return re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)

@@ -1,0 +1,170 @@
+"""The periodic lease sweep: puts work whose worker died back on the queue.
+
+A window holds a lease in the database while it runs (``jobs.pipeline.run_window`` renews it). A
+worker killed with SIGKILL stops renewing; once the lease has expired the sweep turns the window
+back to ``pending`` and enqueues it again, so a lost window costs about one lease, not Redis's
+visibility timeout. Splits and reduces have no lease row of their own: their task keeps the job's
+``updated_at`` fresh (``job_heartbeat``) and the sweep re-enqueues a job stuck in ``splitting`` or
+``reducing`` whose heartbeat is older than one lease.
+
+The sweep runs every ``lease_seconds / 4`` in every cpu worker (``SweepTimer``); a Redis key taken
+with ``SET NX PX`` lets only one of them enqueue ``voxbatch.sweep`` per period.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import redis
+from sqlalchemy import update
+from sqlmodel import col, select
+
+from jobs.models import Job, JobStatus, Window, WindowStatus, utcnow
+from jobs.pipeline import Runtime, expired_leases
+
+log = logging.getLogger(__name__)
+
+SWEEP_LOCK_KEY = "voxbatch:sweep-lock"
+
+
+@dataclass
+class SweepReport:
+    windows: list[tuple[str, int]] = field(default_factory=list)
+    splits: list[str] = field(default_factory=list)
+    reduces: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Enqueuers:
+    split: Callable[[str], None]
+    window: Callable[[str, int], None]
+    reduce: Callable[[str], None]
+
+
+def sweep_period_s(lease_seconds: float) -> float:
+    return max(1.0, lease_seconds / 4)
+
+
+def sweep(rt: Runtime, enqueue: Enqueuers) -> SweepReport:
+    """Re-enqueue windows with expired leases and splits/reduces whose worker stopped beating."""
+    report = SweepReport()
+    for job_id, index in expired_leases(rt):
+        # Conditional, so two sweeps (or a worker reclaiming in between) enqueue it once; pending
+        # windows are not swept again, so a backlog does not fill the queue with copies.
+        with rt.db.session() as s:
+            res = s.execute(
+                update(Window)
+                .where(col(Window.job_id) == job_id)
+                .where(col(Window.index) == index)
+                .where(col(Window.status) == WindowStatus.running)
+                .where(col(Window.lease_expires_at) < utcnow())
+                .values(status=WindowStatus.pending, lease_owner=None, lease_expires_at=None)
+            )
+            s.commit()
+        if res.rowcount == 1:  # type: ignore[attr-defined]
+            log.warning("job %s: window %d lost its worker (lease expired); re-enqueued", job_id, index)
+            enqueue.window(job_id, index)
+            report.windows.append((job_id, index))
+    stale = utcnow() - timedelta(seconds=rt.settings.lease_seconds)
+    for status, target, fn in (
+        (JobStatus.splitting, report.splits, enqueue.split),
+        (JobStatus.reducing, report.reduces, enqueue.reduce),
+    ):
+        with rt.db.session() as s:
+            ids = list(
+                s.exec(select(Job.id).where(Job.status == status).where(col(Job.updated_at) < stale))
+            )
+        for job_id in ids:
+            with rt.db.session() as s:
+                # Touch the heartbeat so the next sweep waits another lease for the new task.
+                res = s.execute(
+                    update(Job)
+                    .where(col(Job.id) == job_id)
+                    .where(col(Job.status) == status)
+                    .where(col(Job.updated_at) < stale)
+                    .values(updated_at=utcnow())
+                )
+                s.commit()
+            if res.rowcount == 1:  # type: ignore[attr-defined]
+                log.warning("job %s: stuck in %s (worker lost); re-enqueued", job_id, status)
+                fn(job_id)
+                target.append(job_id)
+    return report
+
+
+@contextmanager
+def job_heartbeat(rt: Runtime, job_id: str) -> Iterator[None]:
+    """Keep the job's ``updated_at`` fresh while a split or reduce runs, so the sweep leaves it be."""
+    stop = threading.Event()
+    period = max(1.0, rt.settings.lease_seconds / 3)
+
+    def beat() -> None:
+        while not stop.wait(period):
+            try:
+                with rt.db.session() as s:
+                    s.execute(
+                        update(Job)
+                        .where(col(Job.id) == job_id)
+                        .where(col(Job.status).in_([JobStatus.splitting, JobStatus.reducing]))
+                        .values(updated_at=utcnow())
+                    )
+                    s.commit()
+            except Exception:
+                log.warning("job %s: heartbeat failed", job_id, exc_info=True)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def release_leases(rt: Runtime, owner_prefix: str) -> int:
+    """Give back the leases of windows this process runs, before its messages go back to the queue.
+
+    Called when a worker shuts down: the requeued message can then be claimed by another worker at
+    once instead of waiting for the lease to expire.
+    """
+    with rt.db.session() as s:
+        res = s.execute(
+            update(Window)
+            .where(col(Window.status) == WindowStatus.running)
+            .where(col(Window.lease_owner).startswith(owner_prefix, autoescape=True))
+            .values(status=WindowStatus.pending, lease_owner=None, lease_expires_at=None)
+        )
+        s.commit()
+    return int(res.rowcount)  # type: ignore[attr-defined]
+
+
+class SweepTimer:
+    """A daemon thread in a cpu worker's main process that enqueues ``voxbatch.sweep`` each period."""
+
+    def __init__(self, broker_url: str, period_s: float, send: Callable[[float], None]) -> None:
+        self.broker_url = broker_url
+        self.period_s = period_s
+        self.send = send
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="voxbatch-sweep-timer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        client = redis.Redis.from_url(self.broker_url, socket_timeout=5, socket_connect_timeout=5)
+        while not self._stop.wait(self.period_s):
+            try:
+                # Several cpu workers: the first to take the key this period sends the sweep.
+                if client.set(SWEEP_LOCK_KEY, b"1", nx=True, px=int(self.period_s * 900)):
+                    self.send(self.period_s)
+            except Exception as exc:  # Redis restarting: try again next period.
+                log.warning("sweep timer: could not enqueue a sweep: %s", exc)
