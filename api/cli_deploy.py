@@ -43,7 +43,9 @@ GPU_EXTRA_HINT = "vLLM is not installed here; on the GPU machine run: pip instal
     help="Longest audio vLLM accepts per request (>= 1800 for 30-minute windows).",
 )
 @click.option("--max-num-seqs", type=int, default=None, help="Requests in flight per replica (vLLM default).")
-@click.option("print_only", "--print", is_flag=True, help="Print the command and its environment; run nothing.")
+@click.option(
+    "print_only", "--print", is_flag=True, help="Print the command with its environment; run nothing."
+)
 @click.argument("extra_args", nargs=-1, type=click.UNPROCESSED)
 @one_line_errors
 def vllm(
