@@ -24,6 +24,7 @@ from jobs.errors import JobCancelled, TransientError, VoxbatchError
 from jobs.settings import get_settings
 from workers import celery_app
 from workers.celery_app import CPU_QUEUE, app
+from workers.outbox import deliver_quietly
 from workers.sweeper import Enqueuers, SweepTimer, job_heartbeat, release_leases, sweep, sweep_period_s
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class JobTask(Task):  # type: ignore[misc]
             pipeline.fail_job(runtime(), job_id, reason)
         except Exception:
             log.exception("job %s: could not record the failure: %s", job_id, reason)
+            return
+        deliver_quietly(runtime(), job_id)  # error.json for drop-folder recordings
 
 
 @app.task(base=JobTask, name=celery_app.SPLIT, bind=True)
@@ -124,6 +127,7 @@ def reduce(self: JobTask, job_id: str) -> str:
     except JobCancelled:
         log.info("job %s: cancelled; reduce skipped", job_id)
         return "cancelled"
+    deliver_quietly(rt, job_id)  # documents of drop-folder recordings to the outbox
     return str(job.status)
 
 

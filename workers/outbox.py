@@ -1,0 +1,155 @@
+"""The drop folder's outbox: where a dropped recording's documents (or the reason it has none) go.
+
+A recording at ``<inbox>/<dir>/<name>.<ext>`` gets its documents under ``<outbox>/<dir>/<name>/``
+(``document.md``, ``document.json``, ``transcript.txt`` and any other rendering of the job), or
+``<outbox>/<dir>/<name>/error.json`` when it cannot become a document. The outbox is any storage
+URL (``s3://bucket/outbox/`` or ``file:///dir``); the inbox is only ever read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from urllib.parse import quote
+
+from sqlmodel import col, select
+
+from jobs.db import Database
+from jobs.documents import RENDERERS
+from jobs.errors import InputError, TransientError
+from jobs.models import DropObject, JobStatus, utcnow
+from jobs.pipeline import Runtime, get_job
+from jobs.settings import Settings
+from jobs.storage import Storage, open_storage, parse_s3_url
+
+log = logging.getLogger(__name__)
+
+ERROR_NAME = "error.json"
+
+
+@dataclass(frozen=True)
+class DropFolder:
+    """The inbox (a bucket and a key prefix) and the outbox it delivers to."""
+
+    bucket: str
+    prefix: str  # "" or ends with "/"
+    outbox_url: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DropFolder:
+        if not settings.drop_url:
+            raise InputError("VOXBATCH_DROP_URL is not set (e.g. s3://bucket/inbox/)")
+        if not settings.outbox_url:
+            raise InputError("VOXBATCH_OUTBOX_URL is not set (e.g. s3://bucket/outbox/)")
+        bucket, prefix = parse_s3_url(settings.drop_url)
+        prefix = prefix.strip("/")
+        return cls(bucket=bucket, prefix=prefix + "/" if prefix else "", outbox_url=settings.outbox_url)
+
+    def contains(self, bucket: str, key: str) -> bool:
+        return bucket == self.bucket and key.startswith(self.prefix)
+
+    def relative(self, key: str) -> str:
+        return key[len(self.prefix) :] if key.startswith(self.prefix) else key
+
+    def source_url(self, key: str) -> str:
+        # parse_s3_url unquotes, so quoting keeps spaces, '%', '+', '#' and unicode intact.
+        return f"s3://{self.bucket}/{quote(key, safe='/')}"
+
+    def output_dir(self, key: str) -> str:
+        """``track b/Panel.mp3`` → ``track b/Panel``: the recording's folder in the outbox."""
+        parts = [p for p in PurePosixPath(self.relative(key)).parts if p not in ("", "/")]
+        if not parts:
+            return "_"
+        stem = PurePosixPath(parts[-1]).stem or parts[-1]
+        # A storage key may not climb out of the outbox.
+        safe = ["_" if p in (".", "..") else p for p in [*parts[:-1], stem]]
+        return "/".join(safe)
+
+
+def open_outbox(folder: DropFolder, settings: Settings) -> Storage:
+    return open_storage(folder.outbox_url, settings.s3_endpoint_url)
+
+
+def write_error(
+    outbox: Storage,
+    folder: DropFolder,
+    key: str,
+    reason: str,
+    *,
+    etag: str | None = None,
+    job_id: str | None = None,
+) -> str:
+    """Write ``<outbox>/<name>/error.json`` with the reason; returns its key in the outbox."""
+    dest = f"{folder.output_dir(key)}/{ERROR_NAME}"
+    body = {
+        "source": folder.source_url(key),
+        "key": key,
+        "etag": etag,
+        "job_id": job_id,
+        "reason": reason,
+        "at": utcnow().isoformat() + "Z",
+    }
+    outbox.put_bytes(dest, json.dumps(body, ensure_ascii=False, indent=2).encode() + b"\n")
+    log.info("drop %s: rejected: %s", key, reason)
+    return dest
+
+
+def drop_object_for_job(db: Database, job_id: str) -> DropObject | None:
+    with db.session() as s:
+        return s.exec(select(DropObject).where(col(DropObject.job_id) == job_id)).first()
+
+
+def deliver(rt: Runtime, job_id: str) -> bool:
+    """Copy a finished drop-folder job's documents to the outbox, or write its error.json.
+
+    Returns False (and does nothing) when the job did not come from the drop folder or has not
+    finished. Safe to run twice: the same objects are written to the same keys.
+    """
+    row = drop_object_for_job(rt.db, job_id)
+    if row is None:
+        return False
+    job = get_job(rt, job_id)
+    if not JobStatus(job.status).finished:
+        return False
+    folder = DropFolder.from_settings(rt.settings)
+    outbox = open_outbox(folder, rt.settings)
+    dest = folder.output_dir(row.key)
+    if job.status == JobStatus.succeeded:
+        names = []
+        # The renderers name every document a job has; listing a local store would walk all of it.
+        for name in RENDERERS:
+            key = job.output_prefix + name
+            if rt.storage.exists(key):
+                outbox.put_bytes(f"{dest}/{name}", rt.storage.get_bytes(key))
+                names.append(name)
+        log.info("job %s: delivered %s to %s/%s", job_id, ", ".join(sorted(names)), outbox.url, dest)
+    else:
+        reason = job.error or f"the job was {job.status}"
+        write_error(outbox, folder, row.key, reason, etag=row.etag, job_id=job_id)
+    return True
+
+
+DELIVERY_ATTEMPTS = 4
+
+
+def deliver_quietly(rt: Runtime, job_id: str) -> None:
+    """``deliver`` for the Celery layer: retries storage trouble a few times, never raises.
+
+    The job's own outcome is already recorded; a delivery that cannot be made is logged (the
+    documents stay under ``jobs/<id>/output/``, where ``voxbatch fetch`` finds them).
+    """
+    for attempt in range(1, DELIVERY_ATTEMPTS + 1):
+        try:
+            deliver(rt, job_id)
+            return
+        except TransientError as exc:
+            if attempt == DELIVERY_ATTEMPTS:
+                log.error("job %s: could not deliver to the outbox: %s", job_id, exc)
+                return
+            time.sleep(2.0**attempt)
+        except Exception:
+            log.exception("job %s: could not deliver to the outbox", job_id)
+            return

@@ -1,0 +1,515 @@
+"""The S3 drop folder: every recording put under the inbox becomes one job, exactly once.
+
+Identity is ``(bucket, key, ETag)`` in the ``DropObject`` ledger. A recording is taken by inserting
+its row; the database's unique constraint decides between scans, restarts and several watchers,
+and whoever loses the insert does nothing. A new ETag (the object overwritten) is a new job.
+Never a LastModified watermark: on AWS a multipart upload's LastModified is when it *started*,
+so "everything since T" misses long uploads (shared/reference/celery-redis-s3.md §5).
+
+A scan lists the whole inbox page by page (ListObjectsV2, 1000 keys a page), looks each page up in
+the ledger with one query, and touches S3 again only for the recordings it has not seen: listing
+plus the new objects. Event mode adds S3 ``ObjectCreated`` notifications through SQS for latency;
+both paths feed the same ``ingest``, and the periodic scan stays on to reconcile lost events.
+
+What is not a recording: keys ending in ``/`` (the zero-byte "folders" consoles create) and
+sidecars (``*.json``). In-progress multipart uploads are invisible to listings until completed.
+
+Sidecars: ``<name>.json`` next to ``<name>.<ext>`` sets ``instructions``, ``preset``, ``language``,
+``webhook_url`` (and ``window_minutes``). It is read when its recording is ingested; a sidecar that
+arrives later does not change a job already submitted (upload the sidecar first, or upload the
+recording again: new content, new ETag, new job). The sidecar's preset wins over the prefix's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import PurePosixPath
+from typing import Any, Protocol
+from urllib.parse import unquote_plus
+
+from sqlalchemy import delete, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from jobs.db import Database
+from jobs.engine import AudioTool
+from jobs.errors import InputError, PermanentError, StorageUnavailable, VoxbatchError
+from jobs.models import DropObject, utcnow
+from jobs.pipeline import JobOptions
+from jobs.settings import Settings
+from jobs.storage import Storage
+from workers.outbox import DropFolder, open_outbox, write_error
+
+log = logging.getLogger(__name__)
+
+SIDECAR_SUFFIX = ".json"
+SIDECAR_FIELDS = ("instructions", "preset", "language", "webhook_url", "window_minutes")
+MAX_SIDECAR_BYTES = 64 * 1024
+# A ledger row with neither a job nor an error this old belongs to a watcher that died between
+# taking the recording and submitting it: release it so a later scan takes it again.
+STALE_CLAIM = timedelta(minutes=15)
+PAGE_SIZE = 1000
+TAG_KEY = "voxbatch"
+
+
+class Submit(Protocol):
+    """Create a job for an ``s3://`` source and enqueue it; returns the job id.
+
+    Raises InputError (or another PermanentError) when the recording cannot become a document.
+    """
+
+    def __call__(self, source: str, options: JobOptions, source_name: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class DropItem:
+    """One version of one object in the inbox."""
+
+    bucket: str
+    key: str
+    etag: str
+    size: int
+
+
+@dataclass
+class ScanReport:
+    listed: int = 0  # objects the listing (or the events) named
+    recordings: int = 0  # of them, recordings: not folders, not sidecars, inside the inbox
+    new: int = 0  # recordings the ledger had not seen
+    submitted: list[str] = field(default_factory=list)  # job ids this watcher created
+    rejected: list[str] = field(default_factory=list)  # keys that got error.json
+    raced: int = 0  # new recordings another watcher took first
+    deferred: list[str] = field(default_factory=list)  # keys left for a later scan (S3/broker down)
+    ledger_queries: int = 0  # bulk lookups made (one per listing page)
+
+
+def normalize_etag(etag: str) -> str:
+    # Listings quote ETags, event records do not: both must name the same ledger row.
+    return etag.strip().strip('"')
+
+
+def is_recording(key: str) -> bool:
+    return not key.endswith("/") and not key.lower().endswith(SIDECAR_SUFFIX)
+
+
+def sidecar_key(key: str) -> str:
+    """``inbox/a/Panel.mp3`` → ``inbox/a/Panel.json``."""
+    path = PurePosixPath(key)
+    return str(path.with_name(path.stem + SIDECAR_SUFFIX))
+
+
+# --- the ledger ---------------------------------------------------------------------------------
+
+
+def known_versions(db: Database, bucket: str, keys: Sequence[str]) -> set[tuple[str, str]]:
+    """(key, etag) pairs of ``keys`` already in the ledger, in one query."""
+    if not keys:
+        return set()
+    with db.session() as s:
+        rows = s.exec(
+            select(DropObject.key, DropObject.etag)
+            .where(col(DropObject.bucket) == bucket)
+            .where(col(DropObject.key).in_(list(set(keys))))
+        ).all()
+    return {(k, e) for k, e in rows}
+
+
+def claim(db: Database, item: DropItem) -> int | None:
+    """Insert the ledger row; its id when this caller won, None when the row already existed."""
+    values = {
+        "bucket": item.bucket,
+        "key": item.key,
+        "etag": item.etag,
+        "size": item.size,
+        "created_at": utcnow(),
+    }
+    conflict = ["bucket", "key", "etag"]
+    with db.session() as s:
+        dialect = s.get_bind().dialect.name
+        if dialect in ("sqlite", "postgresql"):
+            insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+            stmt = (
+                insert(DropObject)
+                .values(**values)
+                .on_conflict_do_nothing(index_elements=conflict)
+                .returning(col(DropObject.id))
+            )
+            row_id = s.execute(stmt).scalar()
+            s.commit()
+            return int(row_id) if row_id is not None else None
+        row = DropObject(**values)  # type: ignore[arg-type]
+        s.add(row)
+        try:
+            s.commit()
+        except IntegrityError:
+            s.rollback()
+            return None
+        return row.id
+
+
+def record_job(db: Database, row_id: int, job_id: str) -> None:
+    with db.session() as s:
+        s.execute(update(DropObject).where(col(DropObject.id) == row_id).values(job_id=job_id))
+        s.commit()
+
+
+def record_error(db: Database, row_id: int, reason: str) -> None:
+    with db.session() as s:
+        s.execute(update(DropObject).where(col(DropObject.id) == row_id).values(error=reason[:4000]))
+        s.commit()
+
+
+def release(db: Database, row_id: int) -> None:
+    """Forget an unfinished claim so that a later scan (by any watcher) takes the recording again."""
+    with db.session() as s:
+        s.execute(
+            delete(DropObject)
+            .where(col(DropObject.id) == row_id)
+            .where(col(DropObject.job_id).is_(None))
+            .where(col(DropObject.error).is_(None))
+        )
+        s.commit()
+
+
+def release_stale_claims(db: Database, bucket: str) -> int:
+    with db.session() as s:
+        res = s.execute(
+            delete(DropObject)
+            .where(col(DropObject.bucket) == bucket)
+            .where(col(DropObject.job_id).is_(None))
+            .where(col(DropObject.error).is_(None))
+            .where(col(DropObject.created_at) < utcnow() - STALE_CLAIM)
+        )
+        s.commit()
+        return int(res.rowcount or 0)  # type: ignore[attr-defined]
+
+
+# --- S3 and SQS ---------------------------------------------------------------------------------
+
+
+@contextmanager
+def s3_errors(what: str) -> Iterator[None]:
+    """botocore's errors in voxbatch's tree, at the one place the watcher talks to AWS."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in {"NoSuchBucket", "AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
+            raise InputError(f"{what} failed: {code}") from exc
+        if code in {"NoSuchKey", "404", "NotFound", "AWS.SimpleQueueService.NonExistentQueue"}:
+            raise InputError(f"{what} failed: {code} (it does not exist)") from exc
+        raise StorageUnavailable(f"{what} failed: {code or exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageUnavailable(f"{what} failed: {exc}") from exc
+
+
+def make_client(service: str, endpoint_url: str | None) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"max_attempts": 5, "mode": "standard"})
+    return boto3.client(service, endpoint_url=endpoint_url, config=config)  # type: ignore[call-overload]
+
+
+def events_in(body: str) -> list[DropItem]:
+    """The created objects an SQS message names. ``s3:TestEvent`` and other events name none.
+
+    Accepts S3's own message and the same wrapped by SNS. Raises ValueError on anything else.
+    """
+    message = json.loads(body)
+    if not isinstance(message, dict):
+        raise ValueError("not a JSON object")
+    if message.get("Type") == "Notification" and isinstance(message.get("Message"), str):
+        message = json.loads(message["Message"])
+    if message.get("Event") == "s3:TestEvent":
+        return []
+    records = message.get("Records")
+    if not isinstance(records, list):
+        raise ValueError("no Records")
+    items = []
+    for record in records:
+        if not str(record.get("eventName", "")).startswith("ObjectCreated:"):
+            continue
+        s3 = record["s3"]
+        items.append(
+            DropItem(
+                bucket=s3["bucket"]["name"],
+                # Event keys are form-encoded: "track b/x.mp3" arrives as "track+b/x.mp3".
+                key=unquote_plus(s3["object"]["key"]),
+                etag=normalize_etag(str(s3["object"].get("eTag", ""))),
+                size=int(s3["object"].get("size", 0)),
+            )
+        )
+    return items
+
+
+# --- the watcher --------------------------------------------------------------------------------
+
+
+class Watcher:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        submit: Submit,
+        *,
+        outbox: Storage | None = None,
+        s3: Any = None,
+        sqs: Any = None,
+        audio: AudioTool | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.submit = submit
+        self.folder = DropFolder.from_settings(settings)
+        self.outbox = outbox or open_outbox(self.folder, settings)
+        self.s3 = s3 or make_client("s3", settings.s3_endpoint_url)
+        self.queue_url = settings.drop_sqs_queue_url
+        self.sqs = sqs or (make_client("sqs", settings.s3_endpoint_url) if self.queue_url else None)
+        if audio is None:
+            from workers.audio import FfmpegAudio
+
+            audio = FfmpegAudio()
+        self.audio = audio
+        # Longest prefix first, so "talks/panels/" wins over "talks/".
+        self.presets = sorted(settings.drop_presets.items(), key=lambda kv: -len(kv[0].lstrip("/")))
+
+    # -- scanning
+
+    def pages(self) -> Iterator[list[dict[str, Any]]]:
+        paginator = self.s3.get_paginator("list_objects_v2")
+        what = f"listing s3://{self.folder.bucket}/{self.folder.prefix}"
+        with s3_errors(what):
+            for page in paginator.paginate(
+                Bucket=self.folder.bucket,
+                Prefix=self.folder.prefix,
+                PaginationConfig={"PageSize": PAGE_SIZE},
+            ):
+                yield list(page.get("Contents", []))
+
+    def scan(self) -> ScanReport:
+        """One pass over the whole inbox. Raises when the listing itself fails."""
+        report = ScanReport()
+        released = release_stale_claims(self.db, self.folder.bucket)
+        if released:
+            log.warning("drop: released %d claims left by a watcher that stopped", released)
+        for page in self.pages():
+            report.listed += len(page)
+            items = [
+                DropItem(
+                    self.folder.bucket, o["Key"], normalize_etag(o.get("ETag", "")), int(o.get("Size", 0))
+                )
+                for o in page
+                if is_recording(o["Key"])
+            ]
+            report.recordings += len(items)
+            seen = known_versions(self.db, self.folder.bucket, [i.key for i in items])
+            report.ledger_queries += 1
+            for item in items:
+                if (item.key, item.etag) not in seen:
+                    self._ingest_new(item, report)
+        log.info(
+            "drop: scan listed %d objects, %d recordings, %d new, %d submitted, %d rejected, %d deferred",
+            report.listed,
+            report.recordings,
+            report.new,
+            len(report.submitted),
+            len(report.rejected),
+            len(report.deferred),
+        )
+        return report
+
+    def ingest(self, item: DropItem, report: ScanReport | None = None) -> ScanReport:
+        """Take one object version if nobody has: the shared path of scans and events."""
+        report = report or ScanReport()
+        report.listed += 1
+        if not self.folder.contains(item.bucket, item.key) or not is_recording(item.key):
+            return report
+        report.recordings += 1
+        if (item.key, item.etag) in known_versions(self.db, item.bucket, [item.key]):
+            return report
+        self._ingest_new(item, report)
+        return report
+
+    def _ingest_new(self, item: DropItem, report: ScanReport) -> None:
+        report.new += 1
+        row_id = claim(self.db, item)
+        if row_id is None:
+            report.raced += 1
+            return
+        try:
+            if item.size == 0:
+                raise InputError(f"{PurePosixPath(item.key).name} is empty (0 bytes)")
+            options = self.options_for(item.key)
+            # Garbage gets its error.json now instead of a job that fails on a worker later.
+            self.audio.probe(self.presigned_url(item.key))
+            job_id = self.submit(
+                self.folder.source_url(item.key), options, source_name=PurePosixPath(item.key).name
+            )
+        except PermanentError as exc:
+            reason = str(exc)
+            record_error(self.db, row_id, reason)
+            self._safely(lambda: write_error(self.outbox, self.folder, item.key, reason, etag=item.etag))
+            self._tag(item, "rejected")
+            report.rejected.append(item.key)
+            return
+        except Exception as exc:
+            # Broker, database or S3 trouble: nothing was decided about this recording.
+            release(self.db, row_id)
+            log.warning("drop %s: not submitted this time, will retry: %s", item.key, exc, exc_info=True)
+            report.deferred.append(item.key)
+            return
+        record_job(self.db, row_id, job_id)
+        self._tag(item, job_id)
+        report.submitted.append(job_id)
+        log.info("drop %s: job %s", item.key, job_id)
+
+    def presigned_url(self, key: str) -> str:
+        with s3_errors(f"presigning {key}"):
+            return str(
+                self.s3.generate_presigned_url(
+                    "get_object", Params={"Bucket": self.folder.bucket, "Key": key}, ExpiresIn=3600
+                )
+            )
+
+    def options_for(self, key: str) -> JobOptions:
+        rel = self.folder.relative(key)
+        preset = next((p for prefix, p in self.presets if rel.startswith(prefix.lstrip("/"))), None)
+        fields = self.read_sidecar(key)
+        return JobOptions(
+            instructions=fields.get("instructions"),
+            preset=fields.get("preset") or preset,
+            language=fields.get("language"),
+            window_minutes=fields.get("window_minutes"),
+            webhook_url=fields.get("webhook_url"),
+        )
+
+    def read_sidecar(self, key: str) -> dict[str, Any]:
+        side = sidecar_key(key)
+        name = PurePosixPath(side).name
+        from botocore.exceptions import ClientError
+
+        with s3_errors(f"reading the sidecar {name}"):
+            try:
+                resp = self.s3.get_object(Bucket=self.folder.bucket, Key=side)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
+                    return {}
+                raise
+            raw = resp["Body"].read(MAX_SIDECAR_BYTES + 1)
+        if len(raw) > MAX_SIDECAR_BYTES:
+            raise InputError(f"the sidecar {name} is larger than {MAX_SIDECAR_BYTES // 1024} KB")
+        try:
+            fields = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InputError(f"the sidecar {name} is not valid JSON: {exc}") from exc
+        if not isinstance(fields, dict):
+            raise InputError(f"the sidecar {name} must hold a JSON object")
+        unknown = sorted(set(fields) - set(SIDECAR_FIELDS))
+        if unknown:
+            raise InputError(
+                f"the sidecar {name} has unknown field(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(SIDECAR_FIELDS)}"
+            )
+        for k, v in fields.items():
+            wanted: tuple[type, ...] = (int, float) if k == "window_minutes" else (str,)
+            if v is not None and (not isinstance(v, wanted) or isinstance(v, bool)):
+                raise InputError(
+                    f"the sidecar {name}: {k} must be a {'number' if k == 'window_minutes' else 'string'}"
+                )
+        return fields
+
+    def _tag(self, item: DropItem, value: str) -> None:
+        if not self.settings.drop_tag_processed:
+            return
+
+        def put() -> None:
+            with s3_errors(f"tagging {item.key}"):
+                tags = self.s3.get_object_tagging(Bucket=item.bucket, Key=item.key).get("TagSet", [])
+                # PutObjectTagging replaces the whole set: keep the owner's tags.
+                merged = [t for t in tags if t["Key"] != TAG_KEY] + [{"Key": TAG_KEY, "Value": value}]
+                if len(merged) > 10:
+                    log.warning("drop %s: already has 10 tags; not tagging", item.key)
+                    return
+                self.s3.put_object_tagging(Bucket=item.bucket, Key=item.key, Tagging={"TagSet": merged})
+
+        self._safely(put)
+
+    def _safely(self, fn: Callable[[], object]) -> None:
+        # The ledger already holds the decision; a failed side effect must not undo it.
+        try:
+            fn()
+        except VoxbatchError as exc:
+            log.warning("drop: %s", exc)
+
+    # -- events
+
+    def poll_events(self, wait_s: float = 20.0) -> ScanReport:
+        """Receive one batch of SQS messages (long poll), ingest what they name, delete them."""
+        report = ScanReport()
+        if self.sqs is None or not self.queue_url:
+            return report
+        with s3_errors("receiving from the drop folder's SQS queue"):
+            resp = self.sqs.receive_message(
+                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=int(max(0, min(20, wait_s)))
+            )
+        for message in resp.get("Messages", []):
+            deferred = len(report.deferred)
+            try:
+                items = events_in(message["Body"])
+            except (ValueError, KeyError, TypeError) as exc:
+                # Dropping it is safe: the periodic scan reconciles whatever it named.
+                log.warning("drop: ignoring an SQS message that is not an S3 event: %s", exc)
+                items = []
+            for item in items:
+                self.ingest(item, report)
+            if len(report.deferred) == deferred:
+                with s3_errors("deleting an SQS message"):
+                    self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+        return report
+
+    # -- forever
+
+    def run(self, stop: threading.Event) -> None:
+        """Scan every ``watch_interval_s`` (and consume events in between) until ``stop`` is set."""
+        interval = self.settings.watch_interval_s
+        next_scan = 0.0
+        while not stop.is_set():
+            if time.monotonic() >= next_scan:
+                try:
+                    self.scan()
+                except VoxbatchError as exc:
+                    log.error("drop: scan failed: %s", exc)
+                next_scan = time.monotonic() + interval
+            left = max(0.0, next_scan - time.monotonic())
+            if self.sqs is not None:
+                try:
+                    self.poll_events(wait_s=min(left, 20.0))
+                except VoxbatchError as exc:
+                    log.error("drop: receiving events failed: %s", exc)
+                    stop.wait(min(left, 5.0))
+            else:
+                stop.wait(left)
+
+
+def celery_submitter(settings: Settings) -> tuple[Database, Submit]:
+    """The database and the submit function the CLI and the API use (``workers.submission``)."""
+    from workers import submission
+    from workers.runtime import build_runtime
+
+    rt = build_runtime(settings)
+
+    def submit(source: str, options: JobOptions, source_name: str) -> str:
+        return submission.submit(rt, source, options, source_name=source_name).id
+
+    return rt.db, submit
