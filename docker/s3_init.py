@@ -48,7 +48,7 @@ def wait_for_server(client: Any, wait_s: float) -> None:
             return
         except (EndpointConnectionError, ClientError, BotoCoreError) as exc:
             if time.monotonic() > deadline:
-                raise SystemExit(f"s3-init: the S3 server did not answer within {wait_s:.0f} s: {exc}") from exc
+                raise SystemExit(f"s3-init: no answer from the S3 server in {wait_s:.0f} s: {exc}") from exc
             time.sleep(1)
 
 
