@@ -186,3 +186,4 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 from api import cli_deploy  # noqa: E402,F401
+from api import cli_watch  # noqa: E402,F401
