@@ -14,7 +14,8 @@ from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+    # Aware: sqlmodel's datetime columns (UTCDateTime) refuse naive values.
+    return datetime.now(UTC)
 
 
 def new_job_id() -> str:
