@@ -104,7 +104,6 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
-        "worker_hijack_root_logger": False,
         "broker_channel_error_retry": True,
     }
 

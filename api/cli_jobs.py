@@ -1,0 +1,223 @@
+"""Job commands against the configured broker and database: submit, status, wait, fetch, cancel,
+retry, list. Registered on ``api.cli.cli`` by importing this module."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from api.cli import EXIT_FAILED, EXIT_INPUT, cli, copy_outputs, job_options, load_settings, one_line_errors
+from jobs.errors import InputError
+from jobs.models import Job, JobStatus
+from jobs.pipeline import Runtime
+
+EXIT_TIMEOUT = 2
+POLL_S = 0.5
+
+
+def _runtime() -> Runtime:
+    from workers.runtime import build_runtime
+
+    return build_runtime(load_settings())
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds(), 3)
+
+
+def job_report(rt: Runtime, job: Job) -> dict[str, Any]:
+    """What `status --json` prints: the job row, progress and how long each stage took."""
+    from jobs.pipeline import get_windows
+
+    windows = get_windows(rt, job.id)
+    engine_s = [w.engine_s for w in windows if w.engine_s is not None]
+    window_start = min((w.started_at for w in windows if w.started_at), default=None)
+    window_end = max((w.finished_at for w in windows if w.finished_at), default=None)
+    return {
+        **job.model_dump(mode="json"),
+        "progress": {"windows_done": job.windows_done, "windows_total": job.windows_total},
+        "timings_s": {
+            "queued": _seconds(job.created_at, job.split_started_at),
+            "split": _seconds(job.split_started_at, job.split_finished_at),
+            "windows": _seconds(window_start, window_end),
+            "window_engine_total": round(sum(engine_s), 3) if engine_s else None,
+            "reduce": _seconds(job.reduce_started_at, job.finished_at if job.reduce_started_at else None),
+            "total": _seconds(job.created_at, job.finished_at),
+        },
+        "windows": [
+            {
+                "index": w.index,
+                "start_s": w.start_s,
+                "end_s": w.end_s,
+                "status": w.status,
+                "attempts": w.attempts,
+                "engine_s": w.engine_s,
+                "error": w.error,
+            }
+            for w in windows
+        ],
+    }
+
+
+@cli.command()
+@click.argument("source")
+@job_options
+@one_line_errors
+def submit(
+    source: str,
+    instructions: str | None,
+    preset: str | None,
+    language: str | None,
+    window_minutes: float | None,
+) -> None:
+    """Put FILE or s3://bucket/key on the workers' queue; prints the job id as its last line."""
+    from jobs.pipeline import JobOptions
+    from workers.submission import submit as submit_job
+
+    settings = load_settings()
+    options = JobOptions(instructions, preset, language, window_minutes).validated(settings)
+    if not source.startswith("s3://"):
+        from workers.audio import FfmpegAudio
+
+        path = Path(source).expanduser().absolute()
+        if not path.is_file():
+            raise InputError(f"{source} is not a file")
+        # Probe here: a file ffmpeg cannot read never becomes a job.
+        FfmpegAudio().probe(str(path))
+        source = str(path)
+    job = submit_job(_runtime(), source, options)
+    click.echo(f"voxbatch: job {job.id} queued ({job.source_name})", err=True)
+    click.echo(job.id)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON object.")
+@one_line_errors
+def status(job_id: str, as_json: bool) -> None:
+    """Show a job: status, progress (windows done / total), time per stage, failure reason."""
+    from jobs.pipeline import get_job
+
+    rt = _runtime()
+    report = job_report(rt, get_job(rt, job_id))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    total = report["windows_total"]
+    click.echo(f"job       {report['id']}  {report['source_name']}")
+    click.echo(f"status    {report['status']}")
+    click.echo(f"progress  {report['windows_done']}/{total if total is not None else '?'} windows")
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in report["timings_s"].items() if v is not None)
+    if stages:
+        click.echo(f"timings   {stages}")
+    if report["error"]:
+        click.echo(f"reason    {report['error']}")
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--timeout", type=float, default=None, help="Give up after S seconds (exit 2).")
+@one_line_errors
+def wait(job_id: str, timeout: float | None) -> None:
+    """Wait for a job: exit 0 succeeded, 1 failed or cancelled, 2 timeout."""
+    from jobs.pipeline import get_job
+
+    rt = _runtime()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        job = get_job(rt, job_id)
+        if JobStatus(job.status).finished:
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            click.echo(
+                f"voxbatch: job {job_id} is still {job.status} "
+                f"({job.windows_done}/{job.windows_total or '?'} windows) after {timeout:g} s",
+                err=True,
+            )
+            sys.exit(EXIT_TIMEOUT)
+        time.sleep(POLL_S)
+    if job.status == JobStatus.succeeded:
+        click.echo(f"job {job_id} succeeded")
+        return
+    reason = f": {job.error}" if job.error else ""
+    click.echo(f"voxbatch: job {job_id} {job.status}{reason}", err=True)
+    sys.exit(EXIT_FAILED)
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option(
+    "--output-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Where to write document.md, document.json and transcript.txt.",
+)
+@one_line_errors
+def fetch(job_id: str, output_dir: Path) -> None:
+    """Download a finished job's documents; prints the path of document.md."""
+    from jobs.pipeline import get_job
+
+    rt = _runtime()
+    job = get_job(rt, job_id)
+    if job.status != JobStatus.succeeded:
+        raise InputError(f"job {job_id} is {job.status}; documents exist once it has succeeded")
+    click.echo(str(copy_outputs(rt, job, output_dir).absolute()))
+
+
+@cli.command()
+@click.argument("job_id")
+@one_line_errors
+def cancel(job_id: str) -> None:
+    """Cancel a job; windows already done are kept for `voxbatch retry`."""
+    from jobs.pipeline import cancel_job
+
+    job = cancel_job(_runtime(), job_id)
+    click.echo(f"job {job.id} {job.status}")
+
+
+@cli.command()
+@click.argument("job_id")
+@one_line_errors
+def retry(job_id: str) -> None:
+    """Resume a failed or cancelled job from the windows already done."""
+    from workers.submission import resume
+
+    job = resume(_runtime(), job_id)
+    click.echo(f"job {job.id} {job.status} ({job.windows_done}/{job.windows_total or '?'} windows already done)")
+
+
+@cli.command("list")
+@click.option(
+    "--status",
+    "status_filter",
+    type=click.Choice([s.value for s in JobStatus]),
+    default=None,
+    help="Only jobs in this state.",
+)
+@click.option("--limit", type=int, default=20, show_default=True)
+@one_line_errors
+def list_jobs(status_filter: str | None, limit: int) -> None:
+    """Recent jobs, newest first."""
+    from sqlmodel import col, select
+
+    if limit < 1:
+        click.echo("voxbatch: error: --limit must be at least 1", err=True)
+        sys.exit(EXIT_INPUT)
+    rt = _runtime()
+    query = select(Job).order_by(col(Job.created_at).desc()).limit(limit)
+    if status_filter:
+        query = query.where(Job.status == status_filter)
+    with rt.db.session() as s:
+        jobs = list(s.exec(query))
+    for job in jobs:
+        progress = f"{job.windows_done}/{job.windows_total if job.windows_total is not None else '?'}"
+        created = job.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"{job.id}  {job.status:<12}  {progress:>7}  {created}  {job.source_name}")
