@@ -29,6 +29,7 @@ from jobs.errors import InputError
 @one_line_errors
 def watch(once: bool, interval: float | None) -> None:
     """Turn every recording dropped under VOXBATCH_DROP_URL into documents under VOXBATCH_OUTBOX_URL."""
+    from workers.outbox import DropFolder
     from workers.watcher import Watcher, celery_submitter
 
     settings = load_settings()
@@ -36,6 +37,7 @@ def watch(once: bool, interval: float | None) -> None:
         if interval <= 0:
             raise InputError("--interval must be a positive number of seconds")
         settings = settings.model_copy(update={"watch_interval_s": interval})
+    DropFolder.from_settings(settings)  # missing settings fail before anything is created
     db, submit = celery_submitter(settings)
     watcher = Watcher(settings, db, submit)
     if once:
