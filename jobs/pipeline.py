@@ -183,17 +183,24 @@ def _ensure_running(job: Job) -> None:
         raise JobCancelled(f"job {job.id} was cancelled")
 
 
-def fail_job(rt: Runtime, job_id: str, reason: str) -> None:
-    """Mark a job failed with one sentence; finished windows and stored results are kept."""
+def fail_job(rt: Runtime, job_id: str, reason: str) -> bool:
+    """Mark a job failed with one sentence; finished windows and stored results are kept.
+
+    The first reason wins: a job that already ended keeps its state. Returns True if this call
+    ended the job.
+    """
     with rt.db.session() as s:
-        s.execute(
+        res = s.execute(
             update(Job)
             .where(col(Job.id) == job_id)
-            .where(col(Job.status).not_in([JobStatus.succeeded, JobStatus.cancelled]))
+            .where(col(Job.status).not_in([JobStatus.succeeded, JobStatus.cancelled, JobStatus.failed]))
             .values(status=JobStatus.failed, error=reason, finished_at=utcnow(), updated_at=utcnow())
         )
         s.commit()
-    log.warning("job %s: failed: %s", job_id, reason)
+        ended = bool(res.rowcount == 1)  # type: ignore[attr-defined]
+    if ended:
+        log.info("job %s: failed: %s", job_id, reason)
+    return ended
 
 
 def cancel_job(rt: Runtime, job_id: str, tenant: str | None = None) -> Job:

@@ -32,7 +32,9 @@ def env_for(tmp: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def voxbatch(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def voxbatch(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*VOXBATCH, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
@@ -78,9 +80,20 @@ def test_run_makes_the_documents_from_every_window(
     rec = marker_recording_mp3
     out = tmp_path / "out"
     done = voxbatch(
-        ["run", str(rec.path), "--window-minutes", "1", "--preset", "panel",
-         "--instructions", "Name every marker you hear.", "--output-dir", str(out)],
-        vllm_env(tmp_path, standin), tmp_path,
+        [
+            "run",
+            str(rec.path),
+            "--window-minutes",
+            "1",
+            "--preset",
+            "panel",
+            "--instructions",
+            "Name every marker you hear.",
+            "--output-dir",
+            str(out),
+        ],
+        vllm_env(tmp_path, standin),
+        tmp_path,
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == str((out / "document.md").absolute())
@@ -88,11 +101,17 @@ def test_run_makes_the_documents_from_every_window(
     assert len(doc["windows"]) >= 2
     assert doc["engine"] == "vllm" and doc["model"] == "mistralai/Voxtral-Small-24B-2507"
     assert doc["instructions"] == "Name every marker you hear."
-    # Window summaries came from chat calls that carried the window's audio and the instructions.
+    # Window summaries came from chat calls that carried the window's audio and the instructions,
+    # in the user turn (Voxtral has no system prompt).
     for w in doc["windows"]:
         if w["transcript"]:
-            assert w["summary"] and "Name every marker you hear." in w["summary"]
-    assert doc["summary"]
+            assert w["summary"].startswith("Summary of ")
+            assert markers_in(w["summary"]) == markers_in(w["transcript"])
+    chats = [e for e in standin.stats()["log"] if e["endpoint"] == "chat"]
+    assert chats and all("Name every marker you hear." in e["prompt"] for e in chats)
+    assert all(set(e["roles"]) == {"user"} for e in chats)
+    assert doc["summary"].startswith("Overall: ")
+    assert markers_in(doc["summary"]) == [m.k for m in rec.markers]
     md = (out / "document.md").read_text()
     assert md.startswith("# marker-talk\n")
     spans = re.findall(r"^## (\d\d:\d\d:\d\d) – (\d\d:\d\d:\d\d)$", md, flags=re.M)
@@ -111,8 +130,9 @@ def test_a_server_with_default_caps_gets_smaller_pieces(tmp_path: Path, audio_di
     rec = build_recording(marker_talk(list(range(40, 52))), audio_dir / "capped.wav")
     with StandInVLLM(max_duration_s=60.0) as server:
         out = tmp_path / "out"
-        done = voxbatch(["run", str(rec.path), "--output-dir", str(out)], vllm_env(tmp_path, server),
-                        tmp_path)
+        done = voxbatch(
+            ["run", str(rec.path), "--output-dir", str(out)], vllm_env(tmp_path, server), tmp_path
+        )
         assert done.returncode == 0, done.stderr
         doc = check_document(out, rec)
         assert len(doc["windows"]) == 1
@@ -120,12 +140,22 @@ def test_a_server_with_default_caps_gets_smaller_pieces(tmp_path: Path, audio_di
         assert len(ok) >= 2 and all(e["duration_s"] <= 60.0 for e in ok)
 
 
-def test_a_repetition_loop_is_detected_and_retried(tmp_path: Path, audio_dir: Path,
-                                                   standin: StandInVLLM) -> None:
+def test_a_repetition_loop_is_detected_and_retried(
+    tmp_path: Path, audio_dir: Path, standin: StandInVLLM
+) -> None:
     from tests.speech import LoopTrigger
 
-    parts = [Speech("Music starts now."), Silence(0.8), Marker(7), Silence(0.8), LoopTrigger(3.0),
-             Silence(0.8), Marker(8), Silence(0.8), Speech("And we are back.")]
+    parts = [
+        Speech("Music starts now."),
+        Silence(0.8),
+        Marker(7),
+        Silence(0.8),
+        LoopTrigger(3.0),
+        Silence(0.8),
+        Marker(8),
+        Silence(0.8),
+        Speech("And we are back."),
+    ]
     rec = build_recording(parts, audio_dir / "loop.wav")
     out = tmp_path / "out"
     done = voxbatch(["run", str(rec.path), "--output-dir", str(out)], vllm_env(tmp_path, standin), tmp_path)
@@ -157,10 +187,18 @@ def test_an_interrupted_run_resumes_after_the_last_finished_window(
 ) -> None:
     with StandInVLLM(latency_s=1.0) as server:
         env = vllm_env(tmp_path, server)
-        args = [*VOXBATCH, "run", str(marker_recording.path), "--window-minutes", "1",
-                "--output-dir", str(tmp_path / "out")]
-        proc = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        args = [
+            *VOXBATCH,
+            "run",
+            str(marker_recording.path),
+            "--window-minutes",
+            "1",
+            "--output-dir",
+            str(tmp_path / "out"),
+        ]
+        proc = subprocess.Popen(
+            args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         results = tmp_path / "data" / "store" / "jobs"
         deadline = time.monotonic() + 120
         while not list(results.glob("*/windows/0000.json")):
@@ -187,9 +225,13 @@ def test_offline_engine_transcribes_real_speech_and_says_it_does_not_summarise(
     tmp_path: Path, audio_dir: Path
 ) -> None:
     rec = build_recording(
-        [Speech("Good morning everyone and welcome to the conference."), Silence(1.0),
-         Speech("Today we talk about the weather.")],
-        audio_dir / "offline.ogg", codec_args=["-c:a", "libvorbis"],
+        [
+            Speech("Good morning everyone and welcome to the conference."),
+            Silence(1.0),
+            Speech("Today we talk about the weather."),
+        ],
+        audio_dir / "offline.ogg",
+        codec_args=["-c:a", "libvorbis"],
     )
     out = tmp_path / "out"
     done = voxbatch(["run", str(rec.path), "--output-dir", str(out)], env_for(tmp_path), tmp_path)
@@ -203,14 +245,46 @@ def test_offline_engine_transcribes_real_speech_and_says_it_does_not_summarise(
 
 
 def _png(path: Path) -> Path:
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "color=red:s=32x32", "-frames:v", "1",
-                    "-f", "image2", "-c:v", "png", "-y", str(path)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=red:s=32x32",
+            "-frames:v",
+            "1",
+            "-f",
+            "image2",
+            "-c:v",
+            "png",
+            "-y",
+            str(path),
+        ],
+        check=True,
+    )
     return path
 
 
 def _silent_video(path: Path) -> Path:
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=d=2:s=64x64", "-c:v", "mpeg4",
-                    "-y", str(path)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=d=2:s=64x64",
+            "-c:v",
+            "mpeg4",
+            "-y",
+            str(path),
+        ],
+        check=True,
+    )
     return path
 
 
