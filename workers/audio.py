@@ -127,12 +127,12 @@ class FfmpegAudio:
             # A window re-split into its own directory would overwrite itself.
             raise ValueError(f"out_dir {out_dir} holds the source; split into another directory")
         info = self.probe(source)
-        return self._split(target, out_dir, max_window_s, info.sample_rate)
+        return self._split(target, out_dir, max_window_s, info)
 
     def _split(
-        self, target: _Target, out_dir: Path, max_window_s: float, source_rate: int
+        self, target: _Target, out_dir: Path, max_window_s: float, info: SourceInfo
     ) -> Iterator[WindowAudio]:
-        decoders = self._decoders(target, source_rate)
+        decoders = self._decoders(target, info.sample_rate)
         last = decoders[-1]
         planner = _WindowPlanner(max_window_s)
         encoder: _Encoder | None = None
@@ -156,6 +156,15 @@ class FfmpegAudio:
                 if rc != 0:
                     detail = target.scrub(process.last_error()) or f"ffmpeg exited with {rc}"
                     raise InputError(f"{target.name} could not be decoded: {detail}")
+            decoded_s = planner.position / SAMPLE_RATE
+            trouble = decoders[0].last_error()
+            # ffmpeg exits 0 when a download breaks off ("Stream ends prematurely"); a short
+            # decode with an error logged is a truncated source, not a short recording.
+            if trouble and decoded_s < 0.99 * info.duration_s - 1.0:
+                raise InputError(
+                    f"{target.name} could only be decoded up to {decoded_s:.0f} s of its "
+                    f"{info.duration_s:.0f} s: {target.scrub(trouble)}"
+                )
             rest = planner.flush()
             if len(rest):
                 if encoder is None:

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -255,8 +256,18 @@ def test_closing_the_generator_stops_ffmpeg_and_leaves_only_finished_windows(
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a directory; files named ``cut-*`` break off halfway, like a dropped download."""
+
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+    def copyfile(self, source: Any, outputfile: Any) -> None:
+        if "/cut-" not in self.path:
+            super().copyfile(source, outputfile)
+            return
+        data = source.read()
+        outputfile.write(data[: len(data) // 2])
+        self.close_connection = True
 
 
 @pytest.fixture
@@ -286,3 +297,27 @@ def test_probe_and_split_an_http_url(
     with pytest.raises(InputError, match=r"gone\.mp3 could not be fetched") as missing:
         audio.probe(f"{base}/gone.mp3?X-Amz-Signature=secret")
     assert "secret" not in str(missing.value)
+
+
+def test_a_download_that_breaks_off_is_an_input_error(
+    http_root: tuple[Path, str], marker_recording_mp3: Recording, tmp_path: Path
+) -> None:
+    root, base = http_root
+    (root / "cut-talk.mp3").write_bytes(marker_recording_mp3.path.read_bytes())
+    with pytest.raises(InputError, match=r"cut-talk\.mp3 could only be decoded up to") as broken:
+        list(audio.split(f"{base}/cut-talk.mp3?X-Amz-Signature=secret", tmp_path / "out", 30.0))
+    assert "secret" not in str(broken.value)
+
+
+def test_the_bundled_sample_splits_in_its_pauses(tmp_path: Path) -> None:
+    sample = Path(__file__).resolve().parents[1] / "data" / "sample-talk.mp3"
+    info = audio.probe(str(sample))
+    assert 90.0 <= info.duration_s <= 150.0
+    assert sample.stat().st_size < 1_000_000
+    windows = list(audio.split(str(sample), tmp_path / "out", 40.0))
+    assert len(windows) == 3
+    source = decode(sample)
+    for w in windows[:-1]:
+        cut = round(w.end_s * SAMPLE_RATE)
+        around = source[cut - SAMPLE_RATE // 5 : cut + SAMPLE_RATE // 5].astype(np.float64)
+        assert 10 * np.log10(np.mean(around**2) + 1e-12) < -40.0
