@@ -89,6 +89,7 @@ class ScanReport:
     raced: int = 0  # new recordings another watcher took first
     deferred: list[str] = field(default_factory=list)  # keys left for a later scan (S3/broker down)
     ledger_queries: int = 0  # bulk lookups made (one per listing page)
+    messages: int = 0  # SQS messages received (event mode)
 
 
 def normalize_etag(etag: str) -> str:
@@ -464,6 +465,7 @@ class Watcher:
                 QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=int(max(0, min(20, wait_s)))
             )
         for message in resp.get("Messages", []):
+            report.messages += 1
             deferred = len(report.deferred)
             try:
                 items = events_in(message["Body"])
