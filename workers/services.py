@@ -31,6 +31,7 @@ import redis
 from jobs.errors import InputError
 from jobs.settings import Settings
 from workers.celery_app import CPU_QUEUE, GPU_QUEUE, QUEUES, SOFT_SHUTDOWN_S
+from workers.watcher import watch_argv
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ SERVICES: list[ServiceSpec] = [
     ServiceSpec("cpu-worker", lambda o: worker_argv([CPU_QUEUE], o.cpu_concurrency), worker_env),
     ServiceSpec("gpu-worker", lambda o: worker_argv([GPU_QUEUE], o.gpu_concurrency), worker_env),
     ServiceSpec("flower", lambda o: flower_argv(o.flower_address, o.flower_port, o.flower_basic_auth)),
+    ServiceSpec("watcher", lambda o: watch_argv(o.settings)),
     # The API ("voxbatch api") and the drop-folder watcher ("voxbatch watch") go here.
 ]
 

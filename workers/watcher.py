@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -515,3 +516,10 @@ def celery_submitter(settings: Settings) -> tuple[Database, Submit]:
         return submission.submit(rt, source, options, source_name=source_name).id
 
     return rt.db, submit
+
+
+def watch_argv(settings: Settings) -> list[str] | None:
+    """``voxbatch up``'s command line for the watcher; None when no drop folder is configured."""
+    if not settings.drop_url:
+        return None
+    return [sys.executable, "-c", "from api.cli import main; main()", "watch"]
