@@ -191,3 +191,4 @@ from api import cli_watch  # noqa: E402,F401
 
 # Commands defined in their own modules register themselves on `cli` when imported.
 from api import cli_jobs, cli_services  # noqa: E402, F401
+from api import cli_api  # noqa: E402,F401

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     gpu_concurrency: int = 8
     max_upload_mb: float = 20_000.0
     webhook_allow_private: bool = False
+    # First webhook retry waits this long, doubling each time (workers/webhooks.py).
+    webhook_backoff_s: float = Field(default=10.0, ge=0)
 
     @field_validator("window_minutes")
     @classmethod

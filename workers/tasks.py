@@ -22,7 +22,7 @@ from celery import Task, signals
 from jobs import pipeline
 from jobs.errors import JobCancelled, TransientError, VoxbatchError
 from jobs.settings import get_settings
-from workers import celery_app
+from workers import celery_app, webhooks  # webhooks registers voxbatch.webhook
 from workers.celery_app import CPU_QUEUE, app
 from workers.outbox import deliver_quietly
 from workers.sweeper import Enqueuers, SweepTimer, job_heartbeat, release_leases, sweep, sweep_period_s
@@ -83,6 +83,7 @@ class JobTask(Task):  # type: ignore[misc]
             log.exception("job %s: could not record the failure: %s", job_id, reason)
             return
         deliver_quietly(runtime(), job_id)  # error.json for drop-folder recordings
+        webhooks.notify(runtime(), job_id)
 
 
 @app.task(base=JobTask, name=celery_app.SPLIT, bind=True)
@@ -128,6 +129,7 @@ def reduce(self: JobTask, job_id: str) -> str:
         log.info("job %s: cancelled; reduce skipped", job_id)
         return "cancelled"
     deliver_quietly(rt, job_id)  # documents of drop-folder recordings to the outbox
+    webhooks.notify(rt, job_id)
     return str(job.status)
 
 

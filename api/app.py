@@ -1,0 +1,102 @@
+"""The FastAPI app: routers, one place mapping voxbatch errors to HTTP statuses, the web page.
+
+Run it with ``voxbatch api`` (or ``uvicorn api.app:create_app --factory``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from api import health, job_routes, metrics, upload_routes
+from api.job_routes import DocumentNotReady
+from api.upload_stream import UploadTooLarge
+from jobs.errors import InputError, NotFound, PermanentError, TransientError, VoxbatchError
+from jobs.pipeline import Runtime
+from jobs.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+
+DESCRIPTION = """
+Long recordings in, finished documents out.
+
+**Authentication**: every `/v1` call needs `Authorization: Bearer KEY` (create one with
+`voxbatch keys create NAME`). Jobs of other API keys' tenants answer 404.
+
+**Webhooks**: a job created with `webhook_url` gets a `POST` of the job as JSON when it ends
+(succeeded, failed or cancelled), with headers `X-Voxbatch-Event: job.finished`,
+`X-Voxbatch-Timestamp: <unix seconds>` and `X-Voxbatch-Signature: sha256=<hex>`, the HMAC-SHA256 of
+the raw body under your tenant's webhook secret. The body repeats the timestamp, so it is signed
+too. Failed deliveries (5xx, 408, 429, timeouts) are retried with exponential backoff; each attempt
+is listed in the job's `webhook_attempts`. Webhook hosts must resolve to public addresses.
+"""
+
+# Most specific first: Starlette looks handlers up along the exception's MRO anyway.
+STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
+    (UploadTooLarge, 413),
+    (NotFound, 404),
+    (DocumentNotReady, 409),
+    (InputError, 422),
+    (PermanentError, 422),
+    (TransientError, 503),
+    (VoxbatchError, 422),
+)
+
+
+def _problem(status: int) -> object:
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        if status >= 500:
+            log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    return handler
+
+
+async def _value_error(request: Request, exc: Exception) -> JSONResponse:
+    # e.g. an unsafe storage key built from a path parameter
+    return JSONResponse({"detail": str(exc)[:500]}, status_code=422)
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    if runtime is None:
+        from workers.runtime import build_runtime
+
+        runtime = build_runtime(settings or get_settings())
+    app = FastAPI(
+        title="voxbatch",
+        version="1",
+        description=DESCRIPTION,
+        openapi_tags=[
+            {"name": "jobs", "description": "Recordings becoming documents."},
+            {"name": "uploads", "description": "Presigned S3 multipart uploads for large files."},
+            {"name": "health", "description": "Probes and Prometheus metrics."},
+        ],
+    )
+    app.state.runtime = runtime
+    app.state.metrics = metrics.registry_for(runtime)
+    for exc_type, status in STATUS_OF:
+        app.add_exception_handler(exc_type, _problem(status))  # type: ignore[arg-type]
+    app.add_exception_handler(ValueError, _value_error)
+    app.include_router(job_routes.router)
+    app.include_router(upload_routes.router)
+    app.include_router(health.router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(
+            STATIC / "index.html",
+            headers={
+                # Documents are user content: nothing but our own script may run on the page.
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+
+    return app

@@ -1,0 +1,303 @@
+"""/v1/jobs: create (upload or existing object), list, show, documents, cancel, retry."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from sqlalchemy import func
+from sqlmodel import col, select
+from starlette.requests import ClientDisconnect
+
+from api import staging
+from api.auth import RuntimeDep, TenantDep
+from api.schemas import JobFromSource, JobList, JobOut, Problem, job_out
+from api.upload_stream import FILE_FIELD, StreamingForm, UploadTooLarge
+from jobs import pipeline
+from jobs.documents import RENDERERS
+from jobs.errors import InputError, NotFound, PermanentError
+from jobs.models import Job, JobStatus
+from jobs.presets import PRESETS
+from jobs.storage import S3Storage
+from workers import submission, webhooks
+
+log = logging.getLogger(__name__)
+
+
+class DocumentNotReady(PermanentError):
+    """A document was asked for before the job succeeded (HTTP 409)."""
+
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+MEDIA_TYPES = {
+    ".md": "text/markdown; charset=utf-8",
+    ".json": "application/json",
+    ".txt": "text/plain; charset=utf-8",
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "no API key, or an unknown one"},
+    404: {"model": Problem, "description": "no such job for this API key"},
+}
+_OPTION_FIELDS = ("instructions", "preset", "language", "window_minutes", "webhook_url")
+
+_CREATE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FILE_FIELD],
+                    "properties": {
+                        FILE_FIELD: {"type": "string", "format": "binary", "description": "the recording"},
+                        "instructions": {"type": "string", "maxLength": 8000},
+                        "preset": {"type": "string", "enum": list(PRESETS)},
+                        "language": {"type": "string", "description": "ISO 639-1 code"},
+                        "window_minutes": {"type": "number", "minimum": 1, "maximum": 30},
+                        "webhook_url": {"type": "string", "format": "uri"},
+                    },
+                },
+                "encoding": {FILE_FIELD: {"contentType": "application/octet-stream"}},
+            },
+            "application/json": {"schema": JobFromSource.model_json_schema()},
+        },
+    }
+}
+
+
+def _base_url(request: Request) -> str:
+    return str(request.base_url)
+
+
+def _out(request: Request, rt: pipeline.Runtime, job: Job) -> JobOut:
+    return job_out(job, _base_url(request), rt.settings.flower_url)
+
+
+def _options(fields: dict[str, Any]) -> pipeline.JobOptions:
+    minutes = fields.get("window_minutes")
+    if isinstance(minutes, str):
+        minutes = minutes.strip() or None
+    if minutes is not None:
+        try:
+            minutes = float(minutes)
+        except (TypeError, ValueError) as exc:
+            raise InputError(
+                f"window_minutes must be a number of minutes, not {str(minutes)[:50]!r}"
+            ) from exc
+    text = {
+        k: (str(fields[k]).strip() or None) if fields.get(k) is not None else None for k in _OPTION_FIELDS
+    }
+    return pipeline.JobOptions(
+        instructions=text["instructions"],
+        preset=text["preset"],
+        language=text["language"],
+        window_minutes=minutes,
+        webhook_url=text["webhook_url"],
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    openapi_extra=_CREATE_BODY,
+    responses={
+        **ERRORS,
+        413: {"model": Problem, "description": "the upload is over the size limit"},
+        415: {"model": Problem, "description": "neither multipart/form-data nor JSON"},
+        422: {"model": Problem, "description": "not audio, or bad options"},
+    },
+)
+async def create_job(request: Request, rt: RuntimeDep, tenant: TenantDep) -> JobOut:
+    """Start a job: upload a recording (multipart `file`) or name one already in storage (JSON)."""
+    ctype = request.headers.get("content-type", "").lower()
+    if ctype.startswith("multipart/form-data"):
+        job = await _create_from_form(request, rt, tenant)
+    elif ctype.startswith("application/json"):
+        job = await _create_from_json(request, rt, tenant)
+    else:
+        return Response(  # type: ignore[return-value]
+            json.dumps({"detail": "send multipart/form-data with a 'file' field, or JSON with 'source'"}),
+            status_code=415,
+            media_type="application/json",
+        )
+    return _out(request, rt, job)
+
+
+async def _create_from_json(request: Request, rt: pipeline.Runtime, tenant: str) -> Job:
+    try:
+        body = JobFromSource.model_validate_json(await request.body())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        raise InputError(f"{where}: {first.get('msg', 'invalid')}") from exc
+    options = _options(body.model_dump())
+    if bool(body.source) == bool(body.upload_id):
+        raise InputError("give exactly one of 'source' (s3://bucket/key) or 'upload_id'")
+    if body.upload_id:
+        upload_id = body.upload_id
+
+        def from_upload() -> Job:
+            key = staging.find_upload(rt, tenant, upload_id)
+            name = key.rsplit("/", 1)[-1]
+            return staging.job_from_upload(rt, key, name, options, tenant)
+
+        return await anyio.to_thread.run_sync(from_upload)
+    source = body.source or ""
+    return await anyio.to_thread.run_sync(lambda: staging.job_from_source(rt, source, options, tenant))
+
+
+async def _create_from_form(request: Request, rt: pipeline.Runtime, tenant: str) -> Job:
+    limit = staging.max_upload_bytes(rt)
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit + 1024 * 1024:
+        raise UploadTooLarge(
+            f"the request is larger than the {rt.settings.max_upload_mb:g} MB upload limit; "
+            "use POST /v1/uploads (presigned S3 multipart) or raise VOXBATCH_MAX_UPLOAD_MB"
+        )
+    boundary = _boundary(request.headers.get("content-type", ""))
+    chunks = request.stream().__aiter__()
+
+    async def next_chunk() -> bytes:
+        try:
+            return await chunks.__anext__()
+        except StopAsyncIteration:
+            return b""
+        except ClientDisconnect as exc:
+            raise InputError("the upload was interrupted before it finished") from exc
+
+    def work() -> Job:
+        form = StreamingForm(boundary, lambda: anyio.from_thread.run(next_chunk), limit)
+        if not form.to_file():
+            raise InputError(f"the form has no '{FILE_FIELD}' field with a recording")
+        # Options sent before the file are checked before a byte is stored.
+        _options(form.fields).validated(rt.settings)
+        name = form.filename or "recording"
+        key = staging.upload_key(tenant, staging.new_upload_id(), name)
+        staging.store(rt, key, form)  # type: ignore[arg-type]
+        try:
+            form.drain()
+            if form.file_bytes == 0:
+                raise InputError(f"{name} is empty")
+            options = _options(form.fields)
+        except BaseException:
+            staging.discard(rt.storage, key)
+            raise
+        log.info("upload %s: %d bytes stored for %s", key, form.file_bytes, tenant)
+        return staging.job_from_upload(rt, key, name, options, tenant)
+
+    return await anyio.to_thread.run_sync(work)
+
+
+def _boundary(content_type: str) -> bytes:
+    from python_multipart.multipart import parse_options_header
+
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary or len(boundary) > 200:
+        raise InputError("multipart/form-data without a boundary")
+    return boundary
+
+
+@router.get("", response_model=JobList, responses=ERRORS)
+def list_jobs(
+    request: Request,
+    rt: RuntimeDep,
+    tenant: TenantDep,
+    status: Annotated[JobStatus | None, Query(description="only jobs in this state")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> JobList:
+    """Your jobs, newest first."""
+    query = select(Job).where(Job.tenant == tenant)
+    count = select(func.count()).select_from(Job).where(Job.tenant == tenant)
+    if status is not None:
+        query = query.where(Job.status == status)
+        count = count.where(Job.status == status)
+    with rt.db.session() as s:
+        total = s.exec(count).one()
+        rows = list(
+            s.exec(query.order_by(col(Job.created_at).desc(), col(Job.id)).offset(offset).limit(limit))
+        )
+    nxt = None
+    if offset + len(rows) < total:
+        nxt = str(request.url.include_query_params(offset=offset + limit, limit=limit))
+    return JobList(
+        jobs=[_out(request, rt, j) for j in rows], total=total, limit=limit, offset=offset, next=nxt
+    )
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=ERRORS)
+def show_job(request: Request, job_id: str, rt: RuntimeDep, tenant: TenantDep) -> JobOut:
+    """One job: status, progress, timings, failure reason, links to documents and Flower."""
+    return _out(request, rt, pipeline.get_job(rt, job_id, tenant))
+
+
+@router.get(
+    "/{job_id}/documents/{name}",
+    responses={
+        **ERRORS,
+        200: {"content": {"text/markdown": {}, "application/json": {}, "text/plain": {}}},
+        409: {"model": Problem, "description": "the job has not succeeded (yet)"},
+    },
+    response_class=Response,
+)
+def get_document(job_id: str, name: str, rt: RuntimeDep, tenant: TenantDep) -> Response:
+    """A finished job's document: document.md, document.json or transcript.txt (streamed)."""
+    job = pipeline.get_job(rt, job_id, tenant)
+    if name not in RENDERERS:
+        raise NotFound(f"no document {name[:100]!r}; there are {', '.join(RENDERERS)}")
+    if job.status != JobStatus.succeeded:
+        raise DocumentNotReady(f"job {job_id} is {job.status}; its documents exist once it has succeeded")
+    key = job.output_prefix + name
+    media = MEDIA_TYPES.get("." + name.rsplit(".", 1)[-1], "application/octet-stream")
+    stem = job.source_name.rsplit(".", 1)[0] if "." in job.source_name else job.source_name
+    download = submission.safe_name(f"{stem}-{name}")
+    headers = {"Content-Disposition": f'inline; filename="{download}"'}
+    local = rt.storage.local_path(key)
+    if local is not None:
+        if not local.is_file():
+            raise NotFound(f"job {job_id} has no {name} in storage")
+        return FileResponse(local, media_type=media, headers=headers)
+    storage = rt.storage
+    if isinstance(storage, S3Storage):
+        body = _s3_body(storage, key)
+        return StreamingResponse(body, media_type=media, headers=headers)
+    return Response(rt.storage.get_bytes(key), media_type=media, headers=headers)
+
+
+def _s3_body(storage: S3Storage, key: str) -> Iterator[bytes]:
+    from botocore.exceptions import ClientError
+
+    try:
+        obj = storage.client.get_object(Bucket=storage.bucket, Key=staging.full_key(storage, key))
+    except ClientError as exc:
+        raise NotFound(f"no object {key} in storage") from exc
+    chunks: Iterator[bytes] = obj["Body"].iter_chunks(1024 * 1024)
+    return chunks
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=ERRORS)
+def cancel_job(request: Request, job_id: str, rt: RuntimeDep, tenant: TenantDep) -> JobOut:
+    """Cancel a job; running steps stop at their next check, finished work is kept."""
+    job = pipeline.cancel_job(rt, job_id, tenant)
+    webhooks.notify(rt, job.id)
+    return _out(request, rt, pipeline.get_job(rt, job_id, tenant))
+
+
+@router.post(
+    "/{job_id}/retry",
+    response_model=JobOut,
+    status_code=202,
+    responses={**ERRORS, 422: {"model": Problem, "description": "the job is not failed or cancelled"}},
+)
+def retry_job(request: Request, job_id: str, rt: RuntimeDep, tenant: TenantDep) -> JobOut:
+    """Retry a failed or cancelled job: windows already done are kept, the rest is enqueued."""
+    return _out(request, rt, submission.resume(rt, job_id, tenant))

@@ -1,0 +1,171 @@
+"""What the HTTP API reads and answers: pydantic models that become the OpenAPI schema."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from jobs.models import Job, JobStatus
+from jobs.presets import PRESETS
+
+
+class Progress(BaseModel):
+    windows_done: int = Field(description="windows transcribed and summarised so far")
+    windows_total: int | None = Field(description="windows the recording was cut into (null until split)")
+
+
+class Timings(BaseModel):
+    """Seconds each stage took; null for a stage that has not run (yet)."""
+
+    queued: float | None = None
+    split: float | None = None
+    windows: float | None = None
+    reduce: float | None = None
+    total: float | None = None
+
+
+class Links(BaseModel):
+    self: str
+    documents: dict[str, str] = Field(
+        default_factory=dict, description="document name → URL; present once the job succeeded"
+    )
+    flower: str | None = Field(default=None, description="this job's tasks in Flower (search by job id)")
+
+
+class WebhookAttempt(BaseModel):
+    at: str
+    status: str
+    status_code: int | None = None
+    error: str | None = None
+    job_status: str | None = None
+    attempt: int | None = None
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    source_name: str
+    preset: str
+    language: str | None
+    instructions: str | None
+    window_minutes: float
+    duration_s: float | None
+    error: str | None = Field(description="why the job failed, in one sentence")
+    engine: str | None
+    model: str | None
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: Progress
+    timings_s: Timings
+    webhook_url: str | None
+    webhook_attempts: list[WebhookAttempt]
+    links: Links
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+    next: str | None = Field(description="URL of the next page, null on the last one")
+
+
+class JobFromSource(BaseModel):
+    """Start a job on a recording already in object storage, or on a finished presigned upload."""
+
+    source: str | None = Field(default=None, description="s3://bucket/key of an existing object")
+    upload_id: str | None = Field(default=None, description="id of a completed POST /v1/uploads upload")
+    instructions: str | None = Field(default=None, max_length=8000)
+    preset: str | None = Field(default=None, description="one of: " + ", ".join(PRESETS))
+    language: str | None = Field(default=None, description="ISO 639-1 code; detected when absent")
+    window_minutes: float | None = Field(default=None, description="longest window, 1-30 minutes")
+    webhook_url: str | None = Field(default=None, description="POSTed the job as JSON when it ends")
+
+
+class UploadCreate(BaseModel):
+    filename: str = Field(min_length=1, max_length=1000)
+    size: int = Field(gt=0, description="bytes the client will upload")
+
+
+class UploadPart(BaseModel):
+    part_number: int
+    url: str
+
+
+class UploadOut(BaseModel):
+    upload_id: str
+    part_size: int
+    parts: list[UploadPart]
+    complete_url: str
+
+
+class CompletedPart(BaseModel):
+    part_number: int = Field(ge=1, le=10_000)
+    etag: str = Field(min_length=1, max_length=200)
+
+
+class UploadComplete(BaseModel):
+    parts: list[CompletedPart] = Field(min_length=1, max_length=10_000)
+
+
+class UploadDone(BaseModel):
+    upload_id: str
+    size: int
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds(), 3)
+
+
+def job_out(job: Job, base_url: str, flower_url: str | None) -> JobOut:
+    base = base_url.rstrip("/")
+    self_url = f"{base}/v1/jobs/{job.id}"
+    documents: dict[str, str] = {}
+    if job.status == JobStatus.succeeded:
+        from jobs.models import OUTPUT_NAMES
+
+        documents = {name: f"{self_url}/documents/{name}" for name in OUTPUT_NAMES}
+    flower = None
+    if flower_url:
+        # Every task's first argument is the job id, so Flower's search finds all of them.
+        flower = f"{flower_url.rstrip('/')}/api/tasks?search={job.id}"
+    attempts: list[Any] = json.loads(job.webhook_attempts) if job.webhook_attempts else []
+    return JobOut(
+        id=job.id,
+        status=job.status,
+        source_name=job.source_name,
+        preset=job.preset,
+        language=job.language,
+        instructions=job.instructions,
+        window_minutes=job.window_minutes,
+        duration_s=job.duration_s,
+        error=job.error,
+        engine=job.engine,
+        model=job.model,
+        attempt=job.attempt,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        progress=Progress(windows_done=job.windows_done, windows_total=job.windows_total),
+        timings_s=Timings(
+            queued=_seconds(job.created_at, job.split_started_at),
+            split=_seconds(job.split_started_at, job.split_finished_at),
+            windows=_seconds(job.split_finished_at, job.reduce_started_at),
+            reduce=_seconds(job.reduce_started_at, job.finished_at if job.reduce_started_at else None),
+            total=_seconds(job.created_at, job.finished_at),
+        ),
+        webhook_url=job.webhook_url,
+        webhook_attempts=[WebhookAttempt.model_validate(a) for a in attempts if isinstance(a, dict)],
+        links=Links(self=self_url, documents=documents, flower=flower),
+    )

@@ -1,0 +1,285 @@
+"""Webhooks: when a job ends, POST it as JSON to the job's ``webhook_url``, signed, retried with
+backoff, every attempt recorded on the job (``Job.webhook_attempts``, a JSON list).
+
+What a receiver gets::
+
+    POST <webhook_url>
+    Content-Type: application/json
+    X-Voxbatch-Event: job.finished
+    X-Voxbatch-Timestamp: 1764000000
+    X-Voxbatch-Signature: sha256=<hex HMAC-SHA256 of the raw body under the tenant's webhook secret>
+
+    {"event": "job.finished", "timestamp": 1764000000, "job": {"id": ..., "status": ..., ...}}
+
+The body carries the timestamp too, so it is covered by the signature: verify the HMAC over the
+raw bytes (constant-time compare), then refuse timestamps more than a few minutes old (replays).
+
+Retries: 5xx, 408, 429, timeouts and connection errors are retried with exponential backoff
+(``VOXBATCH_WEBHOOK_BACKOFF_S`` × 2^n) up to ``MAX_DELIVERIES`` attempts; any other answer ends it.
+
+SSRF: the host is resolved and every address must be globally routable (no private, loopback,
+link-local, metadata, multicast or reserved address) unless ``VOXBATCH_WEBHOOK_ALLOW_PRIVATE=1``.
+The request then goes to the checked address itself (Host header and TLS SNI keep the name), so
+a DNS answer that changes between the check and the connection cannot redirect it. Redirects are
+not followed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from sqlalchemy import update
+from sqlmodel import col
+
+from jobs import pipeline
+from jobs.errors import InputError
+from jobs.models import Job, JobStatus, Tenant, utcnow
+from workers.celery_app import CPU_QUEUE, app
+
+log = logging.getLogger(__name__)
+
+WEBHOOK = "voxbatch.webhook"
+MAX_DELIVERIES = 6
+TIMEOUT_S = 10.0
+SIGNATURE_HEADER = "X-Voxbatch-Signature"
+TIMESTAMP_HEADER = "X-Voxbatch-Timestamp"
+EVENT_HEADER = "X-Voxbatch-Event"
+_RETRYABLE_CODES = {408, 425, 429}
+# Job fields a receiver has no use for (internal bookkeeping, storage layout).
+_PRIVATE_FIELDS = {"webhook_attempts", "fingerprint", "reduce_claimed", "source_key", "tenant"}
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The signature header's value for ``body``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify(secret: str, body: bytes, header: str) -> bool:
+    """What a receiver does (and the tests): constant-time comparison of the signature."""
+    return hmac.compare_digest(sign(secret, body), header)
+
+
+def _forbidden(ip: IPAddress) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    # is_global is False for private, loopback, link-local (169.254.169.254 metadata included),
+    # shared (100.64/10), reserved and unspecified ranges; multicast is excluded separately.
+    return not ip.is_global or ip.is_multicast
+
+
+def check_url(url: str, allow_private: bool = False) -> list[IPAddress]:
+    """The addresses ``url`` may be delivered to; InputError naming why it is refused."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise InputError(f"webhook_url must be an http:// or https:// URL, not {url[:200]!r}")
+    host = parts.hostname
+    if not host:
+        raise InputError(f"webhook_url {url[:200]!r} names no host")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise InputError(f"webhook_url {url[:200]!r} has an invalid port") from exc
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise InputError(f"webhook host {host} does not resolve") from exc
+    addresses: list[IPAddress] = []
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if ip not in addresses:
+            addresses.append(ip)
+    if not allow_private:
+        bad = [str(ip) for ip in addresses if _forbidden(ip)]
+        if bad:
+            raise InputError(
+                f"webhook host {host} resolves to a private or reserved address ({', '.join(bad)}); "
+                "set VOXBATCH_WEBHOOK_ALLOW_PRIVATE=1 to allow it"
+            )
+    if not addresses:
+        raise InputError(f"webhook host {host} does not resolve")
+    return addresses
+
+
+def payload(job: Job) -> dict[str, Any]:
+    data = {k: v for k, v in job.model_dump(mode="json").items() if k not in _PRIVATE_FIELDS}
+    data["progress"] = {"windows_done": job.windows_done, "windows_total": job.windows_total}
+    return data
+
+
+# --- the record on the job ----------------------------------------------------------------------
+
+
+def _attempts(job: Job) -> list[dict[str, Any]]:
+    try:
+        value = json.loads(job.webhook_attempts) if job.webhook_attempts else []
+    except ValueError:
+        return []
+    return value if isinstance(value, list) else []
+
+
+def _append(
+    rt: pipeline.Runtime, job_id: str, record: dict[str, Any], *, unless_queued: bool = False
+) -> bool:
+    """Append ``record`` with compare-and-swap (workers and the API write concurrently).
+
+    With ``unless_queued``, nothing is written when a delivery for the same job attempt and final
+    status was already queued: that is how one ending sends one webhook.
+    """
+    for _ in range(10):
+        job = pipeline.get_job(rt, job_id)
+        old = job.webhook_attempts
+        records = _attempts(job)
+        if unless_queued and any(
+            r.get("status") == "queued"
+            and r.get("job_status") == record["job_status"]
+            and r.get("job_attempt") == record["job_attempt"]
+            for r in records
+        ):
+            return False
+        new = json.dumps([*records, record])
+        cond = col(Job.webhook_attempts).is_(None) if old is None else col(Job.webhook_attempts) == old
+        with rt.db.session() as s:
+            res = s.execute(update(Job).where(col(Job.id) == job_id).where(cond).values(webhook_attempts=new))
+            s.commit()
+        if res.rowcount == 1:  # type: ignore[attr-defined]
+            return True
+    log.warning("job %s: could not record a webhook attempt (contention)", job_id)
+    return False
+
+
+def notify(rt: pipeline.Runtime, job_id: str) -> bool:
+    """Enqueue the webhook of a job that has ended; once per job attempt and final status.
+
+    Never raises: a webhook is a courtesy, the job's outcome is already stored.
+    """
+    try:
+        job = pipeline.get_job(rt, job_id)
+        if not job.webhook_url or not JobStatus(job.status).finished:
+            return False
+        record = {
+            "at": utcnow().isoformat() + "Z",
+            "status": "queued",
+            "job_status": str(job.status),
+            "job_attempt": job.attempt,
+        }
+        if not _append(rt, job_id, record, unless_queued=True):
+            return False
+        app.send_task(WEBHOOK, args=[job_id, job.attempt], queue=CPU_QUEUE)
+        log.info("job %s: webhook queued (%s)", job_id, job.status)
+        return True
+    except Exception:
+        log.exception("job %s: could not queue the webhook", job_id)
+        return False
+
+
+# --- delivery -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delivery:
+    ok: bool
+    retry: bool
+    status_code: int | None = None
+    error: str | None = None
+
+
+def _pinned(url: str, ip: IPAddress) -> tuple[str, str, str]:
+    """``url`` with its host replaced by ``ip``; plus the Host header and TLS server name."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    literal = f"[{ip}]" if ip.version == 6 else str(ip)
+    netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+    host_header = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")), host_header, host
+
+
+def send(url: str, secret: str | None, body: bytes, timestamp: int, allow_private: bool) -> Delivery:
+    """One POST of ``body`` to ``url``; never raises."""
+    try:
+        addresses = check_url(url, allow_private)
+    except InputError as exc:
+        return Delivery(ok=False, retry=False, error=str(exc))
+    target, host_header, server_name = _pinned(url, addresses[0])
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "voxbatch-webhook/1",
+        "Host": host_header,
+        EVENT_HEADER: "job.finished",
+        TIMESTAMP_HEADER: str(timestamp),
+    }
+    if secret:
+        headers[SIGNATURE_HEADER] = sign(secret, body)
+    try:
+        with httpx.Client(timeout=TIMEOUT_S, follow_redirects=False, trust_env=False) as client:
+            resp = client.post(
+                target, content=body, headers=headers, extensions={"sni_hostname": server_name}
+            )
+    except httpx.HTTPError as exc:
+        return Delivery(ok=False, retry=True, error=f"{exc.__class__.__name__}: {exc}"[:500])
+    code = resp.status_code
+    if 200 <= code < 300:
+        return Delivery(ok=True, retry=False, status_code=code)
+    return Delivery(
+        ok=False, retry=code >= 500 or code in _RETRYABLE_CODES, status_code=code, error=f"answered {code}"
+    )
+
+
+def deliver(rt: pipeline.Runtime, job_id: str, job_attempt: int, delivery: int) -> Delivery:
+    """Send the job's webhook once and record the attempt."""
+    job = pipeline.get_job(rt, job_id)
+    if not job.webhook_url:
+        return Delivery(ok=True, retry=False)
+    with rt.db.session() as s:
+        tenant = s.get(Tenant, job.tenant) if job.tenant else None
+    timestamp = int(time.time())
+    body = json.dumps(
+        {"event": "job.finished", "timestamp": timestamp, "job": payload(job)}, separators=(",", ":")
+    ).encode()
+    result = send(
+        job.webhook_url,
+        tenant.webhook_secret if tenant else None,
+        body,
+        timestamp,
+        rt.settings.webhook_allow_private,
+    )
+    final = not result.ok and (not result.retry or delivery >= MAX_DELIVERIES)
+    record = {
+        "at": utcnow().isoformat() + "Z",
+        "status": "delivered" if result.ok else ("gave_up" if final else "failed"),
+        "delivery": delivery,
+        "status_code": result.status_code,
+        "error": result.error,
+        "job_status": str(job.status),
+        "job_attempt": job_attempt,
+    }
+    _append(rt, job_id, record)
+    log.info("job %s: webhook delivery %d: %s", job_id, delivery, result.status_code or result.error or "ok")
+    return result
+
+
+def backoff_s(rt: pipeline.Runtime, delivery: int) -> float:
+    return float(rt.settings.webhook_backoff_s * (2 ** (delivery - 1)))
+
+
+@app.task(name=WEBHOOK, bind=True, acks_late=True, max_retries=MAX_DELIVERIES - 1, ignore_result=True)
+def webhook(self: Any, job_id: str, job_attempt: int) -> str:
+    from workers.tasks import runtime
+
+    rt = runtime()
+    delivery = int(self.request.retries) + 1
+    result = deliver(rt, job_id, job_attempt, delivery)
+    if not result.ok and result.retry and delivery < MAX_DELIVERIES:
+        raise self.retry(countdown=backoff_s(rt, delivery))
+    return "delivered" if result.ok else "gave up"
