@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from jobs.errors import InputError, JobCancelled, NotFound, TransientError, VoxbatchError
-from jobs.logconfig import configure_logging
+from jobs.logconfig import CLI_FORMAT, configure_logging
 from jobs.models import OUTPUT_NAMES, Job, JobStatus
 from jobs.settings import Settings, get_settings
 
@@ -69,7 +69,9 @@ def load_settings() -> Settings:
 @click.version_option(package_name="voxbatch")
 def cli(verbose: bool) -> None:
     """voxbatch: long recordings in, finished documents out."""
-    configure_logging(verbose)
+    # Long-running commands (worker, api, up) reconfigure with timestamps; one-shot commands
+    # print warnings as plain lines.
+    configure_logging(verbose, fmt=CLI_FORMAT)
 
 
 def job_options(fn: F) -> F:
@@ -140,12 +142,6 @@ def run(
     info = FfmpegAudio().probe(str(path))
     rt = build_runtime(settings)
     engine = rt.engine
-    if engine.name == "offline" and settings.engine == "auto":
-        click.echo(
-            "voxbatch: warning: no VOXBATCH_VLLM_URL or Mistral key set; using the offline engine "
-            "(pocketsphinx, English only, no summaries)",
-            err=True,
-        )
     key = fingerprint(path, {"options": options.__dict__, "engine": engine.name, "model": engine.model})
     job = pipeline.find_resumable(rt, key)
     if job is not None and job.status != JobStatus.succeeded:
@@ -186,9 +182,9 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 from api import cli_deploy  # noqa: E402,F401
-from api import cli_watch  # noqa: E402,F401
 
 
 # Commands defined in their own modules register themselves on `cli` when imported.
 from api import cli_jobs, cli_services  # noqa: E402, F401
+from api import cli_watch  # noqa: E402,F401
 from api import cli_api  # noqa: E402,F401

@@ -7,14 +7,18 @@ import os
 import sys
 
 
-def configure_logging(verbose: bool = False, stream: object = None) -> None:
+CLI_FORMAT = "voxbatch: %(levelname)s: %(message)s"
+PROCESS_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(verbose: bool = False, stream: object = None, fmt: str = PROCESS_FORMAT) -> None:
     level = (
         logging.DEBUG
         if verbose
         else getattr(logging, os.environ.get("VOXBATCH_LOG_LEVEL", "WARNING").upper(), logging.WARNING)
     )
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(PROCESS_FORMAT if verbose else fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
