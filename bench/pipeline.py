@@ -1,0 +1,142 @@
+"""Whole-pipeline benchmark: `voxbatch run`'s steps with an instant engine, against a bare decode.
+
+    .venv/bin/python -m bench.pipeline [--hours 3] [--memory-hours 3,10]
+
+The engine answers at once, so what is measured is everything voxbatch itself does for a
+recording: probe, the single-pass split, storing windows, the database rows, reading each window
+back for the engine, window results, the reduce and the three documents. The physical limit is one
+bare ``ffmpeg -i FILE -f null -`` decode of the same file in the same run (goal: ratio ≤ 1.3).
+Peak memory is the RSS of the whole process tree (python and its ffmpeg children), polled from
+/proc while a child process runs the pipeline on 3 h and 10 h inputs (goal: flat, under 300 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.split import CACHE, _tree_rss, bare_decode, long_talk
+
+
+class InstantEngine:
+    """Answers immediately: the benchmark measures voxbatch, not a model."""
+
+    name = "instant"
+    model = "none"
+    can_summarize = True
+
+    def max_audio_s(self) -> float | None:
+        return None
+
+    def transcribe(self, audio: Path, language: str | None) -> str:
+        return f"words of {audio.name}"
+
+    def summarize_audio(self, audio: Path, prompt: str) -> str:
+        return "a summary"
+
+    def complete(self, prompt: str) -> str:
+        return "the overall summary"
+
+
+def run_once(path: Path, window_minutes: float) -> tuple[float, int]:
+    """Wall seconds of the whole pipeline on ``path`` in fresh storage, and the window count."""
+    from jobs import pipeline
+    from jobs.db import Database
+    from jobs.settings import Settings
+    from jobs.storage import LocalStorage
+    from workers.audio import FfmpegAudio
+
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        settings = Settings(data_dir=Path(tmp))
+        db = Database(settings.resolved_database_url())
+        db.migrate()
+        rt = pipeline.Runtime(
+            db=db,
+            storage=LocalStorage(Path(tmp) / "store"),
+            audio=FfmpegAudio(),
+            settings=settings,
+            engine_factory=InstantEngine,
+        )
+        start = time.perf_counter()
+        job = pipeline.create_job(rt, str(path), pipeline.JobOptions(window_minutes=window_minutes))
+        job = pipeline.run_local(rt, job.id)
+        elapsed = time.perf_counter() - start
+        assert job.status == "succeeded", job.error
+        assert rt.storage.exists(job.output_prefix + "document.md")
+        return elapsed, job.windows_total or 0
+
+
+def peak_tree_rss(path: Path, window_minutes: float) -> tuple[int, float]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.pipeline",
+        "--child",
+        str(path),
+        "--window-minutes",
+        str(window_minutes),
+    ]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1])
+    peak = 0
+    done = threading.Event()
+
+    def poll() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_rss(proc.pid))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    start = time.perf_counter()
+    watcher.start()
+    rc = proc.wait()
+    elapsed = time.perf_counter() - start
+    done.set()
+    watcher.join()
+    if rc != 0:
+        raise SystemExit(f"the pipeline child failed with status {rc}")
+    return peak, elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hours", type=float, default=3.0)
+    parser.add_argument("--memory-hours", default="3,10")
+    parser.add_argument("--window-minutes", type=float, default=30.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    CACHE.mkdir(exist_ok=True)
+    if args.child:
+        run_once(Path(args.child), args.window_minutes)
+        return
+
+    path = long_talk(args.hours)
+    print(
+        f"input: {path.name}, {args.hours:g} h, 44.1 kHz stereo MP3, "
+        f"{path.stat().st_size / 1e6:.0f} MB; {os.cpu_count()} cores"
+    )
+    bare, run, windows = float("inf"), float("inf"), 0
+    for _ in range(args.rounds):
+        bare = min(bare, bare_decode(path)[0])
+        elapsed, windows = run_once(path, args.window_minutes)
+        run = min(run, elapsed)
+    print(f"bare decode, best of {args.rounds}: {bare:.1f} s")
+    print(f"whole pipeline with an instant engine, best of {args.rounds}: {run:.1f} s, {windows} windows")
+    print(f"ratio pipeline / bare decode: {run / bare:.2f} (goal <= 1.30)")
+    for hours in (float(h) for h in args.memory_hours.split(",") if h):
+        peak, elapsed = peak_tree_rss(long_talk(hours), args.window_minutes)
+        print(
+            f"peak RSS of the pipeline's process tree, {hours:g} h input: "
+            f"{peak / 1e6:.0f} MB ({elapsed:.0f} s; goal: flat, < 300 MB)"
+        )
+
+
+if __name__ == "__main__":
+    main()
