@@ -178,8 +178,8 @@ def main() -> None:
     bare, split, count = (float("inf"), 0.0), (float("inf"), 0.0), 0
     for _ in range(args.rounds):
         bare = min(bare, bare_decode(path))
-        wall, cpu, count = split_once(path, window_s)
-        split = min(split, (wall, cpu))
+        wall, split_cpu, count = split_once(path, window_s)
+        split = min(split, (wall, split_cpu))
     print(
         f"bare decode (ffmpeg -i FILE -f null -), best of {args.rounds}: "
         f"{bare[0]:.1f} s wall, {bare[1]:.1f} s CPU"

@@ -168,8 +168,7 @@ def check_coverage(
             raise CoverageError(f"window {index} is empty or reversed ({start:.6f}–{end:.6f} s)")
         if end - start > max_window_s + tolerance_s:
             raise CoverageError(
-                f"window {index} lasts {end - start:.3f} s, "
-                f"more than the {max_window_s:g} s allowed"
+                f"window {index} lasts {end - start:.3f} s, more than the {max_window_s:g} s allowed"
             )
         expected_start = end
     if duration_s is not None and abs(expected_start - duration_s) > tolerance_s:

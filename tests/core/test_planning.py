@@ -40,16 +40,12 @@ def test_cut_goes_in_the_middle_of_the_only_silence() -> None:
 
 
 def test_longest_silence_wins_over_a_later_shorter_one() -> None:
-    cut = choose_cut(
-        levels((SPEECH, 1.0), (QUIET, 1.2), (SPEECH, 1.0), (QUIET, 0.4), (SPEECH, 1.0))
-    )
+    cut = choose_cut(levels((SPEECH, 1.0), (QUIET, 1.2), (SPEECH, 1.0), (QUIET, 0.4), (SPEECH, 1.0)))
     assert cut.offset_s == pytest.approx(1.6)
 
 
 def test_equal_silences_prefer_the_later_one() -> None:
-    cut = choose_cut(
-        levels((SPEECH, 1.0), (QUIET, 0.5), (SPEECH, 1.0), (QUIET, 0.5), (SPEECH, 1.0))
-    )
+    cut = choose_cut(levels((SPEECH, 1.0), (QUIET, 0.5), (SPEECH, 1.0), (QUIET, 0.5), (SPEECH, 1.0)))
     assert cut.offset_s == pytest.approx(2.75, abs=FRAME_S)
 
 
@@ -140,8 +136,6 @@ def test_coverage_accepts_a_tiling() -> None:
         ([], None, "no windows"),
     ],
 )
-def test_coverage_rejects(
-    windows: list[tuple[float, float]], duration: float | None, message: str
-) -> None:
+def test_coverage_rejects(windows: list[tuple[float, float]], duration: float | None, message: str) -> None:
     with pytest.raises(CoverageError, match=message):
         check_coverage(windows, max_window_s=20.0, duration_s=duration)
