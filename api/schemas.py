@@ -37,11 +37,12 @@ class Links(BaseModel):
 
 class WebhookAttempt(BaseModel):
     at: str
-    status: str
+    status: str = Field(description="queued, delivered, failed (will retry) or gave_up")
+    delivery: int | None = Field(default=None, description="1 for the first POST, 2 for its first retry...")
     status_code: int | None = None
     error: str | None = None
-    job_status: str | None = None
-    attempt: int | None = None
+    job_status: str | None = Field(default=None, description="the job's state the webhook reported")
+    job_attempt: int | None = Field(default=None, description="the job's attempt (retries count up)")
 
 
 class JobOut(BaseModel):

@@ -114,9 +114,7 @@ class StackFactory:
             VOXBATCH_WEBHOOK_BACKOFF_S="0.3",
         )
         if s3_endpoint:
-            environ.update(
-                VOXBATCH_STORAGE_URL=f"s3://{BUCKET}/{name}", VOXBATCH_S3_ENDPOINT_URL=s3_endpoint
-            )
+            environ.update(VOXBATCH_STORAGE_URL=f"s3://{BUCKET}/{name}", VOXBATCH_S3_ENDPOINT_URL=s3_endpoint)
         environ.update(env)
         cluster = Cluster(tmp, environ)
         cluster.start_worker("cpu,gpu", concurrency=2)
@@ -187,5 +185,3 @@ def local_stack(stack_maker: Callable[..., ApiStack]) -> ApiStack:
 def s3_stack(stack_maker: Callable[..., ApiStack], moto_endpoint: str) -> ApiStack:
     """S3 storage on a moto server."""
     return stack_maker("s3", s3_endpoint=moto_endpoint)
-
-
