@@ -191,7 +191,9 @@ def retry(job_id: str) -> None:
     from workers.submission import resume
 
     job = resume(_runtime(), job_id)
-    click.echo(f"job {job.id} {job.status} ({job.windows_done}/{job.windows_total or '?'} windows already done)")
+    click.echo(
+        f"job {job.id} {job.status} ({job.windows_done}/{job.windows_total or '?'} windows already done)"
+    )
 
 
 @cli.command("list")

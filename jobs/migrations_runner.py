@@ -51,20 +51,19 @@ def upgrade(db: Database) -> None:
     with db.engine.connect() as conn:
         if current_revision(conn) == head:
             return
-    with _serialised(db):
-        with db.engine.begin() as conn:
-            if db.engine.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": ADVISORY_LOCK_ID})
-            current = current_revision(conn)
-            if current == head:
-                return
-            config = alembic_config()
-            config.attributes["connection"] = conn
-            if current is None and inspect(conn).has_table("job"):
-                log.warning("database made before migrations existed: stamping revision %s", FIRST_REVISION)
-                command.stamp(config, FIRST_REVISION)
-            log.info("migrating the database from %s to %s", current, head)
-            command.upgrade(config, "head")
+    with _serialised(db), db.engine.begin() as conn:
+        if db.engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": ADVISORY_LOCK_ID})
+        current = current_revision(conn)
+        if current == head:
+            return
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        if current is None and inspect(conn).has_table("job"):
+            log.warning("database made before migrations existed: stamping revision %s", FIRST_REVISION)
+            command.stamp(config, FIRST_REVISION)
+        log.info("migrating the database from %s to %s", current, head)
+        command.upgrade(config, "head")
 
 
 @contextmanager

@@ -61,7 +61,11 @@ def submit(
         if not S3Storage(bucket, "", endpoint_url=rt.settings.s3_endpoint_url).exists(key):
             raise InputError(f"{source} does not exist or is not readable with these credentials")
         job = pipeline.create_job(
-            rt, source, options, source_name=name or key.rsplit("/", 1)[-1], tenant=tenant,
+            rt,
+            source,
+            options,
+            source_name=name or key.rsplit("/", 1)[-1],
+            tenant=tenant,
             fingerprint=fingerprint,
         )
     else:
@@ -87,9 +91,7 @@ def submit(
             pipeline.fail_job(rt, job.id, f"the upload into storage failed: {exc}")
             raise
         with rt.db.session() as s:
-            s.execute(
-                update(Job).where(col(Job.id) == job.id).values(source_key=key, updated_at=utcnow())
-            )
+            s.execute(update(Job).where(col(Job.id) == job.id).values(source_key=key, updated_at=utcnow()))
             s.commit()
         job.source_key = key
     _enqueue(rt, job.id, celery_app.enqueue_split, job.id)

@@ -76,9 +76,7 @@ def sweep(rt: Runtime, enqueue: Enqueuers) -> SweepReport:
         (JobStatus.reducing, report.reduces, enqueue.reduce),
     ):
         with rt.db.session() as s:
-            ids = list(
-                s.exec(select(Job.id).where(Job.status == status).where(col(Job.updated_at) < stale))
-            )
+            ids = list(s.exec(select(Job.id).where(Job.status == status).where(col(Job.updated_at) < stale)))
         for job_id in ids:
             with rt.db.session() as s:
                 # Touch the heartbeat so the next sweep waits another lease for the new task.

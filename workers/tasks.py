@@ -57,7 +57,7 @@ ENQUEUE = Enqueuers(
 )
 
 
-class JobTask(Task):  # type: ignore[misc]
+class JobTask(Task):
     """Retries transient errors with backoff; fails the job (with the reason) on anything else."""
 
     autoretry_for = (TransientError,)

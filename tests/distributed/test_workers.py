@@ -1,0 +1,294 @@
+"""Jobs on real workers: fan-out/fan-in, crashes, shutdown, a restarted broker, a flaky engine,
+duplicate deliveries, cancel and retry, Flower's API.
+
+Every job is the ~2 min marker talk in 1-minute windows (3 windows); the stand-in vLLM server
+transcribes the marker tones it hears, so a document proves which audio each window carried.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from jobs.models import JobStatus, WindowStatus
+from tests.distributed.conftest import Stack, check_document
+from tests.fixtures.services import VOXBATCH, free_port, wait_until
+from tests.speech import Recording
+
+WINDOW = ("--window-minutes", "1")
+
+
+def fetch_and_check(stack: Stack, job_id: str, rec: Recording, out: Path) -> dict:
+    done = stack.cluster.cli("fetch", job_id, "--output-dir", str(out))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == str((out / "document.md").absolute())
+    return check_document(out, rec)
+
+
+def job_row(stack: Stack, job_id: str) -> dict:
+    done = stack.cluster.cli("status", job_id, "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def running_window(rt: object, job_id: str, owner_pid: int | None = None) -> object:
+    from jobs.pipeline import get_windows
+
+    for w in get_windows(rt, job_id):  # type: ignore[arg-type]
+        mine = owner_pid is None or f":{owner_pid}:" in (w.lease_owner or "")
+        if w.status == WindowStatus.running and w.lease_owner and mine:
+            return w
+    return None
+
+
+def test_three_concurrent_jobs_complete_and_flower_lists_their_tasks(
+    stack_factory: Callable[..., Stack], marker_recording: Recording, tmp_path: Path
+) -> None:
+    stack = stack_factory({"latency_s": 0.2})
+    c = stack.cluster
+    port = free_port()
+    flower = subprocess.Popen(
+        [*VOXBATCH, "flower", "--port", str(port)],
+        env=c.env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        c.start_worker("cpu", 2)
+        c.start_worker("gpu", 4)
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _get(f"{base}/healthcheck") == 200, 30, "flower")
+        jobs = [c.submit(marker_recording.path, *WINDOW) for _ in range(3)]
+        assert len(set(jobs)) == 3
+        for job_id in jobs:
+            waited = c.wait(job_id, 120)
+            assert waited.returncode == 0, (waited.stderr, c.logs())
+        for n, job_id in enumerate(jobs):
+            doc = fetch_and_check(stack, job_id, marker_recording, tmp_path / f"out{n}")
+            assert len(doc["windows"]) == 3
+        # One engine call per window, none repeated.
+        assert len(stack.ok_transcriptions()) == 9
+
+        row = job_row(stack, jobs[0])
+        assert row["status"] == "succeeded"
+        assert row["progress"] == {"windows_done": 3, "windows_total": 3}
+        assert all(row["timings_s"][k] is not None for k in ("split", "windows", "reduce", "total"))
+        listed = c.cli("list", "--status", "succeeded")
+        assert listed.returncode == 0 and all(j in listed.stdout for j in jobs)
+
+        # Flower saw the tasks through events; its search finds a job's tasks by the id in their args.
+        assert httpx.get(f"{base}/api/tasks").status_code == 401
+
+        def tasks_of(job_id: str) -> list[str] | None:
+            r = httpx.get(f"{base}/api/tasks", params={"search": job_id}, auth=("ops", "secret"))
+            names = sorted(t["name"] for t in r.json().values()) if r.status_code == 200 else []
+            return names if len(names) == 5 else None
+
+        names = wait_until(lambda: tasks_of(jobs[1]), 20, "flower to list the job's tasks", 0.5)
+        assert names == ["voxbatch.reduce", "voxbatch.split"] + ["voxbatch.window"] * 3
+    finally:
+        flower.terminate()
+        flower.wait(20)
+
+
+def _get(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=1).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def test_a_sigkilled_gpu_worker_costs_about_one_lease(
+    stack_factory: Callable[..., Stack], marker_recording: Recording, tmp_path: Path
+) -> None:
+    lease = 6.0
+    stack = stack_factory({"latency_s": 3.0}, VOXBATCH_LEASE_SECONDS=str(lease))
+    c = stack.cluster
+    c.start_worker("cpu", 1)
+    victim = c.start_worker("gpu", 1)
+    job_id = c.submit(marker_recording.path, *WINDOW)
+    rt = c.runtime()
+    window = wait_until(lambda: running_window(rt, job_id, victim.pid), 60, "a window on the victim")
+    c.start_worker("gpu", 2, wait=False)
+    c.signal_worker(victim, signal.SIGKILL)
+    killed_at = datetime.now(UTC)
+    waited = c.wait(job_id, 90)
+    assert waited.returncode == 0, (waited.stderr, c.logs())
+    from jobs.pipeline import get_windows
+
+    redone = next(w for w in get_windows(rt, job_id) if w.index == window.index)  # type: ignore[attr-defined]
+    assert redone.attempts == 2 and redone.status == WindowStatus.done
+    # Taken over once the lease expired and the next sweep ran (+ slack for a loaded machine),
+    # nowhere near Redis's visibility timeout (hours).
+    took = (redone.started_at - killed_at).total_seconds()
+    assert lease * 0.5 < took < lease + lease / 4 + 6, took
+    fetch_and_check(stack, job_id, marker_recording, tmp_path / "out")
+
+
+def test_sigterm_requeues_a_running_window_at_once(
+    stack_factory: Callable[..., Stack], marker_recording: Recording, tmp_path: Path
+) -> None:
+    # A long lease: the sweep cannot be what brings the window back within this test.
+    lease = 120.0
+    stack = stack_factory({"latency_s": 6.0}, VOXBATCH_LEASE_SECONDS=str(lease))
+    c = stack.cluster
+    c.start_worker("cpu", 1)
+    leaving = c.start_worker("gpu", 1)
+    job_id = c.submit(marker_recording.path, *WINDOW)
+    rt = c.runtime()
+    window = wait_until(lambda: running_window(rt, job_id, leaving.pid), 60, "a window on the worker")
+    c.signal_worker(leaving, signal.SIGTERM)  # 5 s of soft shutdown, then its messages go back
+    c.start_worker("gpu", 3, wait=False)
+    sent = time.monotonic()
+    leaving.process.wait(30)
+    assert "Restoring 1 unacknowledged message" in leaving.text(), leaving.text()[-3000:]
+    waited = c.wait(job_id, 60)
+    assert waited.returncode == 0, (waited.stderr, c.logs())
+    assert time.monotonic() - sent < 60 < lease
+    from jobs.pipeline import get_windows
+
+    redone = next(w for w in get_windows(rt, job_id) if w.index == window.index)  # type: ignore[attr-defined]
+    assert redone.attempts == 2 and redone.status == WindowStatus.done
+    fetch_and_check(stack, job_id, marker_recording, tmp_path / "out")
+
+
+def test_jobs_complete_when_redis_restarts_mid_job(
+    stack_factory: Callable[..., Stack], marker_recording: Recording, tmp_path: Path
+) -> None:
+    stack = stack_factory({"latency_s": 1.0})
+    c = stack.cluster
+    c.start_worker("cpu", 1)
+    c.start_worker("gpu", 2)
+    jobs = [c.submit(marker_recording.path, *WINDOW) for _ in range(2)]
+    rt = c.runtime()
+    from jobs.pipeline import get_job
+
+    wait_until(lambda: get_job(rt, jobs[0]).windows_done >= 1, 60, "a first window")
+    stack.redis.restart(down_s=1.0)
+    for n, job_id in enumerate(jobs):
+        waited = c.wait(job_id, 120)
+        assert waited.returncode == 0, (waited.stderr, c.logs())
+        fetch_and_check(stack, job_id, marker_recording, tmp_path / f"out{n}")
+
+
+def test_jobs_complete_when_the_engine_answers_503_to_every_third_request(
+    stack_factory: Callable[..., Stack], marker_recording: Recording, tmp_path: Path
+) -> None:
+    # No retries inside the engine client: every 503 reaches the task, which Celery retries.
+    stack = stack_factory({"fail_every": 3}, VOXBATCH_ENGINE_RETRIES="0", VOXBATCH_MAX_WINDOW_ATTEMPTS="12")
+    c = stack.cluster
+    c.start_worker("cpu", 1)
+    c.start_worker("gpu", 3)
+    jobs = [c.submit(marker_recording.path, *WINDOW) for _ in range(2)]
+    for n, job_id in enumerate(jobs):
+        waited = c.wait(job_id, 150)
+        assert waited.returncode == 0, (waited.stderr, c.logs())
+        fetch_and_check(stack, job_id, marker_recording, tmp_path / f"out{n}")
+    log = stack.vllm.stats()["log"]
+    assert sum(e["status"] == 503 for e in log) >= 3
+    rt = c.runtime()
+    from jobs.pipeline import get_windows
+
+    assert any(w.attempts > 1 for j in jobs for w in get_windows(rt, j))
+
+
+def test_a_window_delivered_twice_calls_the_engine_once_and_writes_the_same_bytes(
+    stack_factory: Callable[..., Stack], marker_recording: Recording, tmp_path: Path
+) -> None:
+    from jobs.pipeline import get_job, get_windows
+    from jobs.settings import Settings
+    from workers.celery_app import WINDOW as WINDOW_TASK
+    from workers.celery_app import make_celery
+
+    stack = stack_factory({"latency_s": 1.5})
+    c = stack.cluster
+    app = make_celery(Settings(broker_url=c.env["VOXBATCH_BROKER_URL"]))
+    c.start_worker("cpu", 1)
+    c.start_worker("gpu", 4)
+    job_id = c.submit(marker_recording.path, *WINDOW)
+    rt = c.runtime()
+    first = wait_until(lambda: running_window(rt, job_id), 60, "a running window")
+    # A second copy while the first runs (what a visibility-timeout redelivery does) ...
+    app.send_task(WINDOW_TASK, args=[job_id, first.index]).get(timeout=30)  # type: ignore[attr-defined]
+    waited = c.wait(job_id, 60)
+    assert waited.returncode == 0, (waited.stderr, c.logs())
+    total = get_job(rt, job_id).windows_total
+    assert len(stack.ok_transcriptions()) == total
+
+    def snapshot() -> dict[str, str]:
+        keys = [w.result_key for w in get_windows(rt, job_id)]
+        keys += [f"jobs/{job_id}/output/{n}" for n in ("document.md", "document.json", "transcript.txt")]
+        return {k: hashlib.sha256(rt.storage.get_bytes(k)).hexdigest() for k in keys}
+
+    before, posts = snapshot(), stack.vllm.stats()["posts"]
+    # ... and every window twice more after the job is done.
+    results = [app.send_task(WINDOW_TASK, args=[job_id, i]) for i in range(total) for _ in range(2)]
+    for r in results:
+        r.get(timeout=30)
+    assert stack.vllm.stats()["posts"] == posts
+    assert snapshot() == before
+    assert get_job(rt, job_id).status == JobStatus.succeeded
+
+
+def test_cancel_stops_a_job_and_retry_resumes_from_the_windows_done(
+    stack_factory: Callable[..., Stack], marker_recording: Recording, tmp_path: Path
+) -> None:
+    from jobs.pipeline import get_job, get_windows, pending_windows
+
+    stack = stack_factory({"latency_s": 1.5})
+    c = stack.cluster
+    c.start_worker("cpu", 1)
+    c.start_worker("gpu", 1)
+    job_id = c.submit(marker_recording.path, *WINDOW)
+    rt = c.runtime()
+    wait_until(lambda: get_job(rt, job_id).windows_done >= 1, 60, "a first window")
+    cancelled = c.cli("cancel", job_id)
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout, cancelled.stderr
+    waited = c.wait(job_id, 10)
+    assert waited.returncode == 1 and "cancelled" in waited.stderr
+    time.sleep(4)  # the window in flight finishes; nothing new starts
+    assert get_job(rt, job_id).status == JobStatus.cancelled
+    assert pending_windows(rt, job_id), "cancel should have stopped the job before its last window"
+    done_before = {w.index: w.finished_at for w in get_windows(rt, job_id) if w.status == WindowStatus.done}
+    assert c.cli("fetch", job_id, "--output-dir", str(tmp_path / "x")).returncode == 2
+
+    retried = c.cli("retry", job_id)
+    assert retried.returncode == 0, retried.stderr
+    waited = c.wait(job_id, 60)
+    assert waited.returncode == 0, (waited.stderr, c.logs())
+    after = {w.index: w.finished_at for w in get_windows(rt, job_id)}
+    assert all(after[i] == t for i, t in done_before.items())  # not redone
+    assert len(stack.ok_transcriptions()) == get_job(rt, job_id).windows_total
+    fetch_and_check(stack, job_id, marker_recording, tmp_path / "out")
+    # Retrying a finished job is a one-line input error.
+    again = c.cli("retry", job_id)
+    assert again.returncode == 2 and "only failed or cancelled" in again.stderr
+
+
+def test_wait_times_out_with_exit_2_and_unknown_jobs_are_one_line_errors(
+    stack_factory: Callable[..., Stack], marker_recording: Recording
+) -> None:
+    stack = stack_factory()
+    c = stack.cluster  # no workers: the job stays queued
+    job_id = c.submit(marker_recording.path, *WINDOW)
+    waited = c.wait(job_id, 1)
+    assert waited.returncode == 2 and "still queued" in waited.stderr
+    missing = c.cli("status", "nosuchjob")
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+    bad = c.cli("submit", str(marker_recording.path), "--window-minutes", "0.5")
+    assert bad.returncode == 2 and "--window-minutes" in bad.stderr
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_time(request: pytest.FixtureRequest) -> None:
+    request.node.add_marker(pytest.mark.timeout(300))
