@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.audio",
     "tests.fixtures.vllm",
     "tests.fixtures.s3",
+    "tests.fixtures.services",
 ]
