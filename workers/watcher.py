@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import Any, Protocol
-from urllib.parse import unquote_plus
+from urllib.parse import unquote_plus, urlsplit
 
 from sqlalchemy import delete, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -59,6 +59,8 @@ MAX_SIDECAR_BYTES = 64 * 1024
 STALE_CLAIM = timedelta(minutes=15)
 PAGE_SIZE = 1000
 TAG_KEY = "voxbatch"
+# SQS long poll: up to 20 s is allowed; shorter so that a stopping watcher exits soon.
+EVENT_WAIT_S = 10.0
 
 
 class Submit(Protocol):
@@ -223,6 +225,24 @@ def make_client(service: str, endpoint_url: str | None) -> Any:
     return boto3.client(service, endpoint_url=endpoint_url, config=config)  # type: ignore[call-overload]
 
 
+def sqs_client(queue_url: str) -> Any:
+    """A client for the queue's own endpoint: the queue may live apart from a non-AWS S3."""
+    import boto3
+    from botocore.config import Config
+
+    parts = urlsplit(queue_url)
+    if not parts.scheme or not parts.netloc:
+        raise InputError(f"VOXBATCH_DROP_SQS_QUEUE_URL is not a queue URL: {queue_url}")
+    host = parts.hostname or ""
+    labels = host.split(".")
+    # https://sqs.<region>.amazonaws.com/<account>/<name>: sign for the queue's region.
+    region = labels[1] if len(labels) > 3 and labels[0] == "sqs" and host.endswith(".amazonaws.com") else None
+    config = Config(retries={"max_attempts": 5, "mode": "standard"})
+    return boto3.client(
+        "sqs", endpoint_url=f"{parts.scheme}://{parts.netloc}", region_name=region, config=config
+    )
+
+
 def events_in(body: str) -> list[DropItem]:
     """The created objects an SQS message names. ``s3:TestEvent`` and other events name none.
 
@@ -277,7 +297,8 @@ class Watcher:
         self.outbox = outbox or open_outbox(self.folder, settings)
         self.s3 = s3 or make_client("s3", settings.s3_endpoint_url)
         self.queue_url = settings.drop_sqs_queue_url
-        self.sqs = sqs or (make_client("sqs", settings.s3_endpoint_url) if self.queue_url else None)
+        self.sqs = sqs or (sqs_client(self.queue_url) if self.queue_url else None)
+        self.event_wait_s = EVENT_WAIT_S
         if audio is None:
             from workers.audio import FfmpegAudio
 
@@ -497,7 +518,7 @@ class Watcher:
             left = max(0.0, next_scan - time.monotonic())
             if self.sqs is not None:
                 try:
-                    self.poll_events(wait_s=min(left, 20.0))
+                    self.poll_events(wait_s=min(left, self.event_wait_s))
                 except VoxbatchError as exc:
                     log.error("drop: receiving events failed: %s", exc)
                     stop.wait(min(left, 5.0))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from sqlmodel import select
 
 from jobs.models import Job
+from tests.fixtures.services import wait_until
 from tests.watcher.conftest import DropWorld
 from workers.watcher import events_in
 
@@ -59,7 +61,6 @@ def test_events_ingest_what_was_uploaded(
 ) -> None:
     sqs, url = queue
     watcher = drop.watcher(drop_sqs_queue_url=url)
-    watcher.sqs = sqs
     # The AWS CLI: one single PUT and one multipart upload (CompleteMultipartUpload event).
     aws_cp(short_speech, f"s3://{drop.bucket}/inbox/track b/Pänel + Q&A.wav")
     aws_cp(long_wav, f"s3://{drop.bucket}/inbox/long one.wav")
@@ -85,7 +86,6 @@ def test_the_scan_catches_what_events_missed(
     drop.s3.upload_file(str(short_speech), drop.bucket, "inbox/lost.wav")
     sqs.purge_queue(QueueUrl=url)  # the event is lost
     watcher = drop.watcher(drop_sqs_queue_url=url)
-    watcher.sqs = sqs
     assert drain(watcher) == ([], [])
     assert len(watcher.scan().submitted) == 1
 
@@ -107,7 +107,6 @@ def test_duplicate_and_replayed_events_make_one_job(
         ],
     )
     watcher = drop.watcher(drop_sqs_queue_url=url)
-    watcher.sqs = sqs
     submitted, _ = drain(watcher)
     assert len(submitted) == 1
     assert job_names(drop) == ["dup.wav"]
@@ -140,3 +139,23 @@ def test_event_format() -> None:
     assert [i.key for i in events_in(wrapped)] == ["inbox/track b/Café + 1.mp3"]
     with pytest.raises(ValueError):
         events_in('{"hello": 1}')
+
+
+def test_run_consumes_events_between_scans_and_stops(
+    drop: DropWorld, queue: tuple[Any, str], short_speech: Path
+) -> None:
+    _, url = queue
+    watcher = drop.watcher(drop_sqs_queue_url=url, watch_interval_s=3600.0)
+    watcher.event_wait_s = 1.0
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,))
+    thread.start()
+    try:
+        # The first scan runs at once and finds nothing; the upload arrives as an event.
+        wait_until(lambda: watcher.sqs is not None, 5, "the watcher to start")
+        drop.s3.upload_file(str(short_speech), drop.bucket, "inbox/live/event.wav")
+        wait_until(lambda: job_names(drop) == ["event.wav"], 30, "the event to make a job")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()

@@ -267,3 +267,19 @@ def test_sidecar_key() -> None:
     assert sidecar_key("inbox/a b/Panel.mp3") == "inbox/a b/Panel.json"
     assert sidecar_key("Panel.mp3") == "Panel.json"
     assert sidecar_key("inbox/x.tar.gz") == "inbox/x.tar.json"
+
+
+def test_run_scans_every_interval_until_stopped(drop: DropWorld, short_speech: Path) -> None:
+    from tests.fixtures.services import wait_until
+
+    watcher = drop.watcher(watch_interval_s=0.2)
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,))
+    thread.start()
+    try:
+        drop.s3.upload_file(str(short_speech), drop.bucket, "inbox/later.wav")
+        wait_until(lambda: [j.source_name for j in jobs(drop)] == ["later.wav"], 30, "a scan to take it")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
