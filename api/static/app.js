@@ -1,0 +1,261 @@
+// The voxbatch web page: plain DOM, no build step. User content (file names, documents, errors)
+// only ever reaches the page through textContent, never innerHTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const POLL_MS = 2000;
+let apiKey = sessionStorage.getItem("voxbatch-key") || "";
+let chosenFile = null;
+let pollTimer = null;
+let openJob = null;
+
+function api(path, options = {}) {
+  const headers = Object.assign({ Authorization: "Bearer " + apiKey }, options.headers || {});
+  return fetch(path, Object.assign({}, options, { headers }));
+}
+
+async function problem(resp) {
+  try { return (await resp.json()).detail || resp.statusText; } catch (e) { return resp.statusText; }
+}
+
+// --- sign in ---------------------------------------------------------------------------------
+
+async function signIn(key) {
+  apiKey = key;
+  const resp = await api("/v1/jobs?limit=1");
+  if (resp.status === 401) {
+    apiKey = "";
+    sessionStorage.removeItem("voxbatch-key");
+    $("sign-in-error").textContent = "That API key was not accepted.";
+    return;
+  }
+  sessionStorage.setItem("voxbatch-key", key);
+  $("sign-in-error").textContent = "";
+  $("sign-in").hidden = true;
+  $("app").hidden = false;
+  $("sign-out").hidden = false;
+  $("who").textContent = "key " + key.slice(0, 12) + "…";
+  refreshJobs();
+  pollTimer = setInterval(refreshJobs, POLL_MS);
+}
+
+function signOut() {
+  sessionStorage.removeItem("voxbatch-key");
+  apiKey = "";
+  clearInterval(pollTimer);
+  $("app").hidden = true;
+  $("sign-in").hidden = false;
+  $("sign-out").hidden = true;
+  $("who").textContent = "";
+}
+
+// --- upload ----------------------------------------------------------------------------------
+
+function choose(file) {
+  chosenFile = file || null;
+  $("file-name").textContent = file ? file.name + " (" + (file.size / 1048576).toFixed(1) + " MB)" : "";
+  $("start").disabled = !file;
+}
+
+function upload() {
+  if (!chosenFile) return;
+  const form = new FormData();
+  // Options first: the server checks them before it stores the recording.
+  form.append("preset", $("preset").value);
+  if ($("language").value.trim()) form.append("language", $("language").value.trim());
+  if ($("instructions").value.trim()) form.append("instructions", $("instructions").value.trim());
+  form.append("file", chosenFile, chosenFile.name);
+
+  const xhr = new XMLHttpRequest();
+  const bar = $("upload-progress");
+  bar.hidden = false;
+  bar.value = 0;
+  $("start").disabled = true;
+  $("upload-status").textContent = "Uploading…";
+  xhr.upload.onprogress = (e) => {
+    if (e.lengthComputable) {
+      bar.value = Math.round((e.loaded / e.total) * 100);
+      $("upload-status").textContent = "Uploading… " + bar.value + "%";
+    }
+  };
+  xhr.onload = () => {
+    $("start").disabled = false;
+    let body = {};
+    try { body = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
+    if (xhr.status === 202) {
+      bar.value = 100;
+      $("upload-status").textContent = "Uploaded: job " + body.id + " queued.";
+      choose(null);
+      refreshJobs();
+    } else {
+      $("upload-status").textContent = "Refused (" + xhr.status + "): " + (body.detail || xhr.statusText);
+    }
+  };
+  xhr.onerror = () => {
+    $("start").disabled = false;
+    $("upload-status").textContent = "The upload failed (network error).";
+  };
+  xhr.open("POST", "/v1/jobs");
+  xhr.setRequestHeader("Authorization", "Bearer " + apiKey);
+  xhr.send(form);
+}
+
+// --- jobs ------------------------------------------------------------------------------------
+
+function cell(row, text, cls) {
+  const td = document.createElement("td");
+  if (text !== undefined) td.textContent = text;
+  if (cls) td.className = cls;
+  row.appendChild(td);
+  return td;
+}
+
+async function refreshJobs() {
+  const resp = await api("/v1/jobs?limit=50");
+  if (resp.status === 401) { signOut(); return; }
+  if (!resp.ok) return;
+  const data = await resp.json();
+  const rows = $("job-rows");
+  rows.replaceChildren();
+  for (const job of data.jobs) {
+    const tr = document.createElement("tr");
+    tr.dataset.jobId = job.id;
+    tr.dataset.status = job.status;
+    cell(tr, job.source_name);
+    const status = cell(tr, job.status, "status status-" + job.status);
+    if (job.error) status.title = job.error;
+    const p = cell(tr);
+    const bar = document.createElement("progress");
+    const total = job.progress.windows_total;
+    bar.max = total || 1;
+    bar.value = job.status === "succeeded" ? bar.max : job.progress.windows_done;
+    const label = document.createElement("span");
+    label.className = "windows";
+    label.textContent = " " + job.progress.windows_done + "/" + (total === null ? "?" : total);
+    p.append(bar, label);
+    const created = /(Z|[+-]\d\d:\d\d)$/.test(job.created_at) ? job.created_at : job.created_at + "Z";
+    cell(tr, new Date(created).toLocaleString());
+    const actions = cell(tr);
+    if (job.status === "succeeded") {
+      const open = document.createElement("button");
+      open.textContent = "Read";
+      open.className = "read";
+      open.onclick = () => showDocument(job);
+      actions.appendChild(open);
+    } else if (!["failed", "cancelled"].includes(job.status)) {
+      const cancel = document.createElement("button");
+      cancel.textContent = "Cancel";
+      cancel.onclick = async () => { await api("/v1/jobs/" + job.id + "/cancel", { method: "POST" }); refreshJobs(); };
+      actions.appendChild(cancel);
+    } else {
+      const retry = document.createElement("button");
+      retry.textContent = "Retry";
+      retry.onclick = async () => { await api("/v1/jobs/" + job.id + "/retry", { method: "POST" }); refreshJobs(); };
+      actions.appendChild(retry);
+    }
+    rows.appendChild(tr);
+  }
+}
+
+// --- documents -------------------------------------------------------------------------------
+
+// A small Markdown subset (headings, lists, bold, paragraphs) built with DOM nodes: the document
+// is model output and user text, so nothing in it is ever parsed as HTML.
+function inline(parent, text) {
+  const parts = text.split("**");
+  parts.forEach((part, i) => {
+    if (i % 2 === 1) {
+      const strong = document.createElement("strong");
+      strong.textContent = part;
+      parent.appendChild(strong);
+    } else {
+      parent.appendChild(document.createTextNode(part));
+    }
+  });
+}
+
+function renderMarkdown(md, target) {
+  target.replaceChildren();
+  let list = null;
+  let para = null;
+  for (const line of md.split("\n")) {
+    const heading = /^(#{1,6})\s+(.*)$/.exec(line);
+    const item = /^\s*[-*]\s+(.*)$/.exec(line);
+    const quote = /^>\s?(.*)$/.exec(line);
+    const emphasis = /^_(.+)_$/.exec(line.trim());
+    if (heading) {
+      list = para = null;
+      const h = document.createElement("h" + Math.min(heading[1].length, 6));
+      inline(h, heading[2]);
+      target.appendChild(h);
+    } else if (item) {
+      para = null;
+      if (!list) { list = document.createElement("ul"); target.appendChild(list); }
+      const li = document.createElement("li");
+      inline(li, item[1]);
+      list.appendChild(li);
+    } else if (quote || emphasis) {
+      list = para = null;
+      const el = document.createElement(quote ? "blockquote" : "p");
+      const inner = quote ? el : el.appendChild(document.createElement("em"));
+      inline(inner, quote ? quote[1] : emphasis[1]);
+      target.appendChild(el);
+    } else if (line.trim() === "") {
+      list = para = null;
+    } else {
+      list = null;
+      if (!para) { para = document.createElement("p"); target.appendChild(para); }
+      else { para.appendChild(document.createElement("br")); }
+      inline(para, line);
+    }
+  }
+}
+
+async function showDocument(job) {
+  openJob = job;
+  const resp = await api("/v1/jobs/" + job.id + "/documents/document.md");
+  if (!resp.ok) { $("upload-status").textContent = await problem(resp); return; }
+  $("document-title").textContent = job.source_name;
+  renderMarkdown(await resp.text(), $("document-body"));
+  const flower = $("flower-link");
+  flower.hidden = !job.links.flower;
+  if (job.links.flower) flower.href = job.links.flower;
+  $("document").hidden = false;
+  $("document").scrollIntoView();
+}
+
+async function download(name) {
+  if (!openJob) return;
+  const resp = await api("/v1/jobs/" + openJob.id + "/documents/" + name);
+  if (!resp.ok) return;
+  const url = URL.createObjectURL(await resp.blob());
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = openJob.source_name.replace(/\.[^.]*$/, "") + "-" + name;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+// --- wiring ----------------------------------------------------------------------------------
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("sign-in-form").addEventListener("submit", (e) => { e.preventDefault(); signIn($("api-key").value.trim()); });
+  $("sign-out").addEventListener("click", signOut);
+  $("file").addEventListener("change", (e) => choose(e.target.files[0]));
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    if (e.dataTransfer.files.length) choose(e.dataTransfer.files[0]);
+  });
+  $("start").addEventListener("click", upload);
+  $("download-md").addEventListener("click", () => download("document.md"));
+  $("download-json").addEventListener("click", () => download("document.json"));
+  $("download-txt").addEventListener("click", () => download("transcript.txt"));
+  $("close-document").addEventListener("click", () => { $("document").hidden = true; openJob = null; });
+  if (apiKey) signIn(apiKey);
+});

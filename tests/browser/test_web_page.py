@@ -1,0 +1,113 @@
+"""The web page in headless Chromium (Debian's), driven by Playwright: sign in, drop a recording,
+watch the upload and the job's progress, read and download the document. Screenshots of each
+state go to test-artifacts/browser/."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.api.stack import ApiStack
+from tests.speech import Recording
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (infra/dev/system-packages.sh)")
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def drop_file(page: Any, selector: str, path: Path, name: str) -> None:
+    """A real drop event carrying the file, as a user dragging it from their desktop."""
+    data = base64.b64encode(path.read_bytes()).decode()
+    transfer = page.evaluate_handle(
+        """([data, name]) => {
+            const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], name, { type: "audio/mpeg" }));
+            return dt;
+        }""",
+        [data, name],
+    )
+    page.dispatch_event(selector, "dragover", {"dataTransfer": transfer})
+    page.dispatch_event(selector, "drop", {"dataTransfer": transfer})
+
+
+def test_upload_follow_and_read_a_document(
+    browser: Any, local_stack: ApiStack, marker_recording_mp3: Recording, tmp_path: Path
+) -> None:
+    page = browser.new_page(accept_downloads=True)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(local_stack.url + "/")
+    page.fill("#api-key", "vbk_wrong_key")
+    page.click("#sign-in-form button")
+    page.wait_for_selector("#sign-in-error:has-text('not accepted')")
+    shot(page, "01-sign-in-refused")
+
+    page.fill("#api-key", local_stack.key("dora"))
+    page.click("#sign-in-form button")
+    page.wait_for_selector("#app:not([hidden])")
+    shot(page, "02-signed-in")
+
+    hostile = "<img src=x onerror=alert(1)> talk.mp3"
+    drop_file(page, "#drop", marker_recording_mp3.path, hostile)
+    assert "talk.mp3" in page.text_content("#file-name")
+    page.select_option("#preset", "lecture")
+    page.fill("#instructions", "List every marker.")
+    shot(page, "03-file-dropped")
+    page.click("#start")
+    page.wait_for_selector("#upload-status:has-text('queued')", timeout=30_000)
+    assert page.eval_on_selector("#upload-progress", "e => e.value") == 100
+    shot(page, "04-uploaded")
+
+    row = page.locator("#job-rows tr").first
+    assert row.locator("td").first.text_content() == hostile  # shown as text, not markup
+    assert page.locator("#job-rows img").count() == 0
+    page.wait_for_selector("#job-rows tr[data-status='transcribing'], #job-rows tr[data-status='succeeded']",
+                           timeout=60_000)  # fmt: skip
+    shot(page, "05-in-progress")
+    page.wait_for_selector("#job-rows tr[data-status='succeeded']", timeout=120_000)
+    windows = row.locator(".windows").text_content() or ""
+    done, total = windows.strip().split("/")
+    assert done == total and int(total) >= 1
+    shot(page, "06-succeeded")
+
+    row.locator("button.read").click()
+    page.wait_for_selector("#document:not([hidden])")
+    body = page.text_content("#document-body") or ""
+    assert "marker-0" in body and "marker-11" in body
+    assert page.locator("#document-body h1, #document-body h2").count() >= 1
+    assert "/api/tasks?search=" in (page.get_attribute("#flower-link", "href") or "")
+    shot(page, "07-document")
+
+    with page.expect_download() as info:
+        page.click("#download-md")
+    saved = tmp_path / "document.md"
+    info.value.save_as(saved)
+    assert "marker-0" in saved.read_text()
+    assert errors == []
+    page.close()
