@@ -374,8 +374,7 @@ class Watcher:
             if item.size == 0:
                 raise InputError(f"{PurePosixPath(item.key).name} is empty (0 bytes)")
             options = self.options_for(item.key)
-            # Garbage gets its error.json now instead of a job that fails on a worker later.
-            self.audio.probe(self.presigned_url(item.key))
+            self.probe(item.key)
             job_id = self.submit(
                 self.folder.source_url(item.key), options, source_name=PurePosixPath(item.key).name
             )
@@ -396,6 +395,17 @@ class Watcher:
         self._tag(item, job_id)
         report.submitted.append(job_id)
         log.info("drop %s: job %s", item.key, job_id)
+
+    def probe(self, key: str) -> None:
+        """Garbage gets its error.json now, instead of a job that fails on a worker later."""
+        try:
+            self.audio.probe(self.presigned_url(key))
+        except InputError as exc:
+            # ffprobe could not download it (S3 down, or the object deleted since the listing):
+            # nothing is known about the recording itself, so the next scan decides.
+            if "could not be fetched" in str(exc):
+                raise StorageUnavailable(str(exc)) from exc
+            raise
 
     def presigned_url(self, key: str) -> str:
         with s3_errors(f"presigning {key}"):

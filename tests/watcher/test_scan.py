@@ -283,3 +283,17 @@ def test_run_scans_every_interval_until_stopped(drop: DropWorld, short_speech: P
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_an_object_deleted_before_its_probe_is_not_rejected(drop: DropWorld, short_speech: Path) -> None:
+    drop.s3.upload_file(str(short_speech), drop.bucket, "inbox/gone.wav")
+    watcher = drop.watcher()
+    page = next(watcher.pages())
+    drop.s3.delete_object(Bucket=drop.bucket, Key="inbox/gone.wav")
+    from workers.watcher import ScanReport
+
+    report = ScanReport()
+    o = page[0]
+    watcher._ingest_new(DropItem(drop.bucket, o["Key"], o["ETag"].strip('"'), o["Size"]), report)
+    assert report.deferred == ["inbox/gone.wav"] and report.rejected == []
+    assert ledger(drop) == [] and drop.outbox_keys() == []
