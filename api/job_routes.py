@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 import anyio
+import anyio.lowlevel
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import ValidationError
@@ -173,8 +174,11 @@ async def _create_from_form(request: Request, rt: pipeline.Runtime, tenant: str)
         except ClientDisconnect as exc:
             raise InputError("the upload was interrupted before it finished") from exc
 
+    # S3 uploads read the stream from s3transfer's own threads: name the event loop explicitly.
+    token = anyio.lowlevel.current_token()
+
     def work() -> Job:
-        form = StreamingForm(boundary, lambda: anyio.from_thread.run(next_chunk), limit)
+        form = StreamingForm(boundary, lambda: anyio.from_thread.run(next_chunk, token=token), limit)
         if not form.to_file():
             raise InputError(f"the form has no '{FILE_FIELD}' field with a recording")
         # Options sent before the file are checked before a byte is stored.
