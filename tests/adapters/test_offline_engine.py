@@ -99,7 +99,7 @@ def passage(speech_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def sentence(speech_dir: Path) -> Path:
-    parts = [Silence(0.3), Speech(SENTENCES[1], voice=VOICE, speed=160), Silence(0.3)]
+    parts: list[Silence | Speech] = [Silence(0.3), Speech(SENTENCES[1], voice=VOICE, speed=160), Silence(0.3)]
     return build_recording(parts, speech_dir / "sentence.flac").path
 
 
