@@ -121,7 +121,7 @@ SERVICES: list[ServiceSpec] = [
     ServiceSpec("gpu-worker", lambda o: worker_argv([GPU_QUEUE], o.gpu_concurrency), worker_env),
     ServiceSpec("flower", lambda o: flower_argv(o.flower_address, o.flower_port, o.flower_basic_auth)),
     ServiceSpec("watcher", lambda o: watch_argv(o.settings)),
-    # The API ("voxbatch api") and the drop-folder watcher ("voxbatch watch") go here.
+    ServiceSpec("api", lambda o: [sys.executable, "-c", "from api.cli import main; main()", "api"]),
 ]
 
 
