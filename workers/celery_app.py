@@ -20,9 +20,11 @@ Flower's search finds every task of a job.
 from __future__ import annotations
 
 import logging
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from celery import Celery
+from celery.concurrency.thread import TaskPool as _CeleryThreadPool
 
 from jobs.settings import Settings, get_settings
 
@@ -106,6 +108,23 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "accept_content": ["json"],
         "broker_channel_error_retry": True,
     }
+
+
+class ThreadsPool(_CeleryThreadPool):
+    """Celery's threads pool, able to go through a cold shutdown.
+
+    Celery 5.7's cold shutdown cancels running tasks with ``terminate_job``, which the threads pool
+    does not implement: the worker dies with NotImplementedError before it restores its unacked
+    messages, so SIGTERM would strand running windows until the visibility timeout. A thread cannot
+    be killed; doing nothing lets the shutdown go on and put the messages back on the queue (the
+    window's lease is released by ``workers.tasks`` when the shutdown starts).
+    """
+
+    def terminate_job(self, pid: Any, signal: Any = None) -> None:
+        log.warning("cold shutdown: a running task's message goes back to the queue")
+
+
+THREADS_POOL = f"{__name__}:ThreadsPool"
 
 
 def make_celery(settings: Settings) -> Celery:

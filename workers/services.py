@@ -30,7 +30,7 @@ import redis
 
 from jobs.errors import InputError
 from jobs.settings import Settings
-from workers.celery_app import CPU_QUEUE, GPU_QUEUE, QUEUES, SOFT_SHUTDOWN_S
+from workers.celery_app import CPU_QUEUE, GPU_QUEUE, QUEUES, SOFT_SHUTDOWN_S, THREADS_POOL
 from workers.watcher import watch_argv
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ def parse_queues(text: str) -> list[str]:
 
 def worker_argv(queues: list[str], concurrency: int, loglevel: str = "INFO") -> list[str]:
     """A Celery worker: threads for the gpu queue (vLLM calls are I/O), prefork for cpu only."""
-    pool = "threads" if GPU_QUEUE in queues else "prefork"
+    # "custom" is Celery's threads pool with a working cold shutdown (see ThreadsPool).
+    pool = "custom" if GPU_QUEUE in queues else "prefork"
     name = f"{'-'.join(queues)}.{os.getpid()}@%h"
     return [
         *CELERY,
@@ -79,6 +80,7 @@ def worker_env(base: dict[str, str] | None = None) -> dict[str, str]:
     # SIGTERM becomes a cold shutdown after the soft period: running windows are requeued at
     # once instead of the worker waiting for them (or being SIGKILLed by the orchestrator).
     env["REMAP_SIGTERM"] = "SIGQUIT"
+    env["CELERY_CUSTOM_WORKER_POOL"] = THREADS_POOL
     return env
 
 

@@ -124,21 +124,27 @@ def job_heartbeat(rt: Runtime, job_id: str) -> Iterator[None]:
         thread.join()
 
 
-def release_leases(rt: Runtime, owner_prefix: str) -> int:
-    """Give back the leases of windows this process runs, before its messages go back to the queue.
+def release_leases(rt: Runtime, owner_prefix: str) -> list[tuple[str, int]]:
+    """Give back the leases of windows this process runs; returns them so the caller can requeue them.
 
-    Called when a worker shuts down: the requeued message can then be claimed by another worker at
-    once instead of waiting for the lease to expire.
+    Called when a worker shuts down: another worker can then claim them at once instead of
+    waiting for the lease to expire.
     """
+    owned = col(Window.lease_owner).startswith(owner_prefix, autoescape=True)
     with rt.db.session() as s:
-        res = s.execute(
+        rows = list(
+            s.exec(
+                select(Window.job_id, Window.index).where(Window.status == WindowStatus.running).where(owned)
+            )
+        )
+        s.execute(
             update(Window)
             .where(col(Window.status) == WindowStatus.running)
-            .where(col(Window.lease_owner).startswith(owner_prefix, autoescape=True))
+            .where(owned)
             .values(status=WindowStatus.pending, lease_owner=None, lease_expires_at=None)
         )
         s.commit()
-    return int(res.rowcount)  # type: ignore[attr-defined]
+    return [(j, i) for j, i in rows]
 
 
 class SweepTimer:

@@ -164,11 +164,14 @@ def _release_on_shutdown(**_: Any) -> None:
     if _runtime is None:
         return  # this process ran no task (prefork parent): its children release their own
     try:
-        n = release_leases(_runtime, owner_prefix())
-        if n:
-            log.warning("shutting down: released %d window lease(s) for other workers", n)
+        # Celery's threads pool cannot cancel a running task in a cold shutdown, so it would wait
+        # for the window to finish; enqueue it again now so another worker takes it at once.
+        released = release_leases(_runtime, owner_prefix())
+        for job_id, index in released:
+            celery_app.enqueue_window(job_id, index)
+            log.warning("job %s: shutting down: window %d handed back to the queue", job_id, index)
     except Exception:
-        log.exception("shutting down: could not release window leases")
+        log.exception("shutting down: could not hand back running windows")
 
 
 @signals.worker_process_shutdown.connect
