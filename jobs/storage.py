@@ -196,7 +196,7 @@ class S3Storage:
         # Reading a stream runs ahead of the uploads by up to this many parts held in memory
         # (s3transfer's default is 10); boto3's TransferConfig takes it only as an attribute.
         self.transfer.max_in_memory_upload_chunks = max_concurrency
-        self._bucket_exists = False
+        self._bucket_checked = False
 
     def _key(self, key: str) -> str:
         _check_key(key)
@@ -208,9 +208,9 @@ class S3Storage:
     def _check_bucket(self, cause: Exception) -> None:
         """HEAD requests answer a bare 404 for a missing key and a missing bucket alike: tell them
         apart once, so that a wrong bucket name is reported as such instead of as missing keys."""
-        if self._bucket_exists:
+        if self._bucket_checked:
             return
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             self.client.head_bucket(Bucket=self.bucket)
@@ -218,10 +218,10 @@ class S3Storage:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in {"404", "NoSuchBucket", "NotFound"}:
                 raise self._no_bucket() from cause
-            return
-        except Exception:
-            return
-        self._bucket_exists = True
+            # 403 and the like: the bucket exists but HeadBucket is not allowed; ask no more.
+        except BotoCoreError:
+            return  # no answer now; ask again next time
+        self._bucket_checked = True
 
     def _no_bucket(self) -> InputError:
         return InputError(f"the S3 bucket {self.bucket} does not exist{self._where()}")
