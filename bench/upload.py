@@ -55,7 +55,8 @@ def peak_rss_mb(pid: int) -> float:
 def make_wav(path: Path, size: int) -> None:
     seconds = size / (48_000 * 2 * 2)
     subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+        ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
+         "sine=frequency=440:sample_rate=48000",
          "-ac", "2", "-t", f"{seconds:.2f}", "-c:a", "pcm_s16le", str(path)],
         check=True,
     )  # fmt: skip
@@ -89,7 +90,10 @@ def main() -> None:
             VOXBATCH_MAX_UPLOAD_MB=str(int(args.gb * 1024 + 100)),
         )
         api = subprocess.Popen(
-            [VOXBATCH, "api", "--port", str(aport)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [VOXBATCH, "api", "--port", str(aport)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             url = f"http://127.0.0.1:{aport}"

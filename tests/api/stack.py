@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path

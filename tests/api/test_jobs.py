@@ -78,7 +78,8 @@ def test_every_v1_call_needs_a_valid_key(local_stack: ApiStack) -> None:
     with local_stack.client(None) as anonymous:
         for method, path in [("GET", "/v1/jobs"), ("GET", "/v1/jobs/abc"), ("POST", "/v1/jobs"),
                              ("POST", "/v1/jobs/abc/cancel"), ("POST", "/v1/jobs/abc/retry"),
-                             ("GET", "/v1/jobs/abc/documents/document.md"), ("POST", "/v1/uploads")]:  # fmt: skip
+                             ("GET", "/v1/jobs/abc/documents/document.md"),
+                             ("POST", "/v1/uploads")]:  # fmt: skip
             assert anonymous.request(method, path).status_code == 401, path
             bad = {"Authorization": "Bearer vbk_0000_not-a-key"}
             assert anonymous.request(method, path, headers=bad).status_code == 401, path
@@ -258,7 +259,8 @@ def test_health_readiness_and_metrics(local_stack: ApiStack) -> None:
 def test_openapi_documents_every_endpoint(local_stack: ApiStack) -> None:
     spec = httpx.get(local_stack.url + "/openapi.json").json()
     paths = spec["paths"]
-    for path in ["/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/documents/{name}", "/v1/jobs/{job_id}/cancel",
+    for path in ["/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/documents/{name}",
+                 "/v1/jobs/{job_id}/cancel",
                  "/v1/jobs/{job_id}/retry", "/v1/uploads", "/v1/uploads/{upload_id}/complete",
                  "/healthz", "/readyz", "/metrics"]:  # fmt: skip
         assert path in paths, path

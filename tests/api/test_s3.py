@@ -31,7 +31,8 @@ def test_presigned_multipart_flow(s3_stack: ApiStack, marker_recording: Recordin
     # 44.1 kHz stereo WAV of the talk: about 20 MB, so three 8 MiB parts.
     big = tmp_path / "big talk.wav"
     subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(marker_recording.path), "-ar", "44100", "-ac", "2", str(big)],
+        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(marker_recording.path),
+         "-ar", "44100", "-ac", "2", str(big)],
         check=True,
     )  # fmt: skip
     size = big.stat().st_size
