@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 CACHE = Path(__file__).resolve().parent / ".cache"
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def base_talk() -> Path:
@@ -94,42 +93,53 @@ def split_once(path: Path, window_s: float) -> tuple[float, float, int]:
     return elapsed, cpu, len(windows)
 
 
-def _tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and all its descendants, from /proc."""
+def _tree_memory(root: int) -> tuple[int, int]:
+    """RSS and PSS bytes of ``root`` and all its descendants, from /proc.
+
+    RSS counts shared libraries once per process (four ffmpeg processes share most of theirs), so
+    the PSS sum, which splits shared pages between the processes using them, is the fairer total.
+    """
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
             continue
-        pid = int(entry)
-        children.setdefault(int(fields[1]), []).append(pid)  # field 4: ppid
-        rss[pid] = int(fields[21]) * PAGE  # field 24: rss in pages
-    total, todo = 0, [root]
+        children.setdefault(ppid, []).append(int(entry))
+    rss = pss = 0
+    todo = [root]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
         todo.extend(children.get(pid, []))
-    return total
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1]) * 1024
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
+        except OSError:
+            continue
+    return rss, pss
 
 
-def peak_tree_rss(path: Path, window_s: float) -> tuple[int, float]:
-    """Peak RSS (bytes) of a child process splitting ``path``, and how long it took."""
+def peak_tree_memory(path: Path, window_s: float) -> tuple[int, int, float]:
+    """Peak RSS and PSS (bytes) of a child process tree splitting ``path``, and how long it took."""
     cmd = [sys.executable, "-m", "bench.split", "--child", str(path)]
     proc = subprocess.Popen(
         [*cmd, "--window-minutes", str(window_s / 60)], cwd=Path(__file__).resolve().parents[1]
     )
-    peak = 0
+    peak_rss = peak_pss = 0
     done = threading.Event()
 
     def poll() -> None:
-        nonlocal peak
+        nonlocal peak_rss, peak_pss
         while not done.is_set():
-            peak = max(peak, _tree_rss(proc.pid))
+            rss, pss = _tree_memory(proc.pid)
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
             time.sleep(0.1)
 
     watcher = threading.Thread(target=poll, daemon=True)
@@ -141,7 +151,7 @@ def peak_tree_rss(path: Path, window_s: float) -> tuple[int, float]:
     watcher.join()
     if rc != 0:
         raise SystemExit(f"the splitting child failed with status {rc}")
-    return peak, elapsed
+    return peak_rss, peak_pss, elapsed
 
 
 def main() -> None:
@@ -195,10 +205,11 @@ def main() -> None:
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
     for hours in (float(h) for h in args.memory_hours.split(",") if h):
-        peak, elapsed = peak_tree_rss(long_talk(hours), window_s)
+        rss, pss, elapsed = peak_tree_memory(long_talk(hours), window_s)
         print(
-            f"peak RSS of the splitting process tree, {hours:g} h input: "
-            f"{peak / 2**20:.0f} MiB (split took {elapsed:.1f} s)  (goal: flat, < 300 MB)"
+            f"peak memory of the splitting process tree, {hours:g} h input: "
+            f"RSS {rss / 2**20:.0f} MiB, PSS {pss / 2**20:.0f} MiB "
+            f"(split took {elapsed:.1f} s)  (goal: flat, < 300 MB)"
         )
     free = shutil.disk_usage(CACHE).free / 1e9
     print(f"(cache: {CACHE}, {free:.0f} GB free)")

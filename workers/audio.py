@@ -390,7 +390,7 @@ class _Encoder:
     def write(self, samples: npt.NDArray[np.int16]) -> None:
         assert self.process.proc.stdin is not None
         try:
-            self.process.proc.stdin.write(samples.tobytes())
+            self.process.proc.stdin.write(np.ascontiguousarray(samples).data.cast("B"))
         except BrokenPipeError as exc:
             raise RuntimeError(f"the FLAC encoder stopped: {self.process.last_error()}") from exc
 
