@@ -179,12 +179,8 @@ def main() -> None:
     cli()
 
 
+# Commands defined in their own modules register themselves on `cli` when imported.
+from api import cli_api, cli_deploy, cli_jobs, cli_services, cli_watch  # noqa: E402,F401
+
 if __name__ == "__main__":
     main()
-from api import cli_deploy  # noqa: E402,F401
-
-
-# Commands defined in their own modules register themselves on `cli` when imported.
-from api import cli_jobs, cli_services  # noqa: E402, F401
-from api import cli_watch  # noqa: E402,F401
-from api import cli_api  # noqa: E402,F401

@@ -411,11 +411,13 @@ def run_window(rt: Runtime, job_id: str, index: int, owner: str = "local") -> bo
         _fail_window(rt, window, reason)
         raise PermanentError(reason) from exc
     except Exception as exc:
-        # Transient: leave the window pending so a retry (or the sweep) takes it again.
+        # Transient: leave the window pending so a retry (or the sweep) takes it again, unless
+        # another worker has taken it over meanwhile (our lease was handed back at shutdown).
         with rt.db.session() as s:
             s.execute(
                 update(Window)
                 .where(col(Window.id) == window.id)
+                .where(col(Window.lease_owner) == owner)
                 .values(
                     status=WindowStatus.pending,
                     lease_owner=None,

@@ -20,10 +20,13 @@ Flower's search finds every task of a job.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from celery import Celery
+from celery import Celery, platforms
+from celery.apps.worker import Worker as _CeleryWorker
 from celery.concurrency.thread import TaskPool as _CeleryThreadPool
 
 from jobs.settings import Settings, get_settings
@@ -126,10 +129,56 @@ class ThreadsPool(_CeleryThreadPool):
 
 THREADS_POOL = f"{__name__}:ThreadsPool"
 
+# Run when a stop signal arrives, before Celery's soft shutdown starts waiting (workers.tasks
+# registers the one that gives back the leases of running windows and requeues them).
+STOP_HOOKS: list[Callable[[], None]] = []
+STOP_HOOK_TIMEOUT_S = 3.0
+
+
+class VoxbatchWorker(_CeleryWorker):
+    """Celery's worker program, handing running windows back as soon as a stop signal arrives.
+
+    Celery announces ``worker_shutting_down`` only after its soft shutdown has waited
+    (``worker_soft_shutdown_timeout``) for running tasks: too late to let another worker take a
+    long window at once. Wrapping the handlers Celery installed runs our hooks first.
+    """
+
+    def install_platform_tweaks(self, worker: Any) -> None:
+        super().install_platform_tweaks(worker)
+        for name in ("SIGTERM", "SIGQUIT", "SIGINT"):
+            handler = platforms.signals[name]
+            if callable(handler):
+                platforms.signals[name] = _hooks_first(handler)
+
+
+def _hooks_first(handler: Callable[..., Any]) -> Callable[..., Any]:
+    fired = threading.Event()
+
+    def run_hooks() -> None:
+        for hook in STOP_HOOKS:
+            try:
+                hook()
+            except Exception:
+                log.exception("stop hook %s failed", hook)
+
+    def wrapped(*args: Any) -> Any:
+        if not fired.is_set():
+            fired.set()
+            # In a thread: a signal handler interrupts the main thread wherever it is, possibly
+            # inside a lock the hooks need (database pool, producer pool).
+            worker = threading.Thread(target=run_hooks, name="voxbatch-stop-hooks", daemon=True)
+            worker.start()
+            worker.join(STOP_HOOK_TIMEOUT_S)
+        return handler(*args)
+
+    wrapped.__name__ = getattr(handler, "__name__", "worker_stop")
+    return wrapped
+
 
 def make_celery(settings: Settings) -> Celery:
     app = Celery("voxbatch", include=["workers.tasks"])
     app.conf.update(celery_config(settings))
+    app.Worker = app.subclass_with_self(VoxbatchWorker)  # type: ignore[method-assign]
     return app
 
 

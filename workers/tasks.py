@@ -158,7 +158,9 @@ def _start_sweep_timer(sender: Any = None, **_: Any) -> None:
 
 @signals.worker_shutting_down.connect
 def _release_on_shutdown(**_: Any) -> None:
-    """Before the messages of running windows go back to the queue, give back their leases too."""
+    """Give back the leases of running windows and requeue them, so another worker takes them at
+    once. Runs first thing on a stop signal (``celery_app.STOP_HOOKS``); again, harmlessly, when
+    Celery announces the shutdown."""
     if _timer is not None:
         _timer.stop()
     if _runtime is None:
@@ -172,6 +174,9 @@ def _release_on_shutdown(**_: Any) -> None:
             log.warning("job %s: shutting down: window %d handed back to the queue", job_id, index)
     except Exception:
         log.exception("shutting down: could not hand back running windows")
+
+
+celery_app.STOP_HOOKS.append(_release_on_shutdown)
 
 
 @signals.worker_process_shutdown.connect
