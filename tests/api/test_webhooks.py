@@ -151,8 +151,10 @@ def test_cancel_sends_one_webhook(local_stack: ApiStack, short_speech: Path) -> 
             client.post(f"/v1/jobs/{job_id}/cancel")
             client.post(f"/v1/jobs/{job_id}/cancel")
             wait_until(lambda: hook.requests, 30, "the cancellation webhook")
+            final = client.get(f"/v1/jobs/{job_id}").json()["status"]
         body = json.loads(hook.requests[0][1])
-        assert body["job"]["status"] == "cancelled"
+        # A warm worker may finish the 5-s job before the cancel lands: then it reports success.
+        assert body["job"]["status"] == final and final in ("cancelled", "succeeded")
         assert webhooks.verify(
             _secret(local_stack, "bob"), hook.requests[0][1], hook.requests[0][0]["x-voxbatch-signature"]
         )
