@@ -17,10 +17,11 @@ import pytest
 import workers.engines.offline as offline
 from jobs.errors import EngineRejected, InputError, NotFound
 from jobs.settings import Settings
-from tests.speech import Silence, Speech, Tone, build_recording
+from tests.speech import Silence, Speech, Tone, build_recording, render, write_audio
 from workers.engines.offline import OfflineEngine
 
 VOICE = "en-us+f5"
+FRAME_SAMPLES = 480  # the endpointer's 30 ms frame at 16 kHz
 SENTENCES = [
     "Yesterday we discussed the budget for the new building project and agreed to meet again next week.",
     "Please call me tomorrow morning about the meeting with the board of directors.",
@@ -142,6 +143,18 @@ def test_faint_hum_gives_an_empty_transcript(engine: OfflineEngine, speech_dir: 
     # A quiet mains hum with a little hiss, like a room with nobody talking.
     path = build_recording([Tone(50.0, 8.0, amplitude=0.003, noise=0.0005)], speech_dir / "hum.flac").path
     assert engine.transcribe(path, None) == ""
+
+
+@pytest.mark.parametrize("frames", [300, 300.5])
+def test_recording_that_ends_mid_speech(engine: OfflineEngine, speech_dir: Path, frames: float) -> None:
+    # Cut inside the second sentence: the stream ends while the detector is in speech, on a
+    # frame boundary (an empty last read) or inside a frame (a short one).
+    samples, _ = render([Silence(0.5), *(Speech(s, voice=VOICE, speed=160) for s in SENTENCES)])
+    cut = int(frames * FRAME_SAMPLES)
+    assert cut < len(samples) * 0.75
+    path = write_audio(samples[:cut], speech_dir / f"cut-{frames}.flac")
+    transcript = engine.transcribe(path, None)
+    assert "budget" in transcript.split(), transcript
 
 
 def test_english_codes_are_accepted(engine: OfflineEngine, sentence: Path) -> None:

@@ -116,10 +116,12 @@ class OfflineEngine:
             while True:
                 frame = _read_exactly(pcm, frame_bytes)
                 if len(frame) < frame_bytes:
-                    # end_stream only at the end of the input and only inside speech (its contract).
-                    speech = endpointer.end_stream(frame) if endpointer.in_speech else None
-                    if speech:
-                        segment += speech
+                    # end_stream only at the end of the input and only inside speech (its
+                    # contract); it fails on an empty buffer, so the tail is padded with silence.
+                    if endpointer.in_speech:
+                        speech = endpointer.end_stream(frame.ljust(frame_bytes, b"\0"))
+                        if speech:
+                            segment += speech
                     break
                 speech = endpointer.process(frame)
                 if speech is None:
