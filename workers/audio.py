@@ -103,6 +103,10 @@ class FfmpegAudio:
         stream = audio[0]
         # The audio stream's own duration first: a video track may run longer than its sound.
         duration = _number(stream.get("duration")) or _number(fmt.get("duration"))
+        if duration is None or not math.isfinite(duration):
+            # Streamed containers (a browser's MediaRecorder WebM, a piped MP4) carry no duration
+            # in their header; the packets' timestamps still tell it, without decoding.
+            duration = self._duration_from_packets(target)
         if duration is None or not math.isfinite(duration) or duration <= 0:
             raise InputError(f"{target.name} has no audio duration ffmpeg can determine")
         size = _number(fmt.get("size"))
@@ -114,6 +118,24 @@ class FfmpegAudio:
             channels=int(stream.get("channels") or 0),
             size_bytes=int(size) if size is not None else None,
         )
+
+    def _duration_from_packets(self, target: _Target) -> float | None:
+        cmd = [
+            self.ffprobe, "-v", "error", "-hide_banner", *target.input_args(),
+            "-select_streams", "a:0", "-show_entries", "packet=pts_time,duration_time",
+            "-of", "csv=p=0",
+        ]  # fmt: skip
+        end: float | None = None
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
+            assert proc.stdout is not None
+            # One line per packet: read them as a stream, keep only the latest end time.
+            for line in proc.stdout:
+                fields = line.decode("ascii", "replace").strip().split(",")
+                pts = _number(fields[0]) if fields else None
+                length = _number(fields[1]) if len(fields) > 1 else None
+                if pts is not None:
+                    end = max(end or 0.0, pts + (length or 0.0))
+        return end
 
     def split(self, source: str, out_dir: Path, max_window_s: float) -> Iterator[WindowAudio]:
         """Cut the source into 16 kHz mono FLAC windows (``0000.flac``, ...) of at most

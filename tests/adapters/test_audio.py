@@ -366,3 +366,30 @@ def test_window_planner_is_exact_whatever_the_block_size(block: int) -> None:
         for a, b in gaps:
             if a <= c <= b:  # the middle of the part of the gap inside the lookback range
                 assert min(c - a, b - c) >= 0.14 * SAMPLE_RATE
+
+
+def test_a_streamed_webm_without_a_duration_header_is_probed_from_its_packets(
+    short_speech: Path, tmp_path: Path
+) -> None:
+    # What a browser's MediaRecorder uploads: WebM written to a pipe, so no duration in the header.
+    path = tmp_path / "recorded.webm"
+    with path.open("wb") as out:
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-i", str(short_speech), "-c:a", "libopus", "-f", "webm", "pipe:1"],
+            stdout=out,
+            check=True,
+        )
+    header = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert header.stdout.strip() in ("", "N/A")
+    from tests.speech import duration_s
+
+    expected = duration_s(short_speech)
+    info = FfmpegAudio().probe(str(path))
+    assert info.duration_s == pytest.approx(expected, abs=0.1)
+    windows = list(FfmpegAudio().split(str(path), tmp_path / "w", 60))
+    assert windows[-1].end_s == pytest.approx(expected, abs=0.1)
