@@ -178,8 +178,11 @@ def fetch(job_id: str, output_dir: Path) -> None:
 def cancel(job_id: str) -> None:
     """Cancel a job; windows already done are kept for `voxbatch retry`."""
     from jobs.pipeline import cancel_job
+    from workers import webhooks
 
-    job = cancel_job(_runtime(), job_id)
+    rt = _runtime()
+    job = cancel_job(rt, job_id)
+    webhooks.notify(rt, job.id)  # the same as the API's cancel: a job's ending is announced once
     click.echo(f"job {job.id} {job.status}")
 
 

@@ -169,7 +169,7 @@ def notify(rt: pipeline.Runtime, job_id: str) -> bool:
         if not job.webhook_url or not JobStatus(job.status).finished:
             return False
         record = {
-            "at": utcnow().isoformat() + "Z",
+            "at": utcnow().isoformat().replace("+00:00", "Z"),
             "status": "queued",
             "job_status": str(job.status),
             "job_attempt": job.attempt,
@@ -256,7 +256,7 @@ def deliver(rt: pipeline.Runtime, job_id: str, job_attempt: int, delivery: int) 
     )
     final = not result.ok and (not result.retry or delivery >= MAX_DELIVERIES)
     record = {
-        "at": utcnow().isoformat() + "Z",
+        "at": utcnow().isoformat().replace("+00:00", "Z"),
         "status": "delivered" if result.ok else ("gave_up" if final else "failed"),
         "delivery": delivery,
         "status_code": result.status_code,
