@@ -90,7 +90,7 @@ def write_error(
         "etag": etag,
         "job_id": job_id,
         "reason": reason,
-        "at": utcnow().isoformat() + "Z",
+        "at": utcnow().isoformat().replace("+00:00", "Z"),
     }
     outbox.put_bytes(dest, json.dumps(body, ensure_ascii=False, indent=2).encode() + b"\n")
     log.info("drop %s: rejected: %s", key, reason)
