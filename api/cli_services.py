@@ -90,7 +90,8 @@ def flower(port: int, address: str, no_auth: bool) -> None:
 @click.option("--gpu-concurrency", type=int, default=None, help="Default: VOXBATCH_GPU_CONCURRENCY.")
 @one_line_errors
 def up(flower_port: int, cpu_concurrency: int | None, gpu_concurrency: int | None) -> None:
-    """Everything on this machine in the foreground: Redis (if none answers), workers, Flower."""
+    """Everything on this machine in the foreground: Redis (if none answers), workers, Flower,
+    the API (port 8000) and, when VOXBATCH_DROP_URL is set, the drop-folder watcher."""
     from workers.services import UpOptions, check_basic_auth, run_up
 
     settings = load_settings()
