@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-from bench.split import CACHE, _tree_rss, bare_decode, long_talk
+from bench.split import CACHE, bare_decode, long_talk, peak_tree_memory
 
 
 class InstantEngine:
@@ -72,38 +70,6 @@ def run_once(path: Path, window_minutes: float) -> tuple[float, int]:
         return elapsed, job.windows_total or 0
 
 
-def peak_tree_rss(path: Path, window_minutes: float) -> tuple[int, float]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.pipeline",
-        "--child",
-        str(path),
-        "--window-minutes",
-        str(window_minutes),
-    ]
-    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1])
-    peak = 0
-    done = threading.Event()
-
-    def poll() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, _tree_rss(proc.pid))
-            time.sleep(0.1)
-
-    watcher = threading.Thread(target=poll, daemon=True)
-    start = time.perf_counter()
-    watcher.start()
-    rc = proc.wait()
-    elapsed = time.perf_counter() - start
-    done.set()
-    watcher.join()
-    if rc != 0:
-        raise SystemExit(f"the pipeline child failed with status {rc}")
-    return peak, elapsed
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--hours", type=float, default=3.0)
@@ -131,10 +97,11 @@ def main() -> None:
     print(f"whole pipeline with an instant engine, best of {args.rounds}: {run:.1f} s, {windows} windows")
     print(f"ratio pipeline / bare decode: {run / bare:.2f} (goal <= 1.30)")
     for hours in (float(h) for h in args.memory_hours.split(",") if h):
-        peak, elapsed = peak_tree_rss(long_talk(hours), args.window_minutes)
+        child = [sys.executable, "-m", "bench.pipeline", "--child", str(long_talk(hours))]
+        rss, pss, elapsed = peak_tree_memory([*child, "--window-minutes", str(args.window_minutes)])
         print(
-            f"peak RSS of the pipeline's process tree, {hours:g} h input: "
-            f"{peak / 1e6:.0f} MB ({elapsed:.0f} s; goal: flat, < 300 MB)"
+            f"peak memory of the pipeline's process tree, {hours:g} h input: RSS {rss / 2**20:.0f} MiB, "
+            f"PSS {pss / 2**20:.0f} MiB ({elapsed:.0f} s; goal: flat, < 300 MB)"
         )
 
 

@@ -126,12 +126,9 @@ def _tree_memory(root: int) -> tuple[int, int]:
     return rss, pss
 
 
-def peak_tree_memory(path: Path, window_s: float) -> tuple[int, int, float]:
-    """Peak RSS and PSS (bytes) of a child process tree splitting ``path``, and how long it took."""
-    cmd = [sys.executable, "-m", "bench.split", "--child", str(path)]
-    proc = subprocess.Popen(
-        [*cmd, "--window-minutes", str(window_s / 60)], cwd=Path(__file__).resolve().parents[1]
-    )
+def peak_tree_memory(cmd: list[str]) -> tuple[int, int, float]:
+    """Peak RSS and PSS (bytes) of the process tree running ``cmd``, and how long it took."""
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1])
     peak_rss = peak_pss = 0
     done = threading.Event()
 
@@ -150,7 +147,7 @@ def peak_tree_memory(path: Path, window_s: float) -> tuple[int, int, float]:
     done.set()
     watcher.join()
     if rc != 0:
-        raise SystemExit(f"the splitting child failed with status {rc}")
+        raise SystemExit(f"{' '.join(cmd[:3])} failed with status {rc}")
     return peak_rss, peak_pss, elapsed
 
 
@@ -205,7 +202,8 @@ def main() -> None:
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
     for hours in (float(h) for h in args.memory_hours.split(",") if h):
-        rss, pss, elapsed = peak_tree_memory(long_talk(hours), window_s)
+        child = [sys.executable, "-m", "bench.split", "--child", str(long_talk(hours))]
+        rss, pss, elapsed = peak_tree_memory([*child, "--window-minutes", str(args.window_minutes)])
         print(
             f"peak memory of the splitting process tree, {hours:g} h input: "
             f"RSS {rss / 2**20:.0f} MiB, PSS {pss / 2**20:.0f} MiB "
