@@ -113,8 +113,16 @@ def job_from_source(rt: pipeline.Runtime, source: str, options: pipeline.JobOpti
     if not source.startswith("s3://"):
         raise InputError("source must be an s3://bucket/key URL")
     storage = rt.storage
+    bucket, key = parse_s3_url(source)
+    allowed = {b.strip() for b in rt.settings.source_buckets.split(",") if b.strip()}
     if isinstance(storage, S3Storage):
-        bucket, key = parse_s3_url(source)
+        allowed.add(storage.bucket)
+    if bucket not in allowed:
+        raise InputError(
+            f"bucket {bucket} is not one this server takes sources from; "
+            "the operator lists those in VOXBATCH_SOURCE_BUCKETS"
+        )
+    if isinstance(storage, S3Storage):
         own = full_key(storage, "")
         # Our own bucket holds every tenant's uploads and documents: only yours are reachable.
         if (

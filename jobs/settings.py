@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     gpu_concurrency: int = 8
     max_upload_mb: float = 20_000.0
     webhook_allow_private: bool = False
+    # Buckets besides the storage bucket that API tenants may name as s3:// sources (comma-separated):
+    # the server's credentials may read more than any one tenant should.
+    source_buckets: str = ""
     # First webhook retry waits this long, doubling each time (workers/webhooks.py).
     webhook_backoff_s: float = Field(default=10.0, ge=0)
 

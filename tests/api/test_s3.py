@@ -80,6 +80,11 @@ def test_job_on_an_existing_object(s3_stack: ApiStack, marker_recording_mp3: Rec
             ).status_code
             == 404
         )
+        # A bucket the server's credentials can read but the operator did not open to tenants.
+        s3.create_bucket(Bucket="someone-elses")
+        s3.upload_file(str(marker_recording_mp3.path), "someone-elses", "private.mp3")
+        other = client.post("/v1/jobs", json={"source": "s3://someone-elses/private.mp3"})
+        assert other.status_code == 422 and "VOXBATCH_SOURCE_BUCKETS" in other.json()["detail"]
 
 
 def test_not_audio_in_s3_is_refused_and_deleted(s3_stack: ApiStack) -> None:
