@@ -6,7 +6,6 @@ import logging
 import os
 import sys
 
-
 CLI_FORMAT = "voxbatch: %(levelname)s: %(message)s"
 PROCESS_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

@@ -178,7 +178,7 @@ def _hooks_first(handler: Callable[..., Any]) -> Callable[..., Any]:
 def make_celery(settings: Settings) -> Celery:
     app = Celery("voxbatch", include=["workers.tasks"])
     app.conf.update(celery_config(settings))
-    app.Worker = app.subclass_with_self(VoxbatchWorker)  # type: ignore[method-assign]
+    app.Worker = app.subclass_with_self(VoxbatchWorker)
     return app
 
 

@@ -63,8 +63,18 @@ def document(summary: str | None = "All of it.") -> Document:
 
 def test_json_has_the_contract_fields() -> None:
     data = json.loads(render_json(document()))
-    for name in ("job_id", "source", "duration_s", "language", "engine", "model", "instructions",
-                 "summary", "transcript", "windows"):
+    for name in (
+        "job_id",
+        "source",
+        "duration_s",
+        "language",
+        "engine",
+        "model",
+        "instructions",
+        "summary",
+        "transcript",
+        "windows",
+    ):
         assert name in data
     assert [w["index"] for w in data["windows"]] == [0, 1, 2]
     assert set(data["windows"][0]) >= {"index", "start_s", "end_s", "transcript", "summary"}

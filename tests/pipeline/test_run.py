@@ -244,6 +244,11 @@ def test_offline_engine_transcribes_real_speech_and_says_it_does_not_summarise(
     assert "offline engine" in (out / "document.md").read_text()
 
 
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 def _png(path: Path) -> Path:
     subprocess.run(
         [
@@ -292,8 +297,8 @@ def _silent_video(path: Path) -> Path:
     ("make", "message"),
     [
         (lambda d: d / "missing.mp3", "does not exist"),
-        (lambda d: (d / "empty.wav").write_bytes(b"") and d / "empty.wav" or d / "empty.wav", "is empty"),
-        (lambda d: (d / "noise.mp3").write_bytes(os.urandom(50_000)) and d / "noise.mp3", "ffmpeg can read"),
+        (lambda d: _write(d / "empty.wav", b""), "is empty"),
+        (lambda d: _write(d / "noise.mp3", os.urandom(50_000)), "ffmpeg can read"),
         (lambda d: _png(d / "picture.wav"), ""),
         (lambda d: _silent_video(d / "video.mp4"), "no audio stream"),
         (lambda d: d, "directory"),
