@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -357,29 +357,61 @@ def claim_window(rt: Runtime, job_id: str, index: int, owner: str) -> Window | N
 
 
 @contextmanager
-def _lease_kept(rt: Runtime, window: Window, owner: str) -> Iterator[None]:
-    """Renew the lease while the window runs, so only a dead worker's window is taken over."""
+def _every(period_s: float, fn: Callable[[], None], name: str) -> Iterator[None]:
+    """Call ``fn`` every ``period_s`` in a thread while the block runs."""
     stop = threading.Event()
-    period = max(1.0, rt.settings.lease_seconds / 3)
 
-    def renew() -> None:
-        while not stop.wait(period):
-            with rt.db.session() as s:
-                s.execute(
-                    update(Window)
-                    .where(col(Window.id) == window.id)
-                    .where(col(Window.lease_owner) == owner)
-                    .values(lease_expires_at=utcnow() + timedelta(seconds=rt.settings.lease_seconds))
-                )
-                s.commit()
+    def loop() -> None:
+        while not stop.wait(period_s):
+            try:
+                fn()
+            except Exception:
+                # A missed beat is survivable (the next one may work); a dead thread is not.
+                log.warning("%s failed", name, exc_info=True)
 
-    thread = threading.Thread(target=renew, name=f"lease-{window.job_id}-{window.index}", daemon=True)
+    thread = threading.Thread(target=loop, name=name, daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
         thread.join()
+
+
+def _renew_period(rt: Runtime) -> float:
+    return max(1.0, rt.settings.lease_seconds / 3)
+
+
+def _lease_kept(rt: Runtime, window: Window, owner: str) -> AbstractContextManager[None]:
+    """Renew the lease while the window runs, so only a dead worker's window is taken over."""
+
+    def renew() -> None:
+        with rt.db.session() as s:
+            s.execute(
+                update(Window)
+                .where(col(Window.id) == window.id)
+                .where(col(Window.lease_owner) == owner)
+                .values(lease_expires_at=utcnow() + timedelta(seconds=rt.settings.lease_seconds))
+            )
+            s.commit()
+
+    return _every(_renew_period(rt), renew, f"lease-{window.job_id}-{window.index}")
+
+
+def job_heartbeat(rt: Runtime, job_id: str) -> AbstractContextManager[None]:
+    """Keep the job's ``updated_at`` fresh while a split or reduce runs, so the sweep leaves it be."""
+
+    def beat() -> None:
+        with rt.db.session() as s:
+            s.execute(
+                update(Job)
+                .where(col(Job.id) == job_id)
+                .where(col(Job.status).in_([JobStatus.splitting, JobStatus.reducing]))
+                .values(updated_at=utcnow())
+            )
+            s.commit()
+
+    return _every(_renew_period(rt), beat, f"heartbeat-{job_id}")
 
 
 def run_window(rt: Runtime, job_id: str, index: int, owner: str = "local") -> bool:

@@ -4,8 +4,8 @@ A window holds a lease in the database while it runs (``jobs.pipeline.run_window
 worker killed with SIGKILL stops renewing; once the lease has expired the sweep turns the window
 back to ``pending`` and enqueues it again, so a lost window costs about one lease, not Redis's
 visibility timeout. Splits and reduces have no lease row of their own: their task keeps the job's
-``updated_at`` fresh (``job_heartbeat``) and the sweep re-enqueues a job stuck in ``splitting`` or
-``reducing`` whose heartbeat is older than one lease.
+``updated_at`` fresh (``jobs.pipeline.job_heartbeat``) and the sweep re-enqueues a job stuck in
+``splitting`` or ``reducing`` whose heartbeat is older than one lease.
 
 The sweep runs every ``lease_seconds / 4`` in every cpu worker (``SweepTimer``); a Redis key taken
 with ``SET NX PX`` lets only one of them enqueue ``voxbatch.sweep`` per period.
@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -93,35 +92,6 @@ def sweep(rt: Runtime, enqueue: Enqueuers) -> SweepReport:
                 fn(job_id)
                 target.append(job_id)
     return report
-
-
-@contextmanager
-def job_heartbeat(rt: Runtime, job_id: str) -> Iterator[None]:
-    """Keep the job's ``updated_at`` fresh while a split or reduce runs, so the sweep leaves it be."""
-    stop = threading.Event()
-    period = max(1.0, rt.settings.lease_seconds / 3)
-
-    def beat() -> None:
-        while not stop.wait(period):
-            try:
-                with rt.db.session() as s:
-                    s.execute(
-                        update(Job)
-                        .where(col(Job.id) == job_id)
-                        .where(col(Job.status).in_([JobStatus.splitting, JobStatus.reducing]))
-                        .values(updated_at=utcnow())
-                    )
-                    s.commit()
-            except Exception:
-                log.warning("job %s: heartbeat failed", job_id, exc_info=True)
-
-    thread = threading.Thread(target=beat, name=f"heartbeat-{job_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def release_leases(rt: Runtime, owner_prefix: str) -> list[tuple[str, int]]:

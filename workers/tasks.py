@@ -25,7 +25,7 @@ from jobs.settings import get_settings
 from workers import celery_app, webhooks  # webhooks registers voxbatch.webhook
 from workers.celery_app import CPU_QUEUE, app
 from workers.outbox import deliver_quietly
-from workers.sweeper import Enqueuers, SweepTimer, job_heartbeat, release_leases, sweep, sweep_period_s
+from workers.sweeper import Enqueuers, SweepTimer, release_leases, sweep, sweep_period_s
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class JobTask(Task):
 def split(self: JobTask, job_id: str) -> int:
     rt = runtime()
     try:
-        with job_heartbeat(rt, job_id):
+        with pipeline.job_heartbeat(rt, job_id):
             total = pipeline.split_job(rt, job_id)
     except JobCancelled:
         log.info("job %s: cancelled; split skipped", job_id)
@@ -123,7 +123,7 @@ def window(self: JobTask, job_id: str, index: int) -> bool:
 def reduce(self: JobTask, job_id: str) -> str:
     rt = runtime()
     try:
-        with job_heartbeat(rt, job_id):
+        with pipeline.job_heartbeat(rt, job_id):
             job = pipeline.reduce_job(rt, job_id)
     except JobCancelled:
         log.info("job %s: cancelled; reduce skipped", job_id)

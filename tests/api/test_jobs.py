@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import socket
 import subprocess
 from pathlib import Path
@@ -12,17 +11,12 @@ import httpx
 import pytest
 
 from tests.api.stack import ApiStack
+from tests.documents import markers_in
 from tests.speech import Recording
-
-MARKER = re.compile(r"marker-(\d+)")
 
 
 def _auth(client: httpx.Client) -> str:
     return f"Authorization: {client.headers['Authorization']}\r\n"
-
-
-def markers_in(text: str) -> list[int]:
-    return [int(m) for m in MARKER.findall(text)]
 
 
 def test_curl_upload_runs_to_a_document(local_stack: ApiStack, marker_recording: Recording) -> None:

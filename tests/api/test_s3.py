@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import math
-import re
 import subprocess
 from pathlib import Path
 
 import httpx
 
 from tests.api.stack import BUCKET, ApiStack, s3_client
+from tests.documents import markers_in
 from tests.speech import Recording
-
-MARKER = re.compile(r"marker-(\d+)")
 
 
 def test_upload_through_the_api_into_s3(s3_stack: ApiStack, marker_recording_mp3: Recording) -> None:
@@ -22,7 +20,7 @@ def test_upload_through_the_api_into_s3(s3_stack: ApiStack, marker_recording_mp3
         job = s3_stack.wait_finished(client, r.json()["id"])
         assert job["status"] == "succeeded", job["error"]
         doc = client.get(job["links"]["documents"]["transcript.txt"])
-        assert [int(m) for m in MARKER.findall(doc.text)] == [m.k for m in marker_recording_mp3.markers]
+        assert markers_in(doc.text) == [m.k for m in marker_recording_mp3.markers]
     keys = [o["Key"] for o in s3_client(s3_stack.s3_endpoint).list_objects_v2(Bucket=BUCKET)["Contents"]]
     assert any(k.startswith("s3/uploads/") and k.endswith("/talk.mp3") for k in keys)
 
@@ -61,7 +59,7 @@ def test_presigned_multipart_flow(s3_stack: ApiStack, marker_recording: Recordin
         assert job["status"] == "succeeded", job["error"]
         assert job["source_name"] == "big_talk.wav"
         text = alice.get(f"/v1/jobs/{job['id']}/documents/transcript.txt").text
-        assert [int(m) for m in MARKER.findall(text)] == [m.k for m in marker_recording.markers]
+        assert markers_in(text) == [m.k for m in marker_recording.markers]
 
 
 def test_job_on_an_existing_object(s3_stack: ApiStack, marker_recording_mp3: Recording) -> None:

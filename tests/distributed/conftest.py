@@ -3,20 +3,14 @@ real `voxbatch worker` processes (tests/fixtures/services.py)."""
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fixtures.services import Cluster, Postgres, RedisServer
-from tests.speech import Recording
 from tests.standins.vllm_server import StandInVLLM
-
-MARKER = re.compile(r"marker-(\d+)")
 
 
 @dataclass
@@ -48,22 +42,3 @@ def stack_factory(
     yield make
     for server in servers:
         server.__exit__(None, None, None)
-
-
-def markers_in(text: str) -> list[int]:
-    return [int(m) for m in MARKER.findall(text)]
-
-
-def check_document(out: Path, rec: Recording) -> dict[str, Any]:
-    """Every marker once and in order, and each window holding exactly the markers in its range."""
-    doc: dict[str, Any] = json.loads((out / "document.json").read_text())
-    expected = [m.k for m in rec.markers]
-    assert markers_in(doc["transcript"]) == expected
-    assert markers_in((out / "transcript.txt").read_text()) == expected
-    previous_end = 0.0
-    for w in doc["windows"]:
-        assert w["start_s"] == pytest.approx(previous_end, abs=1e-3)
-        previous_end = w["end_s"]
-        inside = [m.k for m in rec.markers if w["start_s"] <= m.start_s and m.end_s <= w["end_s"]]
-        assert markers_in(w["transcript"]) == inside, w
-    return doc

@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from jobs.models import JobStatus, WindowStatus
-from tests.distributed.conftest import Stack, check_document
+from tests.distributed.conftest import Stack
+from tests.documents import check_document
 from tests.fixtures.services import VOXBATCH, free_port, wait_until
 from tests.speech import Recording
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.documents import check_document, markers_in
 from tests.speech import Marker, Recording, Silence, Speech, build_recording, marker_talk
 from tests.standins.vllm_server import StandInVLLM
 
 VOXBATCH = [sys.executable, "-m", "api.cli"]
-MARKER = re.compile(r"marker-(\d+)")
 
 
 def env_for(tmp: Path, **extra: str) -> dict[str, str]:
@@ -40,10 +40,6 @@ def voxbatch(
     )
 
 
-def markers_in(text: str) -> list[int]:
-    return [int(m) for m in MARKER.findall(text)]
-
-
 def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -56,22 +52,6 @@ def standin() -> Iterator[StandInVLLM]:
 
 def vllm_env(tmp: Path, server: StandInVLLM, **extra: str) -> dict[str, str]:
     return env_for(tmp, VOXBATCH_ENGINE="vllm", VOXBATCH_VLLM_URL=server.url, **extra)
-
-
-def check_document(out: Path, rec: Recording) -> dict:
-    doc = json.loads((out / "document.json").read_text())
-    expected = [m.k for m in rec.markers]
-    # The stitched transcript: every marker once, in order.
-    assert markers_in(doc["transcript"]) == expected
-    assert markers_in((out / "transcript.txt").read_text()) == expected
-    # Each window carried exactly the markers that lie inside its time range.
-    previous_end = 0.0
-    for w in doc["windows"]:
-        assert w["start_s"] == pytest.approx(previous_end, abs=1e-3)
-        previous_end = w["end_s"]
-        inside = [m.k for m in rec.markers if w["start_s"] <= m.start_s and m.end_s <= w["end_s"]]
-        assert markers_in(w["transcript"]) == inside, w
-    return doc
 
 
 def test_run_makes_the_documents_from_every_window(

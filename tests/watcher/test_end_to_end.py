@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.distributed.conftest import check_document
+from tests.documents import check_document
 from tests.fixtures.services import VOXBATCH, Cluster, Postgres, RedisServer, wait_until
 from tests.speech import Recording
 from tests.standins.vllm_server import StandInVLLM
