@@ -191,6 +191,9 @@ def test_an_interrupted_run_resumes_after_the_last_finished_window(
         assert "run the same command again to resume" in err
         assert "Traceback" not in err
         done_before = {p.name for p in results.glob("*/windows/*.json")}
+        # The stand-in logs a request when it answers: let the interrupted run's last request,
+        # still sleeping its latency there, land before counting from zero.
+        time.sleep(3 * server.config.latency_s)
         server.reset_stats()
         again = voxbatch(args[3:], env, tmp_path)
         assert again.returncode == 0, again.stderr
