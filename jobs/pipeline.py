@@ -496,7 +496,8 @@ def _all_done(rt: Runtime, job_id: str) -> bool:
             .where(Window.job_id == job_id)
             .where(Window.status == WindowStatus.done)
         ).one()
-        s.execute(update(Job).where(col(Job.id) == job_id).values(windows_done=done))
+        # updated_at doubles as the job's last sign of progress for the orphan sweep.
+        s.execute(update(Job).where(col(Job.id) == job_id).values(windows_done=done, updated_at=utcnow()))
         s.commit()
         total = s.exec(select(Job.windows_total).where(Job.id == job_id)).one()
     return total is not None and done >= total

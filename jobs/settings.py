@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # SQS queue receiving the bucket's s3:ObjectCreated:* notifications; scans still reconcile.
     drop_sqs_queue_url: str | None = None
     lease_seconds: float = 120.0
+    # A queued or transcribing job with no progress for this long, no running window and an empty
+    # queue has lost its messages (e.g. Redis died without its AOF): the sweep enqueues them again.
+    orphan_after_s: float = 900.0
     max_window_attempts: int = 4
     flower_basic_auth: str | None = None
     flower_url: str | None = None

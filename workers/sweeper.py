@@ -7,6 +7,12 @@ visibility timeout. Splits and reduces have no lease row of their own: their tas
 ``updated_at`` fresh (``jobs.pipeline.job_heartbeat``) and the sweep re-enqueues a job stuck in
 ``splitting`` or ``reducing`` whose heartbeat is older than one lease.
 
+Lost messages: a job ``queued`` or ``transcribing`` that has made no progress for
+``orphan_after_s``, has no running window and whose queue is empty has lost its messages (Redis
+restarted without them, a queue flushed by hand); the sweep enqueues its split or its pending
+windows again. Enqueuing twice is harmless (steps are idempotent and claims are conditional), but
+the empty-queue test keeps a long backlog from being duplicated.
+
 The sweep runs every ``lease_seconds / 4`` in every cpu worker (``SweepTimer``); a Redis key taken
 with ``SET NX PX`` lets only one of them enqueue ``voxbatch.sweep`` per period.
 """
@@ -25,6 +31,7 @@ from sqlmodel import col, select
 
 from jobs.models import Job, JobStatus, Window, WindowStatus, utcnow
 from jobs.pipeline import Runtime, expired_leases
+from workers.celery_app import CPU_QUEUE, GPU_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,7 @@ class SweepReport:
     windows: list[tuple[str, int]] = field(default_factory=list)
     splits: list[str] = field(default_factory=list)
     reduces: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -49,9 +57,12 @@ def sweep_period_s(lease_seconds: float) -> float:
     return max(1.0, lease_seconds / 4)
 
 
-def sweep(rt: Runtime, enqueue: Enqueuers) -> SweepReport:
-    """Re-enqueue windows with expired leases and splits/reduces whose worker stopped beating."""
+def sweep(rt: Runtime, enqueue: Enqueuers, queue_depth: Callable[[str], int] | None = None) -> SweepReport:
+    """Re-enqueue windows with expired leases and splits/reduces whose worker stopped beating;
+    with ``queue_depth`` (messages waiting in a queue), also the work of orphaned jobs."""
     report = SweepReport()
+    if queue_depth is not None:
+        _sweep_orphans(rt, enqueue, queue_depth, report)
     for job_id, index in expired_leases(rt):
         # Conditional, so two sweeps (or a worker reclaiming in between) enqueue it once; pending
         # windows are not swept again, so a backlog does not fill the queue with copies.
@@ -92,6 +103,66 @@ def sweep(rt: Runtime, enqueue: Enqueuers) -> SweepReport:
                 fn(job_id)
                 target.append(job_id)
     return report
+
+
+def _sweep_orphans(
+    rt: Runtime, enqueue: Enqueuers, queue_depth: Callable[[str], int], report: SweepReport
+) -> None:
+    idle = utcnow() - timedelta(seconds=rt.settings.orphan_after_s)
+    with rt.db.session() as s:
+        candidates = list(
+            s.exec(
+                select(Job.id, Job.status)
+                .where(col(Job.status).in_([JobStatus.queued, JobStatus.transcribing]))
+                .where(col(Job.updated_at) < idle)
+            )
+        )
+    if not candidates:
+        return
+    depth = {queue: queue_depth(queue) for queue in (CPU_QUEUE, GPU_QUEUE)}
+    for job_id, status in candidates:
+        queue = CPU_QUEUE if status == JobStatus.queued else GPU_QUEUE
+        if depth[queue] > 0:
+            continue  # its messages may be waiting behind others
+        with rt.db.session() as s:
+            running = s.exec(
+                select(Window.index)
+                .where(Window.job_id == job_id)
+                .where(Window.status == WindowStatus.running)
+            ).first()
+            if running is not None:
+                continue
+            pending = list(
+                s.exec(
+                    select(Window.index)
+                    .where(Window.job_id == job_id)
+                    .where(Window.status == WindowStatus.pending)
+                    .order_by(col(Window.index))
+                )
+            )
+            # Touch the job: the next sweep waits another orphan_after_s for these messages.
+            res = s.execute(
+                update(Job)
+                .where(col(Job.id) == job_id)
+                .where(col(Job.status) == status)
+                .where(col(Job.updated_at) < idle)
+                .values(updated_at=utcnow())
+            )
+            s.commit()
+        if res.rowcount != 1:  # type: ignore[attr-defined]
+            continue
+        if status == JobStatus.queued:
+            log.warning("job %s: queued with no message on the queue; split enqueued again", job_id)
+            enqueue.split(job_id)
+        else:
+            log.warning(
+                "job %s: %d pending windows with no message on the queue; enqueued again",
+                job_id,
+                len(pending),
+            )
+            for index in pending:
+                enqueue.window(job_id, index)
+        report.orphans.append(job_id)
 
 
 def release_leases(rt: Runtime, owner_prefix: str) -> list[tuple[str, int]]:

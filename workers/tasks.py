@@ -135,8 +135,24 @@ def reduce(self: JobTask, job_id: str) -> str:
 
 @app.task(name=celery_app.SWEEP, ignore_result=True)
 def sweep_leases() -> dict[str, int]:
-    report = sweep(runtime(), ENQUEUE)
-    return {"windows": len(report.windows), "splits": len(report.splits), "reduces": len(report.reduces)}
+    report = sweep(runtime(), ENQUEUE, queue_depth=_queue_depth)
+    return {
+        "windows": len(report.windows),
+        "splits": len(report.splits),
+        "reduces": len(report.reduces),
+        "orphans": len(report.orphans),
+    }
+
+
+def _queue_depth(queue: str) -> int:
+    """Messages waiting in a Celery queue on the Redis broker (kombu keeps each queue as a list)."""
+    import redis
+
+    client = redis.Redis.from_url(get_settings().broker_url, socket_timeout=5)
+    try:
+        return int(client.llen(queue))
+    finally:
+        client.close()
 
 
 # --- worker life cycle --------------------------------------------------------------------------

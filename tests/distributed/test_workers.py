@@ -293,3 +293,30 @@ def test_wait_times_out_with_exit_2_and_unknown_jobs_are_one_line_errors(
 @pytest.fixture(autouse=True)
 def _no_leftover_time(request: pytest.FixtureRequest) -> None:
     request.node.add_marker(pytest.mark.timeout(300))
+
+
+def test_jobs_whose_messages_were_lost_are_enqueued_again(
+    stack_factory: Callable[..., Stack], marker_recording: Recording, tmp_path: Path
+) -> None:
+    # Redis losing its queues (no AOF, a FLUSHDB by hand) must not strand jobs: the sweep sees a
+    # job with no progress, no running window and an empty queue, and enqueues its work again.
+    import redis
+
+    stack = stack_factory(VOXBATCH_ORPHAN_AFTER_S="4", VOXBATCH_LEASE_SECONDS="8")
+    c = stack.cluster
+    broker = redis.Redis.from_url(stack.redis.url)
+    queued = c.submit(marker_recording.path, *WINDOW)  # no worker yet: its split waits in "cpu"
+    assert broker.llen("cpu") == 1
+    broker.delete("cpu")
+    c.start_worker("cpu", 1)
+    rt = c.runtime()
+    from jobs.pipeline import get_job
+
+    wait_until(lambda: get_job(rt, queued).status == JobStatus.transcribing, 60, "the split, enqueued again")
+    wait_until(lambda: broker.llen("gpu") >= 2, 30, "the windows' messages")
+    broker.delete("gpu")  # the windows' messages are gone too
+    c.start_worker("gpu", 2)
+    waited = c.wait(queued, 120)
+    assert waited.returncode == 0, (waited.stderr, c.logs())
+    fetch_and_check(stack, queued, marker_recording, tmp_path / "out")
+    assert "no message on the queue" in c.logs()
