@@ -37,6 +37,8 @@ test: lint typecheck unit
 bench: $(STAMP)
 	$(BIN)/python -m bench.split
 	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.fanout --windows 8 --concurrency 4 --latency 1.0
+	$(BIN)/python -m bench.upload --gb 2
 
 clean:
 	rm -rf voxbatch-data voxbatch-output .pytest_cache .mypy_cache .ruff_cache

@@ -1,7 +1,7 @@
 """A 2 GB upload through the API: peak memory of the API process and throughput against a plain
 file copy on the same disk.
 
-    .venv/bin/python bench/upload.py [--gb 2] [--dir /var/tmp]
+    .venv/bin/python -m bench.upload [--gb 2] [--dir /var/tmp]
 
 Starts redis-server and `voxbatch api` (SQLite, local storage under --dir), makes a WAV of the
 requested size with ffmpeg, copies it once with shutil (the physical limit: read + write on this
