@@ -12,14 +12,13 @@ Peak memory is the RSS of the whole process tree (python and its ffmpeg children
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.split import CACHE, bare_decode, long_talk, peak_tree_memory
+from bench.split import CACHE, bare_decode, long_input_arguments, long_talk, peak_tree_memory
 
 
 class InstantEngine:
@@ -71,13 +70,7 @@ def run_once(path: Path, window_minutes: float) -> tuple[float, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--hours", type=float, default=3.0)
-    parser.add_argument("--memory-hours", default="3,10")
-    parser.add_argument("--window-minutes", type=float, default=30.0)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = long_input_arguments(__doc__).parse_args()
     CACHE.mkdir(exist_ok=True)
     if args.child:
         run_once(Path(args.child), args.window_minutes)

@@ -151,14 +151,19 @@ def peak_tree_memory(cmd: list[str]) -> tuple[int, int, float]:
     return peak_rss, peak_pss, elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def long_input_arguments(doc: str | None) -> argparse.ArgumentParser:
+    """The options of the benchmarks that run on long looped recordings."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
     parser.add_argument("--hours", type=float, default=3.0)
     parser.add_argument("--memory-hours", default="3,10")
     parser.add_argument("--window-minutes", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = long_input_arguments(__doc__).parse_args()
     window_s = args.window_minutes * 60
     CACHE.mkdir(exist_ok=True)
     if args.child:
