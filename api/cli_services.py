@@ -86,12 +86,13 @@ def flower(port: int, address: str, no_auth: bool) -> None:
 
 @cli.command()
 @click.option("--flower-port", type=int, default=DEFAULT_FLOWER_PORT, show_default=True)
+@click.option("--api-port", type=int, default=8000, show_default=True)
 @click.option("--cpu-concurrency", type=int, default=None, help="Default: the number of CPUs.")
 @click.option("--gpu-concurrency", type=int, default=None, help="Default: VOXBATCH_GPU_CONCURRENCY.")
 @one_line_errors
-def up(flower_port: int, cpu_concurrency: int | None, gpu_concurrency: int | None) -> None:
+def up(flower_port: int, api_port: int, cpu_concurrency: int | None, gpu_concurrency: int | None) -> None:
     """Everything on this machine in the foreground: Redis (if none answers), workers, Flower,
-    the API (port 8000) and, when VOXBATCH_DROP_URL is set, the drop-folder watcher."""
+    the API and, when VOXBATCH_DROP_URL is set, the drop-folder watcher."""
     from workers.services import UpOptions, check_basic_auth, run_up
 
     settings = load_settings()
@@ -108,6 +109,7 @@ def up(flower_port: int, cpu_concurrency: int | None, gpu_concurrency: int | Non
         gpu_concurrency=gpu_concurrency or settings.gpu_concurrency,
         flower_port=flower_port,
         flower_address="127.0.0.1",
+        api_port=api_port,
         flower_basic_auth=auth,
     )
     code = run_up(options, lambda line: click.echo(f"voxbatch: {line}", err=True))

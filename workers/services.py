@@ -109,21 +109,33 @@ class UpOptions:
     flower_port: int
     flower_address: str
     flower_basic_auth: str
+    api_port: int = 8000
 
 
 @dataclass(frozen=True)
 class ServiceSpec:
     name: str
     argv: Callable[[UpOptions], list[str] | None]
-    env: Callable[[], dict[str, str]] = field(default=lambda: dict(os.environ))
+    env: Callable[[UpOptions], dict[str, str]] = field(default=lambda _: dict(os.environ))
+
+
+# The running interpreter's CLI, whatever PATH says.
+VOXBATCH_CLI = [sys.executable, "-c", "from api.cli import main; main()"]
+
+
+def api_env(options: UpOptions) -> dict[str, str]:
+    env = dict(os.environ)
+    # The API links each job to its tasks in the Flower that `up` starts beside it.
+    env.setdefault("VOXBATCH_FLOWER_URL", f"http://127.0.0.1:{options.flower_port}")
+    return env
 
 
 SERVICES: list[ServiceSpec] = [
-    ServiceSpec("cpu-worker", lambda o: worker_argv([CPU_QUEUE], o.cpu_concurrency), worker_env),
-    ServiceSpec("gpu-worker", lambda o: worker_argv([GPU_QUEUE], o.gpu_concurrency), worker_env),
+    ServiceSpec("cpu-worker", lambda o: worker_argv([CPU_QUEUE], o.cpu_concurrency), lambda _: worker_env()),
+    ServiceSpec("gpu-worker", lambda o: worker_argv([GPU_QUEUE], o.gpu_concurrency), lambda _: worker_env()),
     ServiceSpec("flower", lambda o: flower_argv(o.flower_address, o.flower_port, o.flower_basic_auth)),
     ServiceSpec("watcher", lambda o: watch_argv(o.settings)),
-    ServiceSpec("api", lambda o: [sys.executable, "-c", "from api.cli import main; main()", "api"]),
+    ServiceSpec("api", lambda o: [*VOXBATCH_CLI, "api", "--port", str(o.api_port)], api_env),
 ]
 
 
@@ -254,7 +266,7 @@ def run_up(options: UpOptions, notify: Callable[[str], None]) -> int:
         for spec in SERVICES:
             argv = spec.argv(options)
             if argv is not None:
-                sup.start(spec.name, argv, spec.env())
+                sup.start(spec.name, argv, spec.env(options))
         notify(
             f"flower on http://{options.flower_address}:{options.flower_port}/ "
             f"(user {options.flower_basic_auth.split(':', 1)[0]}); Ctrl-C stops everything"
