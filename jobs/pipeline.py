@@ -25,7 +25,7 @@ from sqlmodel import col, select
 
 from jobs.db import Database
 from jobs.documents import RENDERERS, Document
-from jobs.engine import AudioTool, Engine
+from jobs.engine import AudioTool, Engine, WindowAudio
 from jobs.errors import (
     EngineRejected,
     InputError,
@@ -545,7 +545,7 @@ class _WindowWork:
         self.rt = rt
         self.tmp = tmp
         self.job_id = job_id
-        self._n = 0
+        self._splits: dict[tuple[Path, float], list[WindowAudio]] = {}
 
     def over(
         self, op: Callable[[Path], str], path: Path, start: float, end: float, depth: int = 0
@@ -574,15 +574,19 @@ class _WindowWork:
     def _cut(
         self, op: Callable[[Path], str], path: Path, start: float, end: float, max_s: float, depth: int
     ) -> list[_Piece]:
-        self._n += 1
-        out_dir = self.tmp / f"pieces-{self._n}"
-        out_dir.mkdir()
         pieces: list[_Piece] = []
-        for w in self.rt.audio.split(str(path), out_dir, max_s):
-            pieces += self.over(
-                op, w.path, start + w.start_s, start + w.start_s + (w.end_s - w.start_s), depth
-            )
+        for w in self._split(path, max_s):
+            pieces += self.over(op, w.path, start + w.start_s, start + w.end_s, depth)
         return pieces
+
+    def _split(self, path: Path, max_s: float) -> list[WindowAudio]:
+        # The summary pass meets the same refusal as the transcript pass: cut each file once.
+        key = (path, round(max_s, 3))
+        if key not in self._splits:
+            out_dir = self.tmp / f"pieces-{len(self._splits)}"
+            out_dir.mkdir()
+            self._splits[key] = list(self.rt.audio.split(str(path), out_dir, max_s))
+        return self._splits[key]
 
 
 def _process_window(rt: Runtime, job: Job, window: Window) -> WindowResult:
@@ -608,12 +612,15 @@ def _process_window(rt: Runtime, job: Job, window: Window) -> WindowResult:
                 preset, job.instructions, window.index, total, span(window.start_s, window.end_s)
             )
             parts = work.over(lambda p: engine.summarize_audio(p, prompt), audio, 0.0, length)
-            texts = [p.text.strip() for p in parts if p.text.strip()]
-            if len(texts) == 1:
-                summary = texts[0]
-            elif texts:
-                spans = [span(window.start_s + p.start_s, window.start_s + p.end_s) for p in parts]
-                summary = engine.complete(merge_prompt(list(zip(spans, texts, strict=True))))
+            said = [
+                (span(window.start_s + p.start_s, window.start_s + p.end_s), p.text.strip())
+                for p in parts
+                if p.text.strip()
+            ]
+            if len(said) == 1:
+                summary = said[0][1]
+            elif said:
+                summary = engine.complete(merge_prompt(said))
     return WindowResult(
         index=window.index,
         start_s=window.start_s,

@@ -118,6 +118,14 @@ def test_a_server_with_default_caps_gets_smaller_pieces(tmp_path: Path, audio_di
         assert len(doc["windows"]) == 1
         ok = [e for e in server.stats()["log"] if e["endpoint"] == "transcriptions" and e["status"] == 200]
         assert len(ok) >= 2 and all(e["duration_s"] <= 60.0 for e in ok)
+        # The summary went piece by piece too (cut once, reused), then merged by a text-only call.
+        chats = [e for e in server.stats()["log"] if e["endpoint"] == "chat" and e["status"] == 200]
+        with_audio = [e for e in chats if e.get("duration_s")]
+        assert len(with_audio) == len(ok)
+        summary = doc["windows"][0]["summary"]
+        assert summary.startswith("Overall: ")  # the stand-in's answer to a text-only call
+        # (the stand-in also echoes the start of the prompt, hence distinct markers)
+        assert list(dict.fromkeys(markers_in(summary))) == [m.k for m in rec.markers]
 
 
 def test_a_repetition_loop_is_detected_and_retried(
