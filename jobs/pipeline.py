@@ -284,14 +284,8 @@ def split_job(rt: Runtime, job_id: str) -> int:
         started_at=job.started_at or utcnow(),
     )
     src = source_for_ffmpeg(rt, job)
-    info = rt.audio.probe(src)
-    log.info(
-        "job %s: %.1f s of %s audio, splitting into windows of ≤ %g min",
-        job_id,
-        info.duration_s,
-        info.codec,
-        job.window_minutes,
-    )
+    # split() probes the source itself (and refuses what is not audio): no second ffprobe here.
+    log.info("job %s: splitting into windows of ≤ %g min", job_id, job.window_minutes)
     rows: list[Window] = []
     with tempfile.TemporaryDirectory(prefix=f"voxbatch-split-{job_id}-") as tmp:
         for w in rt.audio.split(src, Path(tmp), job.window_minutes * 60.0):
