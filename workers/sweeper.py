@@ -23,7 +23,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import redis
 from sqlalchemy import update
@@ -88,21 +88,29 @@ def sweep(rt: Runtime, enqueue: Enqueuers, queue_depth: Callable[[str], int] | N
         with rt.db.session() as s:
             ids = list(s.exec(select(Job.id).where(Job.status == status).where(col(Job.updated_at) < stale)))
         for job_id in ids:
-            with rt.db.session() as s:
-                # Touch the heartbeat so the next sweep waits another lease for the new task.
-                res = s.execute(
-                    update(Job)
-                    .where(col(Job.id) == job_id)
-                    .where(col(Job.status) == status)
-                    .where(col(Job.updated_at) < stale)
-                    .values(updated_at=utcnow())
-                )
-                s.commit()
-            if res.rowcount == 1:  # type: ignore[attr-defined]
+            # Touch the heartbeat so the next sweep waits another lease for the new task.
+            if _touch_if_stale(rt, job_id, status, stale):
                 log.warning("job %s: stuck in %s (worker lost); re-enqueued", job_id, status)
                 fn(job_id)
                 target.append(job_id)
     return report
+
+
+def _touch_if_stale(rt: Runtime, job_id: str, status: str, before: datetime) -> bool:
+    """Refresh the job's ``updated_at`` if it is still ``status`` and older than ``before``.
+
+    Conditional, so of two sweeps (or a sweep and a worker making progress) only one acts.
+    """
+    with rt.db.session() as s:
+        res = s.execute(
+            update(Job)
+            .where(col(Job.id) == job_id)
+            .where(col(Job.status) == status)
+            .where(col(Job.updated_at) < before)
+            .values(updated_at=utcnow())
+        )
+        s.commit()
+    return bool(res.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def _sweep_orphans(
@@ -140,16 +148,8 @@ def _sweep_orphans(
                     .order_by(col(Window.index))
                 )
             )
-            # Touch the job: the next sweep waits another orphan_after_s for these messages.
-            res = s.execute(
-                update(Job)
-                .where(col(Job.id) == job_id)
-                .where(col(Job.status) == status)
-                .where(col(Job.updated_at) < idle)
-                .values(updated_at=utcnow())
-            )
-            s.commit()
-        if res.rowcount != 1:  # type: ignore[attr-defined]
+        # Touch the job: the next sweep waits another orphan_after_s for these messages.
+        if not _touch_if_stale(rt, job_id, status, idle):
             continue
         if status == JobStatus.queued:
             log.warning("job %s: queued with no message on the queue; split enqueued again", job_id)

@@ -240,48 +240,20 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-def _png(path: Path) -> Path:
+def _lavfi(path: Path, source: str, *output: str) -> Path:
+    """A file made by ffmpeg from a generated (lavfi) video source: pictures and silent videos."""
     subprocess.run(
-        [
-            "ffmpeg",
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "color=red:s=32x32",
-            "-frames:v",
-            "1",
-            "-f",
-            "image2",
-            "-c:v",
-            "png",
-            "-y",
-            str(path),
-        ],
-        check=True,
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", source, *output, "-y", str(path)], check=True
     )
     return path
+
+
+def _png(path: Path) -> Path:
+    return _lavfi(path, "color=red:s=32x32", "-frames:v", "1", "-f", "image2", "-c:v", "png")
 
 
 def _silent_video(path: Path) -> Path:
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc=d=2:s=64x64",
-            "-c:v",
-            "mpeg4",
-            "-y",
-            str(path),
-        ],
-        check=True,
-    )
-    return path
+    return _lavfi(path, "testsrc=d=2:s=64x64", "-c:v", "mpeg4")
 
 
 @pytest.mark.parametrize(
