@@ -1,0 +1,128 @@
+"""The stand-in's GPU model (tests/standins/gpu_model.py): its arithmetic, by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tests.standins.gpu_model import (
+    BatchEngine,
+    GpuFigures,
+    GpuModel,
+    GpuRequest,
+    audio_tokens,
+    compare_windows_and_segments,
+)
+
+# Round figures so every expected time is easy to compute by hand.
+PLAIN = GpuFigures(
+    prefill_s_per_token=0.001,
+    step_fixed_s=0.03,
+    step_per_seq_s=0.001,
+    step_per_context_token_s=0.0,
+    tokens_per_speech_s=2.5,
+    max_sequences=4,
+    prompt_overhead_tokens=0,
+)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "tokens"),
+    [(0.0, 0), (0.5, 375), (30.0, 375), (30.01, 750), (1800.0, 22_500), (1801.0, 22_875), (2400.0, 30_000)],
+)
+def test_audio_is_padded_to_thirty_seconds(seconds: float, tokens: int) -> None:
+    assert audio_tokens(seconds) == tokens
+
+
+def test_default_figures_match_the_issue() -> None:
+    model = GpuModel()
+    window = GpuRequest(1800.0)
+    assert model.prefill_s(window) == pytest.approx(2.4, rel=0.01)
+    assert model.step_s(1) == pytest.approx(0.031, rel=0.01)
+    assert model.output_tokens(window) == 4500
+    assert model.output_tokens(GpuRequest(30.0, speech_s=10.0)) == 25
+
+
+def test_per_request_arithmetic() -> None:
+    model = GpuModel(PLAIN)
+    r = GpuRequest(20.0, speech_s=4.0, text_tokens=10)
+    assert model.prompt_tokens(r) == 385
+    assert model.output_tokens(r) == 10
+    assert model.prefill_s(r) == pytest.approx(0.385)
+    assert model.step_s(3) == pytest.approx(0.033)
+    assert model.alone_s(r) == pytest.approx(0.385 + 10 * 0.031)
+    assert model.output_tokens(GpuRequest(0.0, output_tokens=0)) == 1
+
+
+def test_context_cost_grows_with_every_step() -> None:
+    model = GpuModel(GpuFigures(step_fixed_s=0.0, step_per_seq_s=0.0, step_per_context_token_s=1.0))
+    # 3 steps of 2 sequences from 100 tokens: 100 + 102 + 104.
+    assert model.steps_s(3, 2, 100) == pytest.approx(306.0)
+
+
+def test_batching_shares_the_steps() -> None:
+    model = GpuModel(PLAIN)
+    requests = [GpuRequest(30.0, output_tokens=100) for _ in range(4)]
+    # Four prefills (0.375 s each), then 100 steps of 4 sequences (0.034 s each).
+    assert model.ideal_s(requests) == pytest.approx(4 * 0.375 + 100 * 0.034)
+    assert model.ideal_s(requests[:1]) == pytest.approx(model.alone_s(requests[0]))
+
+
+def test_the_cap_makes_requests_wait_and_slots_are_refilled_between_steps() -> None:
+    model = GpuModel(PLAIN)
+    short = GpuRequest(30.0, output_tokens=10)
+    long = GpuRequest(30.0, output_tokens=50)
+    engine = BatchEngine(model)
+    for key, r in enumerate([long, long, long, short, short]):
+        engine.submit(key, r, at=0.0)
+    engine.run_until(math.inf)
+    # 4 prefills, 10 steps of 4, the short one leaves; the fifth is prefilled; 10 steps of 4,
+    # it leaves; 30 steps of the 3 long ones.
+    t_short = 4 * 0.375 + 10 * 0.034
+    assert engine.finished[3] == pytest.approx(t_short)
+    assert engine.finished[4] == pytest.approx(t_short + 0.375 + 10 * 0.034)
+    assert engine.finished[0] == pytest.approx(t_short + 0.375 + 10 * 0.034 + 30 * 0.033)
+    assert engine.max_active == 4
+    assert engine.steps == 50
+    assert engine.t == pytest.approx(engine.busy_s)
+
+
+def test_late_arrivals_leave_the_gpu_idle_and_join_at_a_step_boundary() -> None:
+    model = GpuModel(PLAIN)
+    engine = BatchEngine(model)
+    engine.submit("a", GpuRequest(30.0, output_tokens=100), at=0.0)
+    done = engine.run_until(1.0)
+    assert done == []
+    assert 1.0 <= engine.t < 1.0 + 0.031 + 1e-9  # the step in progress at 1.0 completes
+    engine.submit("b", GpuRequest(30.0, output_tokens=10), at=1.0)
+    engine.run_until(math.inf)
+    steps_before = math.ceil((1.0 - 0.375) / 0.031)
+    t_b = 0.375 + steps_before * 0.031 + 0.375 + 10 * 0.032
+    assert engine.finished["b"] == pytest.approx(t_b)
+    assert engine.finished["a"] == pytest.approx(t_b + (100 - steps_before - 10) * 0.031)
+    # Idle time is not busy time.
+    engine.submit("c", GpuRequest(30.0, output_tokens=1), at=100.0)
+    engine.run_until(math.inf)
+    assert engine.finished["c"] == pytest.approx(100.0 + 0.375 + 0.031)
+    assert engine.busy_s < engine.t - 50
+
+
+def test_segments_beat_windows_on_a_three_hour_talk() -> None:
+    windows = [GpuRequest(1800.0, speech_s=1600.0) for _ in range(6)]
+    segments = [GpuRequest(25.0, speech_s=6 * 1600.0 / 432) for _ in range(432)]
+    result = compare_windows_and_segments(windows, segments)
+    assert result["speedup"] == pytest.approx(result["windows_s"] / result["segments_s"])
+    assert result["speedup"] > 3.0
+    # Same speech, same output tokens either way: the gain is batching, not less text.
+    model = GpuModel()
+    assert sum(map(model.output_tokens, windows)) == pytest.approx(
+        sum(map(model.output_tokens, segments)), rel=0.01
+    )
+
+
+def test_bad_figures_are_refused() -> None:
+    with pytest.raises(ValueError):
+        GpuFigures(max_sequences=0)
+    with pytest.raises(ValueError):
+        GpuFigures(step_fixed_s=-1.0)

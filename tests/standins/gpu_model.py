@@ -1,0 +1,214 @@
+"""A model of one GPU serving Voxtral with vLLM's continuous batching (pure, virtual time).
+
+Figures (issue 10, measured on one H100 with the Voxtral-Small-24B architecture, random weights):
+a 30-minute window is 22,500 audio tokens and prefills in ~2.4 s; decoding costs ~31 ms per step at
+batch 1; a transcript has ~2.5 tokens per second of speech. The model:
+
+* Audio is padded to a multiple of 30 s and costs 12.5 tokens per second (375 per 30-s chunk).
+* Prefill of a request takes ``prefill_s_per_token`` per prompt token (audio + text) and holds the
+  GPU (nothing decodes meanwhile).
+* A decode step produces one token for every sequence in flight and takes ``step_fixed_s +
+  step_per_seq_s * n + step_per_context_token_s * c`` for ``n`` sequences holding ``c`` tokens of
+  context in all. Defaults: 30.9 ms fixed (the weights read once per step), 0.1 ms per sequence
+  (~48 GFLOP per token of a 24B model at ~500 TFLOP/s) and 33 ns per token of context (160 kB of
+  KV cache per token: 40 layers x 8 KV heads x 128 x 2 x bf16, read at ~4.8 TB/s): 31 ms at batch 1
+  with a short prompt, ~33 ms with a 30-minute window's 22,500 tokens. The per-sequence and context
+  costs are estimates from the architecture, not measurements; they are what batching cannot hide.
+* A request's output is ``ceil(tokens_per_speech_s * speech_s)`` tokens (at least 1), unless given.
+* At most ``max_sequences`` are in flight; the others wait, first come first served. A waiting
+  request is admitted (prefilled) as soon as a slot is free, between decode steps.
+
+``BatchEngine`` runs the model on requests that arrive over time (the stand-in's GPU mode feeds it
+real arrivals); ``ideal_s`` is the GPU time for a set of requests all present from the start, the
+best any client can do, so ``achieved wall time / ideal_s`` measures how well a client keeps the
+server full.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+
+AUDIO_TOKENS_PER_S = 12.5
+CHUNK_S = 30.0
+
+
+@dataclass(frozen=True)
+class GpuFigures:
+    prefill_s_per_token: float = 2.4 / 22_500
+    step_fixed_s: float = 0.0309
+    step_per_seq_s: float = 0.0001
+    step_per_context_token_s: float = 3.3e-8
+    tokens_per_speech_s: float = 2.5
+    max_sequences: int = 256
+    prompt_overhead_tokens: int = 6
+
+    def __post_init__(self) -> None:
+        if self.max_sequences < 1:
+            raise ValueError(f"max_sequences must be at least 1, got {self.max_sequences}")
+        costs = (
+            self.prefill_s_per_token,
+            self.step_fixed_s,
+            self.step_per_seq_s,
+            self.step_per_context_token_s,
+        )
+        if min(costs) < 0:
+            raise ValueError(f"costs cannot be negative: {self}")
+        if self.step_fixed_s + self.step_per_seq_s + self.step_per_context_token_s <= 0:
+            raise ValueError("a decode step must take some time")
+
+
+@dataclass(frozen=True)
+class GpuRequest:
+    """One request: ``audio_s`` seconds of audio (0 for text only), of which ``speech_s`` is speech
+    (``None``: all of it), ``text_tokens`` more prompt tokens, and optionally a fixed output."""
+
+    audio_s: float
+    speech_s: float | None = None
+    text_tokens: int = 0
+    output_tokens: int | None = None
+
+
+def audio_tokens(audio_s: float) -> int:
+    """Voxtral's audio tokens: padded to the next 30 s, 375 per chunk (none without audio)."""
+    if audio_s <= 0:
+        return 0
+    return math.ceil(audio_s / CHUNK_S - 1e-9) * round(CHUNK_S * AUDIO_TOKENS_PER_S)
+
+
+class GpuModel:
+    """The arithmetic of the model, per request and per step."""
+
+    def __init__(self, figures: GpuFigures | None = None) -> None:
+        self.figures = figures or GpuFigures()
+
+    def prompt_tokens(self, request: GpuRequest) -> int:
+        return audio_tokens(request.audio_s) + request.text_tokens + self.figures.prompt_overhead_tokens
+
+    def output_tokens(self, request: GpuRequest) -> int:
+        if request.output_tokens is not None:
+            return max(1, request.output_tokens)
+        speech = request.audio_s if request.speech_s is None else request.speech_s
+        return max(1, math.ceil(self.figures.tokens_per_speech_s * speech - 1e-9))
+
+    def prefill_s(self, request: GpuRequest) -> float:
+        return self.prompt_tokens(request) * self.figures.prefill_s_per_token
+
+    def step_s(self, active: int, context_tokens: int = 0) -> float:
+        f = self.figures
+        return f.step_fixed_s + f.step_per_seq_s * active + f.step_per_context_token_s * context_tokens
+
+    def steps_s(self, k: int, active: int, context_tokens: int) -> float:
+        """``k`` decode steps of ``active`` sequences starting with ``context_tokens`` in all (the
+        context grows by ``active`` tokens a step)."""
+        grown = active * k * (k - 1) / 2
+        return k * self.step_s(active, context_tokens) + self.figures.step_per_context_token_s * grown
+
+    def alone_s(self, request: GpuRequest) -> float:
+        """GPU time of one request served alone (batch 1)."""
+        return self.prefill_s(request) + self.steps_s(
+            self.output_tokens(request), 1, self.prompt_tokens(request)
+        )
+
+    def ideal_s(self, requests: Iterable[GpuRequest]) -> float:
+        """GPU time for all ``requests`` present at time 0 (the client never lets the server idle)."""
+        engine = BatchEngine(self)
+        for key, request in enumerate(requests):
+            engine.submit(key, request, at=0.0)
+        engine.run_until(math.inf)
+        return engine.t
+
+
+class BatchEngine:
+    """The model in virtual time: requests arrive with ``submit``; ``run_until`` advances the GPU.
+
+    Operations are atomic: a prefill, or a decode step. ``run_until(t)`` performs every operation
+    that starts at or before ``t`` (so the engine's clock may end a little past ``t``); finished
+    requests are returned with their finish times and kept in ``finished``.
+    """
+
+    def __init__(self, model: GpuModel | None = None) -> None:
+        self.model = model or GpuModel()
+        self.t = 0.0
+        self.waiting: deque[tuple[Hashable, GpuRequest, float]] = deque()
+        self.active: dict[Hashable, int] = {}  # key -> tokens still to decode
+        self.context = 0  # tokens of context held by the sequences in flight
+        self._held: dict[Hashable, int] = {}  # key -> its context
+        self.finished: dict[Hashable, float] = {}
+        self.busy_s = 0.0  # time spent prefilling or decoding
+        self.steps = 0
+        self.max_active = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting and not self.active
+
+    def submit(self, key: Hashable, request: GpuRequest, at: float) -> None:
+        if self.idle and at > self.t:
+            self.t = at  # the GPU waited for this request
+        self.waiting.append((key, request, at))
+
+    def next_arrival(self) -> float | None:
+        return self.waiting[0][2] if self.waiting else None
+
+    def run_until(self, until: float) -> list[tuple[Hashable, float]]:
+        done: list[tuple[Hashable, float]] = []
+        model = self.model
+        while self.t <= until and not self.idle:
+            # Admit what has arrived, while there are slots, one prefill at a time.
+            if (
+                self.waiting
+                and len(self.active) < model.figures.max_sequences
+                and self.waiting[0][2] <= self.t
+            ):
+                key, request, _ = self.waiting.popleft()
+                cost = model.prefill_s(request)
+                self.t += cost
+                self.busy_s += cost
+                self.active[key] = model.output_tokens(request)
+                self._held[key] = model.prompt_tokens(request)
+                self.context += self._held[key]
+                self.max_active = max(self.max_active, len(self.active))
+                continue
+            if not self.active:
+                self.t = max(self.t, self.waiting[0][2])  # idle until the next arrival
+                continue
+            # Decode steps until the first sequence finishes, a waiting request can be admitted,
+            # or ``until`` is passed.
+            n = len(self.active)
+            step = model.step_s(n, self.context)  # the first step; later ones a little longer
+            k = min(self.active.values())
+            if self.waiting and n < model.figures.max_sequences:
+                k = min(k, max(1, math.ceil((self.waiting[0][2] - self.t) / step)))
+            if until != math.inf:
+                k = min(k, int((until - self.t) // step) + 1)
+            cost = model.steps_s(k, n, self.context)
+            self.t += cost
+            self.busy_s += cost
+            self.steps += k
+            self.context += n * k
+            for key in list(self.active):
+                self.active[key] -= k
+                self._held[key] += k
+                if self.active[key] <= 0:
+                    del self.active[key]
+                    self.context -= self._held.pop(key)
+                    self.finished[key] = self.t
+                    done.append((key, self.t))
+        return done
+
+
+def compare_windows_and_segments(
+    windows: Iterable[GpuRequest], segments: Iterable[GpuRequest], model: GpuModel | None = None
+) -> dict[str, float]:
+    """Ideal GPU time with one request per window vs one per segment, and their ratio."""
+    model = model or GpuModel()
+    by_window = model.ideal_s(windows)
+    by_segment = model.ideal_s(segments)
+    return {
+        "windows_s": by_window,
+        "segments_s": by_segment,
+        "speedup": by_window / by_segment if by_segment else math.inf,
+    }
