@@ -33,6 +33,9 @@ Run it as a process::
         [--max-file-mb 25] [--fail-every N] [--latency S] [--model NAME] [--mode vllm|mistral]
 
 or in-process with ``with StandInVLLM(max_duration_s=2400) as server: server.url, server.stats()``.
+
+``--gpu`` / ``StandInVLLM(gpu=True, gpu_time_scale=0.01)`` adds a modelled GPU with continuous
+batching (section "GPU mode" below; the model is tests/standins/gpu_model.py).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio.to_thread
 import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request
@@ -61,6 +65,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from tests import markers
+from tests.standins.gpu_model import BatchEngine, GpuFigures, GpuModel, GpuRequest
 
 VOXTRAL_SMALL = "mistralai/Voxtral-Small-24B-2507"
 MISTRAL_TRANSCRIBE_MODELS = ("voxtral-mini-latest", "voxtral-mini-2507", "voxtral-mini-2602")
@@ -627,12 +632,194 @@ def create_app(state: ServerState) -> FastAPI:
     return app
 
 
+# --- GPU mode: a modelled GPU with continuous batching (tests/standins/gpu_model.py) -----------
+#
+# With ``gpu=True`` (``--gpu``), every successful answer is held back until a modelled GPU would
+# have produced it: the request joins a ``BatchEngine`` when it arrives, its prefill and decode
+# steps are shared with every other request in flight, and the response leaves at its modelled
+# finish time (wall clock x ``gpu_time_scale``: 0.01 replays 100 modelled seconds in one). Refusals
+# and injected faults are answered at once, as before. ``GET /stats`` gains ``gpu``: requests
+# served, modelled busy time, the span from the first arrival to the last finish, and the ideal
+# GPU time for the same requests all sent at once, so a benchmark reads how well a client keeps
+# the server full (ideal_s / span_s). Transcripts are modelled at ``tokens_per_speech_s`` of the
+# audio's duration times ``gpu_speech_fraction``; chat answers at ``gpu_chat_tokens`` tokens.
+
+
+class RealtimeGpu:
+    """A ``BatchEngine`` run against the wall clock; ``serve`` blocks until a request's finish."""
+
+    def __init__(self, figures: GpuFigures | None = None, time_scale: float = 1.0) -> None:
+        if time_scale <= 0:
+            raise ValueError(f"time_scale must be positive, got {time_scale}")
+        self.model = GpuModel(figures)
+        self.engine = BatchEngine(self.model)
+        self.scale = time_scale
+        self.t0 = time.monotonic()
+        self.cond = threading.Condition()
+        self.requests: list[GpuRequest] = []
+        self.first_arrival: float | None = None
+        self.last_finish = 0.0
+        self._keys = 0
+        self._thread = threading.Thread(target=self._drive, daemon=True, name="standin-gpu")
+        self._thread.start()
+
+    def now(self) -> float:
+        """Modelled seconds since the GPU was created."""
+        return (time.monotonic() - self.t0) / self.scale
+
+    def serve(self, request: GpuRequest, arrived: float | None = None) -> float:
+        """Run ``request`` on the modelled GPU from ``arrived`` (modelled seconds; default now)
+        and return its modelled finish time, once the wall clock has reached it."""
+        with self.cond:
+            self._keys += 1
+            key = self._keys
+            at = self.now() if arrived is None else min(arrived, self.now())
+            self.first_arrival = at if self.first_arrival is None else self.first_arrival
+            self.requests.append(request)
+            self.engine.submit(key, request, at=at)
+            self.cond.notify_all()
+            while key not in self.engine.finished:
+                self.cond.wait(timeout=1.0)
+            finish = self.engine.finished.pop(key)
+            self.last_finish = max(self.last_finish, finish)
+        delay = self.t0 + finish * self.scale - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        return finish
+
+    def _drive(self) -> None:
+        while True:
+            with self.cond:
+                if self.engine.run_until(self.now()):
+                    self.cond.notify_all()
+                if self.engine.idle:
+                    self.cond.wait()
+                else:
+                    self.cond.wait(timeout=max(0.0, (self.engine.t - self.now()) * self.scale))
+
+    def report(self) -> dict[str, Any]:
+        with self.cond:
+            requests = list(self.requests)
+            span = self.last_finish - self.first_arrival if self.first_arrival is not None else 0.0
+            return {
+                "requests": len(requests),
+                "busy_s": self.engine.busy_s,
+                "span_s": span,
+                "ideal_s": self.model.ideal_s(requests),
+                "steps": self.engine.steps,
+                "max_active": self.engine.max_active,
+                "time_scale": self.scale,
+            }
+
+
+@dataclass
+class GpuServerState(ServerState):
+    """Server state whose successful answers wait for the modelled GPU."""
+
+    gpu: RealtimeGpu | None = None
+    speech_fraction: float = 1.0
+    chat_tokens: int = 300
+
+    arrivals: dict[int, float] = field(default_factory=dict)
+
+    def next_post(self) -> int:
+        # Every POST handler starts here, in the thread that will answer it: the request reaches
+        # the modelled GPU at this time, not after the stand-in's own decoding (its CPU cost is
+        # not the model's).
+        if self.gpu is not None:
+            with self.lock:
+                self.arrivals[threading.get_ident()] = self.gpu.now()
+        return super().next_post()
+
+    def record(self, entry: dict[str, Any]) -> None:
+        super().record(entry)
+        with self.lock:
+            arrived = self.arrivals.pop(threading.get_ident(), None)
+        if self.gpu is None or entry.get("status") != 200 or entry.get("injected"):
+            return
+        request = self.gpu_request(entry)
+        if request is None:
+            return
+        finish = self.gpu.serve(request, arrived)
+        with self.lock:
+            entry["gpu_finish_s"] = round(finish, 6)
+
+    def gpu_request(self, entry: dict[str, Any]) -> GpuRequest | None:
+        audio_s = float(entry.get("duration_s") or 0.0)
+        if entry.get("endpoint") == "transcriptions":
+            return GpuRequest(audio_s, speech_s=audio_s * self.speech_fraction)
+        if entry.get("endpoint") == "chat":
+            cap = entry.get("max_tokens") or self.chat_tokens
+            return GpuRequest(
+                audio_s,
+                text_tokens=text_tokens(str(entry.get("prompt") or "")),
+                output_tokens=min(int(cap), self.chat_tokens),
+            )
+        return None
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = super().snapshot()
+        if self.gpu is not None:
+            snap["gpu"] = self.gpu.report()
+        return snap
+
+
+class _ManyThreads:
+    """ASGI wrapper: lets as many requests wait on the modelled GPU as it holds sequences (the
+    sync handlers run in AnyIO's thread pool, 40 threads by default)."""
+
+    def __init__(self, app: Any, threads: int) -> None:
+        self.app = app
+        self.threads = threads
+        self._set = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if not self._set:
+            limiter = anyio.to_thread.current_default_thread_limiter()
+            limiter.total_tokens = max(limiter.total_tokens, self.threads)
+            self._set = True
+        await self.app(scope, receive, send)
+
+
+def make_state(
+    config: ServerConfig,
+    gpu: bool | GpuFigures = False,
+    gpu_time_scale: float = 1.0,
+    gpu_speech_fraction: float = 1.0,
+    gpu_chat_tokens: int = 300,
+) -> ServerState:
+    """Plain state, or GPU-mode state when ``gpu`` is True or a set of figures."""
+    if gpu is False:
+        return ServerState(config)
+    figures = gpu if isinstance(gpu, GpuFigures) else GpuFigures()
+    return GpuServerState(
+        config,
+        gpu=RealtimeGpu(figures, gpu_time_scale),
+        speech_fraction=gpu_speech_fraction,
+        chat_tokens=gpu_chat_tokens,
+    )
+
+
+def build_app(state: ServerState) -> Any:
+    """The stand-in's ASGI app (with room for every in-flight sequence in GPU mode)."""
+    app = create_app(state)
+    if isinstance(state, GpuServerState) and state.gpu is not None:
+        return _ManyThreads(app, state.gpu.model.figures.max_sequences + 64)
+    return app
+
+
 class StandInVLLM:
     """The stand-in on a free 127.0.0.1 port in a background thread, as a context manager."""
 
-    def __init__(self, **config: Any) -> None:
+    def __init__(
+        self,
+        gpu: bool | GpuFigures = False,
+        gpu_time_scale: float = 1.0,
+        gpu_speech_fraction: float = 1.0,
+        **config: Any,
+    ) -> None:
         self.config = ServerConfig(**config)
-        self.state = ServerState(self.config)
+        self.state = make_state(self.config, gpu, gpu_time_scale, gpu_speech_fraction)
         self._sock: socket.socket | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -654,7 +841,7 @@ class StandInVLLM:
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         config = uvicorn.Config(
-            create_app(self.state), log_level="warning", lifespan="off", timeout_keep_alive=30
+            build_app(self.state), log_level="warning", lifespan="off", timeout_keep_alive=30
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
@@ -691,6 +878,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fail-every", type=int, default=0)
     parser.add_argument("--error-200-every", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--gpu", action="store_true", help="model a GPU with continuous batching")
+    parser.add_argument("--gpu-time-scale", type=float, default=1.0)
+    parser.add_argument("--gpu-max-seqs", type=int, default=GpuFigures().max_sequences)
+    parser.add_argument("--gpu-speech-fraction", type=float, default=1.0)
     args = parser.parse_args(argv)
     config = ServerConfig(
         model=args.model,
@@ -704,10 +895,11 @@ def main(argv: list[str] | None = None) -> None:
         error_200_every=args.error_200_every,
         latency_s=args.latency,
     )
-    state = ServerState(config)
+    gpu = GpuFigures(max_sequences=args.gpu_max_seqs) if args.gpu else False
+    state = make_state(config, gpu, args.gpu_time_scale, args.gpu_speech_fraction)
     shown = {k: v for k, v in asdict(config).items() if k != "api_key"}
     print(json.dumps({"listening": f"http://{args.host}:{args.port}/v1", **shown}))
-    uvicorn.run(create_app(state), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(build_app(state), host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":
