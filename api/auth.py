@@ -8,7 +8,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api import keys
-from jobs.pipeline import Runtime
+from jobs.runtime import Runtime
 
 bearer = HTTPBearer(auto_error=False, description="An API key from `voxbatch keys create NAME`.")
 

@@ -6,7 +6,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import text
 
 from api import metrics
 from api.auth import RuntimeDep
@@ -21,8 +20,7 @@ def healthz() -> dict[str, str]:
 
 
 def _check_database(rt: Any) -> None:
-    with rt.db.session() as s:
-        s.execute(text("SELECT 1"))
+    rt.db.ping()
 
 
 def _check_broker(rt: Any) -> None:

@@ -4,29 +4,28 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from typing import Annotated, Any
 
 import anyio
 import anyio.lowlevel
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.responses import Response
 from pydantic import ValidationError
-from sqlalchemy import func
-from sqlmodel import col, select
 from starlette.requests import ClientDisconnect
 
 from api import staging
 from api.auth import RuntimeDep, TenantDep
 from api.schemas import JobFromSource, JobList, JobOut, Problem, job_out
 from api.upload_stream import FILE_FIELD, StreamingForm, UploadTooLarge
-from jobs import pipeline
-from jobs.documents import RENDERERS
+from jobs.documents import DOCUMENT_NAMES
 from jobs.errors import InputError, NotFound, PermanentError
+from jobs.limits import MAX_INSTRUCTIONS_CHARS, MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
 from jobs.models import Job, JobStatus
+from jobs.options import JobOptions
 from jobs.presets import PRESETS
-from jobs.storage import S3Storage
-from workers import submission, webhooks
+from jobs.runtime import Runtime
+from jobs.steps.ending import cancel
+from workers import submission
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +57,14 @@ _CREATE_BODY: dict[str, Any] = {
                     "required": [FILE_FIELD],
                     "properties": {
                         FILE_FIELD: {"type": "string", "format": "binary", "description": "the recording"},
-                        "instructions": {"type": "string", "maxLength": 8000},
+                        "instructions": {"type": "string", "maxLength": MAX_INSTRUCTIONS_CHARS},
                         "preset": {"type": "string", "enum": list(PRESETS)},
                         "language": {"type": "string", "description": "ISO 639-1 code"},
-                        "window_minutes": {"type": "number", "minimum": 1, "maximum": 30},
+                        "window_minutes": {
+                            "type": "number",
+                            "minimum": MIN_WINDOW_MINUTES,
+                            "maximum": MAX_WINDOW_MINUTES,
+                        },
                         "webhook_url": {"type": "string", "format": "uri"},
                     },
                 },
@@ -77,11 +80,11 @@ def _base_url(request: Request) -> str:
     return str(request.base_url)
 
 
-def _out(request: Request, rt: pipeline.Runtime, job: Job) -> JobOut:
+def _out(request: Request, rt: Runtime, job: Job) -> JobOut:
     return job_out(job, _base_url(request), rt.settings.flower_url)
 
 
-def _options(fields: dict[str, Any]) -> pipeline.JobOptions:
+def _options(fields: dict[str, Any]) -> JobOptions:
     minutes = fields.get("window_minutes")
     if isinstance(minutes, str):
         minutes = minutes.strip() or None
@@ -95,7 +98,7 @@ def _options(fields: dict[str, Any]) -> pipeline.JobOptions:
     text = {
         k: (str(fields[k]).strip() or None) if fields.get(k) is not None else None for k in _OPTION_FIELDS
     }
-    return pipeline.JobOptions(
+    return JobOptions(
         instructions=text["instructions"],
         preset=text["preset"],
         language=text["language"],
@@ -132,7 +135,7 @@ async def create_job(request: Request, rt: RuntimeDep, tenant: TenantDep) -> Job
     return _out(request, rt, job)
 
 
-async def _create_from_json(request: Request, rt: pipeline.Runtime, tenant: str) -> Job:
+async def _create_from_json(request: Request, rt: Runtime, tenant: str) -> Job:
     try:
         body = JobFromSource.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -155,7 +158,7 @@ async def _create_from_json(request: Request, rt: pipeline.Runtime, tenant: str)
     return await anyio.to_thread.run_sync(lambda: staging.job_from_source(rt, source, options, tenant))
 
 
-async def _create_from_form(request: Request, rt: pipeline.Runtime, tenant: str) -> Job:
+async def _create_from_form(request: Request, rt: Runtime, tenant: str) -> Job:
     limit = staging.max_upload_bytes(rt)
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit + 1024 * 1024:
@@ -220,16 +223,7 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> JobList:
     """Your jobs, newest first."""
-    query = select(Job).where(Job.tenant == tenant)
-    count = select(func.count()).select_from(Job).where(Job.tenant == tenant)
-    if status is not None:
-        query = query.where(Job.status == status)
-        count = count.where(Job.status == status)
-    with rt.db.session() as s:
-        total = s.exec(count).one()
-        rows = list(
-            s.exec(query.order_by(col(Job.created_at).desc(), col(Job.id)).offset(offset).limit(limit))
-        )
+    rows, total = rt.store.list_jobs(tenant=tenant, status=status, limit=limit, offset=offset)
     nxt = None
     if offset + len(rows) < total:
         nxt = str(request.url.include_query_params(offset=offset + limit, limit=limit))
@@ -241,7 +235,7 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobOut, responses=ERRORS)
 def show_job(request: Request, job_id: str, rt: RuntimeDep, tenant: TenantDep) -> JobOut:
     """One job: status, progress, timings, failure reason, links to documents and Flower."""
-    return _out(request, rt, pipeline.get_job(rt, job_id, tenant))
+    return _out(request, rt, rt.store.get(job_id, tenant))
 
 
 @router.get(
@@ -255,9 +249,9 @@ def show_job(request: Request, job_id: str, rt: RuntimeDep, tenant: TenantDep) -
 )
 def get_document(job_id: str, name: str, rt: RuntimeDep, tenant: TenantDep) -> Response:
     """A finished job's document: document.md, document.json or transcript.txt (streamed)."""
-    job = pipeline.get_job(rt, job_id, tenant)
-    if name not in RENDERERS:
-        raise NotFound(f"no document {name[:100]!r}; there are {', '.join(RENDERERS)}")
+    job = rt.store.get(job_id, tenant)
+    if name not in DOCUMENT_NAMES:
+        raise NotFound(f"no document {name[:100]!r}; there are {', '.join(DOCUMENT_NAMES)}")
     if job.status != JobStatus.succeeded:
         raise DocumentNotReady(f"job {job_id} is {job.status}; its documents exist once it has succeeded")
     key = job.output_prefix + name
@@ -265,35 +259,15 @@ def get_document(job_id: str, name: str, rt: RuntimeDep, tenant: TenantDep) -> R
     stem = job.source_name.rsplit(".", 1)[0] if "." in job.source_name else job.source_name
     download = submission.safe_name(f"{stem}-{name}")
     headers = {"Content-Disposition": f'inline; filename="{download}"'}
-    local = rt.storage.local_path(key)
-    if local is not None:
-        if not local.is_file():
-            raise NotFound(f"job {job_id} has no {name} in storage")
-        return FileResponse(local, media_type=media, headers=headers)
-    storage = rt.storage
-    if isinstance(storage, S3Storage):
-        body = _s3_body(storage, key)
-        return StreamingResponse(body, media_type=media, headers=headers)
+    # Documents are text of at most a few MB, even for a 10-hour recording.
     return Response(rt.storage.get_bytes(key), media_type=media, headers=headers)
-
-
-def _s3_body(storage: S3Storage, key: str) -> Iterator[bytes]:
-    from botocore.exceptions import ClientError
-
-    try:
-        obj = storage.client.get_object(Bucket=storage.bucket, Key=staging.full_key(storage, key))
-    except ClientError as exc:
-        raise NotFound(f"no object {key} in storage") from exc
-    chunks: Iterator[bytes] = obj["Body"].iter_chunks(1024 * 1024)
-    return chunks
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=ERRORS)
 def cancel_job(request: Request, job_id: str, rt: RuntimeDep, tenant: TenantDep) -> JobOut:
     """Cancel a job; running steps stop at their next check, finished work is kept."""
-    job = pipeline.cancel_job(rt, job_id, tenant)
-    webhooks.notify(rt, job.id)
-    return _out(request, rt, pipeline.get_job(rt, job_id, tenant))
+    cancel(rt, job_id, tenant)
+    return _out(request, rt, rt.store.get(job_id, tenant))
 
 
 @router.post(

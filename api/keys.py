@@ -71,9 +71,3 @@ def verify_key(db: Database, key: str) -> str | None:
             s.execute(update(ApiKey).where(col(ApiKey.id) == row.id).values(last_used_at=now))
             s.commit()
         return row.tenant
-
-
-def webhook_secret(db: Database, tenant: str) -> str | None:
-    with db.session() as s:
-        row = s.get(Tenant, tenant)
-        return row.webhook_secret if row else None

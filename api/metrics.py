@@ -12,34 +12,15 @@ from collections.abc import Iterator
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func
-from sqlmodel import col, select
 
-from jobs.models import Job, JobStatus, Window, WindowStatus
-from jobs.pipeline import Runtime
+from jobs.models import JobStatus
+from jobs.runtime import Runtime
+from workers.dispatch import queue_depths
 
 log = logging.getLogger(__name__)
 
 # Seconds one window spends in the engine; a 30-minute window on a busy GPU can take minutes.
 WINDOW_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0)
-# Kombu keeps priority messages of queue Q in Redis lists Q, Q\x06\x163, Q\x06\x166, Q\x06\x169.
-_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
-
-
-def queue_depths(broker_url: str, queues: tuple[str, ...]) -> dict[str, int]:
-    import redis
-
-    client = redis.Redis.from_url(broker_url, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        with client.pipeline() as pipe:
-            for queue in queues:
-                for suffix in _PRIORITY_SUFFIXES:
-                    pipe.llen(queue + suffix)
-            lengths = pipe.execute()
-    finally:
-        client.close()
-    n = len(_PRIORITY_SUFFIXES)
-    return {q: int(sum(lengths[i * n : (i + 1) * n])) for i, q in enumerate(queues)}
 
 
 class VoxbatchCollector(Collector):
@@ -52,21 +33,14 @@ class VoxbatchCollector(Collector):
         yield from self._queues()
 
     def _jobs(self) -> Iterator[Metric]:
-        with self.rt.db.session() as s:
-            rows = dict(s.exec(select(Job.status, func.count()).group_by(Job.status)).all())
+        rows = self.rt.store.counts_by_status()
         jobs = GaugeMetricFamily("voxbatch_jobs", "Jobs by state", labels=["state"])
         for state in JobStatus:
-            jobs.add_metric([state.value], float(rows.get(state, 0)))
+            jobs.add_metric([state.value], float(rows.get(state.value, 0)))
         yield jobs
 
     def _windows(self) -> Iterator[Metric]:
-        done = (col(Window.status) == WindowStatus.done) & col(Window.engine_s).is_not(None)
-        columns = [func.count(case((col(Window.engine_s) <= b, 1))) for b in WINDOW_BUCKETS]
-        with self.rt.db.session() as s:
-            row = s.exec(
-                select(func.count(), func.coalesce(func.sum(Window.engine_s), 0.0), *columns).where(done)
-            ).one()
-        count, total, *below = (float(v or 0) for v in row)
+        count, total, below = self.rt.store.window_durations(WINDOW_BUCKETS)
         hist = HistogramMetricFamily(
             "voxbatch_window_duration_seconds", "Seconds each finished window spent in the engine"
         )
@@ -75,12 +49,10 @@ class VoxbatchCollector(Collector):
         yield hist
 
     def _queues(self) -> Iterator[Metric]:
-        from workers.celery_app import QUEUES
-
         depth = GaugeMetricFamily("voxbatch_queue_depth", "Messages waiting in each queue", labels=["queue"])
         up = GaugeMetricFamily("voxbatch_broker_up", "1 when the broker answered this scrape")
         try:
-            for queue, n in queue_depths(self.rt.settings.broker_url, QUEUES).items():
+            for queue, n in queue_depths(self.rt.settings.broker_url).items():
                 depth.add_metric([queue], float(n))
             up.add_metric([], 1.0)
         except Exception as exc:

@@ -8,8 +8,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from jobs.documents import DOCUMENT_NAMES
+from jobs.limits import MAX_INSTRUCTIONS_CHARS, MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
 from jobs.models import Job, JobStatus
 from jobs.presets import PRESETS
+from jobs.timings import job_timings
 
 
 class Progress(BaseModel):
@@ -81,10 +84,12 @@ class JobFromSource(BaseModel):
 
     source: str | None = Field(default=None, description="s3://bucket/key of an existing object")
     upload_id: str | None = Field(default=None, description="id of a completed POST /v1/uploads upload")
-    instructions: str | None = Field(default=None, max_length=8000)
+    instructions: str | None = Field(default=None, max_length=MAX_INSTRUCTIONS_CHARS)
     preset: str | None = Field(default=None, description="one of: " + ", ".join(PRESETS))
     language: str | None = Field(default=None, description="ISO 639-1 code; detected when absent")
-    window_minutes: float | None = Field(default=None, description="longest window, 1-30 minutes")
+    window_minutes: float | None = Field(
+        default=None, description=f"longest window, {MIN_WINDOW_MINUTES}-{MAX_WINDOW_MINUTES} minutes"
+    )
     webhook_url: str | None = Field(default=None, description="POSTed the job as JSON when it ends")
 
 
@@ -123,20 +128,12 @@ class Problem(BaseModel):
     detail: str
 
 
-def _seconds(start: datetime | None, end: datetime | None) -> float | None:
-    if start is None or end is None:
-        return None
-    return round((end - start).total_seconds(), 3)
-
-
 def job_out(job: Job, base_url: str, flower_url: str | None) -> JobOut:
     base = base_url.rstrip("/")
     self_url = f"{base}/v1/jobs/{job.id}"
     documents: dict[str, str] = {}
     if job.status == JobStatus.succeeded:
-        from jobs.models import OUTPUT_NAMES
-
-        documents = {name: f"{self_url}/documents/{name}" for name in OUTPUT_NAMES}
+        documents = {name: f"{self_url}/documents/{name}" for name in DOCUMENT_NAMES}
     flower = None
     if flower_url:
         # Every task's first argument is the job id, so Flower's search finds all of them.
@@ -159,13 +156,7 @@ def job_out(job: Job, base_url: str, flower_url: str | None) -> JobOut:
         started_at=job.started_at,
         finished_at=job.finished_at,
         progress=Progress(windows_done=job.windows_done, windows_total=job.windows_total),
-        timings_s=Timings(
-            queued=_seconds(job.created_at, job.split_started_at),
-            split=_seconds(job.split_started_at, job.split_finished_at),
-            windows=_seconds(job.split_finished_at, job.reduce_started_at),
-            reduce=_seconds(job.reduce_started_at, job.finished_at if job.reduce_started_at else None),
-            total=_seconds(job.created_at, job.finished_at),
-        ),
+        timings_s=Timings(**job_timings(job)),
         webhook_url=job.webhook_url,
         webhook_attempts=[WebhookAttempt.model_validate(a) for a in attempts if isinstance(a, dict)],
         links=Links(self=self_url, documents=documents, flower=flower),

@@ -35,7 +35,6 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=1.0, help="seconds per engine request")
     args = parser.parse_args()
 
-    from jobs.pipeline import get_job, get_windows
     from jobs.settings import Settings
     from tests.fixtures.services import RedisServer, free_port, wait_until
     from tests.speech import build_recording, loop_to, marker_talk
@@ -95,12 +94,12 @@ def main() -> None:
                 )
                 job_id = submitted.stdout.strip().splitlines()[-1]
                 wait_until(
-                    lambda: str(get_job(rt, job_id).status) in ("succeeded", "failed"), 600, "the job", 0.5
+                    lambda: str(rt.store.get(job_id).status) in ("succeeded", "failed"), 600, "the job", 0.5
                 )
-                job = get_job(rt, job_id)
+                job = rt.store.get(job_id)
                 if job.status != "succeeded":
                     sys.exit(f"job failed: {job.error}")
-                windows = get_windows(rt, job_id)
+                windows = rt.store.windows(job_id)
 
                 # The physical limit: one window, alone, straight to the engine.
                 engine = rt.engine

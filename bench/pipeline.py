@@ -43,9 +43,12 @@ class InstantEngine:
 
 def run_once(path: Path, window_minutes: float) -> tuple[float, int]:
     """Wall seconds of the whole pipeline on ``path`` in fresh storage, and the window count."""
-    from jobs import pipeline
     from jobs.db import Database
+    from jobs.options import JobOptions
+    from jobs.runtime import Runtime
     from jobs.settings import Settings
+    from jobs.steps.create import create_job
+    from jobs.steps.local import run_local
     from jobs.storage import LocalStorage
     from workers.audio import FfmpegAudio
 
@@ -53,7 +56,7 @@ def run_once(path: Path, window_minutes: float) -> tuple[float, int]:
         settings = Settings(data_dir=Path(tmp))
         db = Database(settings.resolved_database_url())
         db.migrate()
-        rt = pipeline.Runtime(
+        rt = Runtime(
             db=db,
             storage=LocalStorage(Path(tmp) / "store"),
             audio=FfmpegAudio(),
@@ -61,8 +64,8 @@ def run_once(path: Path, window_minutes: float) -> tuple[float, int]:
             engine_factory=InstantEngine,
         )
         start = time.perf_counter()
-        job = pipeline.create_job(rt, str(path), pipeline.JobOptions(window_minutes=window_minutes))
-        job = pipeline.run_local(rt, job.id)
+        job = create_job(rt, str(path), JobOptions(window_minutes=window_minutes))
+        job = run_local(rt, job.id)
         elapsed = time.perf_counter() - start
         assert job.status == "succeeded", job.error
         assert rt.storage.exists(job.output_prefix + "document.md")

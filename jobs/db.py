@@ -7,11 +7,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine as SAEngine
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from jobs import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from jobs.migrations_runner import upgrade
 
 
 class Database:
@@ -31,17 +32,17 @@ class Database:
 
     def migrate(self) -> None:
         """Bring the schema to the current version."""
-        from jobs.migrations_runner import upgrade
+        upgrade(self.engine)
 
-        upgrade(self)
+    def ping(self) -> None:
+        """One round trip; raises when the database does not answer."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         with Session(self.engine, expire_on_commit=False) as session:
             yield session
-
-    def create_all(self) -> None:
-        SQLModel.metadata.create_all(self.engine)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

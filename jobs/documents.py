@@ -92,3 +92,5 @@ RENDERERS = {
     "document.json": render_json,
     "transcript.txt": render_text,
 }
+# The documents of a finished job, in the order people look for them.
+DOCUMENT_NAMES = tuple(RENDERERS)

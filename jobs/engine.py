@@ -1,6 +1,6 @@
 """The narrow seams between the pipeline and the outside: an audio language model and ffmpeg.
 
-The pipeline in ``jobs.pipeline`` only sees these protocols; ``workers.engines`` and
+The pipeline's steps (``jobs.steps``) only see these protocols; ``workers.engines`` and
 ``workers.audio`` implement them. Paths are local files (16 kHz mono FLAC windows).
 """
 

@@ -3,7 +3,7 @@
 Many processes start at once (worker pools, the API, ``voxbatch up``), so the upgrade is serialised:
 a PostgreSQL advisory lock held for the migration's transaction, or an exclusive file lock next to a
 SQLite database. A database already at head is recognised without taking the lock. A database made
-by ``create_all`` before migrations existed is stamped at the first revision, not re-created.
+before migrations existed is stamped at the first revision, not re-created.
 """
 
 from __future__ import annotations
@@ -13,16 +13,12 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect, text
-
-if TYPE_CHECKING:
-    from jobs.db import Database
+from sqlalchemy import Connection, Engine, inspect, text
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +42,13 @@ def current_revision(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade(db: Database) -> None:
+def upgrade(engine: Engine) -> None:
     head = head_revision()
-    with db.engine.connect() as conn:
+    with engine.connect() as conn:
         if current_revision(conn) == head:
             return
-    with _serialised(db), db.engine.begin() as conn:
-        if db.engine.dialect.name == "postgresql":
+    with _serialised(engine), engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": ADVISORY_LOCK_ID})
         current = current_revision(conn)
         if current == head:
@@ -67,10 +63,10 @@ def upgrade(db: Database) -> None:
 
 
 @contextmanager
-def _serialised(db: Database) -> Iterator[None]:
+def _serialised(engine: Engine) -> Iterator[None]:
     """A file lock for SQLite (PostgreSQL serialises with its advisory lock instead)."""
-    database = db.engine.url.database
-    if db.engine.dialect.name != "sqlite" or not database or database == ":memory:":
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         yield
         return
     lock_path = Path(database).with_name(Path(database).name + ".migrate-lock")

@@ -115,9 +115,6 @@ def window_result_key(job_id: str, index: int) -> str:
     return f"jobs/{job_id}/windows/{index:04d}.json"
 
 
-OUTPUT_NAMES = ("document.md", "document.json", "transcript.txt")
-
-
 class Tenant(SQLModel, table=True):
     """Who owns jobs and keys; webhooks of its jobs are signed with its secret."""
 

@@ -20,11 +20,15 @@ The rule:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+
+log = logging.getLogger(__name__)
 
 FRAME_S = 0.02
 SILENCE_DBFS = -40.0
@@ -140,38 +144,73 @@ class NoiseFloor:
         return float(rank + self._LOW)
 
 
-class CoverageError(ValueError):
-    """Windows that do not tile a recording: out of order, overlapping, gapped or too long."""
+# --- the streaming planner the splitter feeds ----------------------------------------------------
 
 
-def check_coverage(
-    windows: Sequence[tuple[float, float]],
-    max_window_s: float,
-    duration_s: float | None = None,
-    tolerance_s: float = 1e-6,
-) -> None:
-    """Raise CoverageError unless ``windows`` tile ``[0, duration_s)`` in order, each ≤ the max.
+class WindowCut:
+    """The current window ends at absolute sample ``at``."""
 
-    ``duration_s=None`` checks everything but the end of the last window.
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+
+class WindowPlanner:
+    """Turns a stream of samples into "write these samples" and "cut here" events.
+
+    Samples before the window's lookback range pass straight through; those inside it are held
+    until the range is full, then the cut is chosen and the rest starts the next window.
     """
-    if not windows:
-        raise CoverageError("there are no windows")
-    expected_start = 0.0
-    for index, (start, end) in enumerate(windows):
-        if abs(start - expected_start) > tolerance_s:
-            kind = "a gap" if start > expected_start else "an overlap"
-            raise CoverageError(
-                f"window {index} starts at {start:.6f} s but the previous one ends at "
-                f"{expected_start:.6f} s ({kind})"
-            )
-        if end <= start:
-            raise CoverageError(f"window {index} is empty or reversed ({start:.6f}–{end:.6f} s)")
-        if end - start > max_window_s + tolerance_s:
-            raise CoverageError(
-                f"window {index} lasts {end - start:.3f} s, more than the {max_window_s:g} s allowed"
-            )
-        expected_start = end
-    if duration_s is not None and abs(expected_start - duration_s) > tolerance_s:
-        raise CoverageError(
-            f"the windows end at {expected_start:.6f} s but the recording lasts {duration_s:.6f} s"
-        )
+
+    def __init__(self, max_window_s: float, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self.frame_len = round(FRAME_S * sample_rate)
+        self.limit = int(max_window_s * sample_rate)
+        back = int(lookback_s(max_window_s) * sample_rate) // self.frame_len * self.frame_len
+        self.direct = self.limit - back  # samples of a window written before the range
+        self.index = 0  # of the current window
+        self.start = 0  # absolute sample where the current window starts
+        self.position = 0  # absolute samples seen
+        self._written = 0  # samples of the current window already passed on
+        self._held: list[npt.NDArray[np.int16]] = []
+        self._held_n = 0
+        self._floor = NoiseFloor()
+
+    def feed(self, samples: npt.NDArray[np.int16]) -> Iterator[npt.NDArray[np.int16] | WindowCut]:
+        self._floor.add(frame_levels(samples, self.frame_len))
+        self.position += len(samples)
+        pending: deque[npt.NDArray[np.int16]] = deque([samples])
+        while pending:
+            chunk = pending.popleft()
+            if len(chunk) == 0:
+                continue
+            if self._written < self.direct:
+                n = min(self.direct - self._written, len(chunk))
+                self._written += n
+                yield chunk[:n]
+                pending.appendleft(chunk[n:])
+                continue
+            n = min(self.limit - self._written - self._held_n, len(chunk))
+            self._held.append(chunk[:n])
+            self._held_n += n
+            pending.appendleft(chunk[n:])
+            if self._written + self._held_n < self.limit:
+                continue
+            held = np.concatenate(self._held)
+            self._held, self._held_n = [], 0
+            cut = choose_cut(frame_levels(held, self.frame_len), FRAME_S, self._floor.dbfs())
+            at = min(len(held), round(cut.offset_s * self.sample_rate))
+            if at:
+                yield held[:at]
+            end = self.start + self._written + at
+            if not cut.in_silence:
+                log.info("no silence before %.1f s; cut at the quietest point", end / self.sample_rate)
+            yield WindowCut(end)
+            self.index += 1
+            self.start = end
+            self._written = 0
+            pending.appendleft(held[at:])
+
+    def flush(self) -> npt.NDArray[np.int16]:
+        held = np.concatenate(self._held) if self._held else np.empty(0, np.int16)
+        self._held, self._held_n = [], 0
+        return held

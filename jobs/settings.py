@@ -6,14 +6,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from jobs.limits import MAX_WINDOW_MINUTES
 
 DATA_DIR = Path("voxbatch-data")
 
-# Voxtral's context is 32k tokens at 12.5 audio tokens/s padded to 30 s chunks: 30 min is the
-# longest window that leaves room for a transcript (see shared/reference/voxtral-vllm.md).
-MAX_WINDOW_MINUTES = 30
+
+# Settings that hold a secret (a password inside the database URL counts).
+PLACEHOLDER_CHECKED = ("database_url", "flower_basic_auth", "vllm_api_key", "mistral_api_key")
 
 
 class Settings(BaseSettings):
@@ -64,6 +66,19 @@ class Settings(BaseSettings):
     source_buckets: str = ""
     # First webhook retry waits this long, doubling each time (workers/webhooks.py).
     webhook_backoff_s: float = Field(default=10.0, ge=0)
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets(self) -> Settings:
+        # infra/.env.example and the Kubernetes secret example ship "change-me" values: a stack
+        # started without replacing them would run with publicly known passwords.
+        for name in PLACEHOLDER_CHECKED:
+            value = getattr(self, name) or ""
+            if "change-me" in value.lower():
+                raise ValueError(
+                    f"VOXBATCH_{name.upper()} still holds the placeholder 'change-me' from the examples; "
+                    "set a real secret"
+                )
+        return self
 
     @field_validator("window_minutes")
     @classmethod

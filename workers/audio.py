@@ -9,9 +9,7 @@ encoder (a second ffmpeg writing FLAC, which runs on the other core). Only the l
 window, its *lookback range* (see ``jobs.planning``), is held back in memory until the cut is
 chosen, so memory stays flat whatever the recording's length.
 
-User-controlled strings never reach ffmpeg as protocol URLs: local paths go in as
-``file:/absolute/path`` with only the file and pipe protocols allowed, URLs only as http(s), and
-only container formats that hold audio may be opened (no playlists, no concat lists, no images).
+User-controlled strings never reach ffmpeg as protocol URLs (``workers.ffmpeg_input``).
 """
 
 from __future__ import annotations
@@ -22,21 +20,20 @@ import json
 import logging
 import math
 import os
-import re
 import subprocess
 import threading
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import numpy.typing as npt
 
 from jobs.engine import SourceInfo, WindowAudio
 from jobs.errors import InputError
-from jobs.planning import FRAME_S, NoiseFloor, choose_cut, frame_levels, lookback_s
+from jobs.planning import FRAME_S, WindowCut, WindowPlanner
+from workers.ffmpeg_input import FfmpegInput
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +43,6 @@ BLOCK_SAMPLES = 10 * SAMPLE_RATE  # 10 s (320 kB) per read: few syscalls, little
 PIPE_BYTES = 1 << 20  # enlarged pipes let the decoder, Python and the encoder overlap
 MIN_WINDOW_S = 1.0
 
-LOCAL_PROTOCOLS = "file,pipe"
-URL_PROTOCOLS = "http,https,tcp,tls,crypto"
-# Demuxers of containers and raw streams that carry audio. Anything else (image2, hls, concat,
-# playlists, subtitles, devices) is refused before it can open other files or URLs.
-AUDIO_FORMATS = ",".join(
-    [
-        "aac", "ac3", "aiff", "amr", "amrnb", "amrwb", "ape", "asf", "au", "avi", "caf",
-        "dsf", "dts", "dtshd", "eac3", "flac", "flv", "gsm", "loas", "matroska", "mlp",
-        "mov", "mp3", "mpc", "mpc8", "mpeg", "mpegts", "nut", "ogg", "oma", "rm", "tak",
-        "truehd", "tta", "voc", "w64", "wav", "wv", "xwma",
-    ]
-)  # fmt: skip
-
 QUIET_ARGS = ["-nostdin", "-hide_banner", "-loglevel", "error"]
 SELECT_ARGS = ["-map", "0:a:0", "-vn", "-sn", "-dn", "-ac", "1"]
 RESAMPLE_ARGS = ["-ar", str(SAMPLE_RATE)]
@@ -66,8 +50,6 @@ RESAMPLE_ARGS = ["-ar", str(SAMPLE_RATE)]
 # the pipe hops cost as much as the decode.
 RAW_ARGS = ["-flush_packets", "0", "-f", "s16le"]
 ENCODE_ARGS = f"-f s16le -ar {SAMPLE_RATE} -ac 1 -i pipe:0 -c:a flac -f flac".split()
-
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class FfmpegAudio:
@@ -79,7 +61,7 @@ class FfmpegAudio:
 
     def probe(self, source: str) -> SourceInfo:
         """Probe a local path or an http(s) URL. Raises InputError naming what is wrong."""
-        target = _Target.parse(source)
+        target = FfmpegInput.parse(source)
         cmd = [
             self.ffprobe, "-v", "error", "-hide_banner",
             *target.input_args(), "-show_format", "-show_streams", "-of", "json",
@@ -119,7 +101,7 @@ class FfmpegAudio:
             size_bytes=int(size) if size is not None else None,
         )
 
-    def _duration_from_packets(self, target: _Target) -> float | None:
+    def _duration_from_packets(self, target: FfmpegInput) -> float | None:
         cmd = [
             self.ffprobe, "-v", "error", "-hide_banner", *target.input_args(),
             "-select_streams", "a:0", "-show_entries", "packet=pts_time,duration_time",
@@ -143,7 +125,7 @@ class FfmpegAudio:
         decode pass. Each window is yielded as soon as its file is complete."""
         if max_window_s < MIN_WINDOW_S:
             raise ValueError(f"max_window_s must be at least {MIN_WINDOW_S} s, got {max_window_s}")
-        target = _Target.parse(source)
+        target = FfmpegInput.parse(source)
         out_dir = Path(out_dir).resolve()
         if target.path is not None and target.path.parent == out_dir:
             # A window re-split into its own directory would overwrite itself.
@@ -152,18 +134,18 @@ class FfmpegAudio:
         return self._split(target, out_dir, max_window_s, info)
 
     def _split(
-        self, target: _Target, out_dir: Path, max_window_s: float, info: SourceInfo
+        self, target: FfmpegInput, out_dir: Path, max_window_s: float, info: SourceInfo
     ) -> Iterator[WindowAudio]:
         decoders = self._decoders(target, info.sample_rate)
         last = decoders[-1]
-        planner = _WindowPlanner(max_window_s)
+        planner = WindowPlanner(max_window_s, SAMPLE_RATE)
         encoder: _Encoder | None = None
         count = 0
         try:
             assert last.proc.stdout is not None
             for samples in _blocks(last.proc.stdout):
                 for event in planner.feed(samples):
-                    if isinstance(event, _Cut):
+                    if isinstance(event, WindowCut):
                         assert encoder is not None
                         yield encoder.finish(end_sample=event.at)
                         encoder = None
@@ -210,7 +192,7 @@ class FfmpegAudio:
             if encoder is not None:
                 encoder.abort()
 
-    def _decoders(self, target: _Target, source_rate: int) -> list[_Process]:
+    def _decoders(self, target: FfmpegInput, source_rate: int) -> list[_Process]:
         """The processes that turn the source into 16 kHz mono s16le on the last one's stdout.
 
         Resampling costs about a third of an MP3 decode, and one ffmpeg does both on one core.
@@ -233,124 +215,6 @@ class FfmpegAudio:
             raise
         decode.proc.stdout.close()  # the resampler holds it now; EOF and SIGPIPE must reach it
         return [decode, resample]
-
-
-class _Target:
-    """A source as ffmpeg must see it: a ``file:`` path or an http(s) URL, with its whitelist."""
-
-    def __init__(self, url: str, protocols: str, name: str, path: Path | None) -> None:
-        self.url = url
-        self.protocols = protocols
-        self.name = name
-        self.path = path
-
-    @classmethod
-    def parse(cls, source: str) -> _Target:
-        if not source:
-            raise InputError("no recording was given")
-        if _SCHEME.match(source):
-            parts = urlsplit(source)
-            # Presigned URLs carry credentials in the query: name the file by its path only.
-            name = unquote(parts.path.rsplit("/", 1)[-1]) or parts.netloc
-            if parts.scheme.lower() not in ("http", "https"):
-                raise InputError(
-                    f"{parts.scheme}:// sources are not supported; give a local file or an http(s) URL"
-                )
-            return cls(source, URL_PROTOCOLS, name, None)
-        path = Path(source).expanduser().absolute()
-        name = path.name or source
-        if not path.exists():
-            raise InputError(f"{source} does not exist")
-        if path.is_dir():
-            raise InputError(f"{name} is a directory, not an audio file")
-        if not path.is_file():
-            raise InputError(f"{name} is not a regular file")
-        if path.stat().st_size == 0:
-            raise InputError(f"{name} is empty")
-        return cls("file:" + str(path), LOCAL_PROTOCOLS, name, path)
-
-    def input_args(self) -> list[str]:
-        return [
-            "-protocol_whitelist", self.protocols,
-            "-format_whitelist", AUDIO_FORMATS,
-            "-i", self.url,
-        ]  # fmt: skip
-
-    def scrub(self, detail: str) -> str:
-        """ffmpeg's message without the URL, whose query may hold a presigned signature."""
-        return re.sub(r"\?\S*", "", detail.replace(self.url, self.name))
-
-    def unreadable(self, detail: str) -> InputError:
-        if self.path is None and re.search(r"Server returned|Connection|resolve|timed out", detail):
-            return InputError(f"{self.name} could not be fetched: {detail}")
-        return InputError(f"{self.name} is not an audio or video file ffmpeg can read")
-
-
-class _Cut:
-    """The current window ends at absolute sample ``at``."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-
-class _WindowPlanner:
-    """Turns a stream of samples into "write these samples" and "cut here" events.
-
-    Samples before the window's lookback range pass straight through; those inside it are held
-    until the range is full, then the cut is chosen and the rest starts the next window.
-    """
-
-    def __init__(self, max_window_s: float) -> None:
-        self.limit = int(max_window_s * SAMPLE_RATE)
-        back = int(lookback_s(max_window_s) * SAMPLE_RATE) // FRAME_LEN * FRAME_LEN
-        self.direct = self.limit - back  # samples of a window written before the range
-        self.index = 0  # of the current window
-        self.start = 0  # absolute sample where the current window starts
-        self.position = 0  # absolute samples seen
-        self._written = 0  # samples of the current window already passed on
-        self._held: list[npt.NDArray[np.int16]] = []
-        self._held_n = 0
-        self._floor = NoiseFloor()
-
-    def feed(self, samples: npt.NDArray[np.int16]) -> Iterator[npt.NDArray[np.int16] | _Cut]:
-        self._floor.add(frame_levels(samples, FRAME_LEN))
-        self.position += len(samples)
-        pending: deque[npt.NDArray[np.int16]] = deque([samples])
-        while pending:
-            chunk = pending.popleft()
-            if len(chunk) == 0:
-                continue
-            if self._written < self.direct:
-                n = min(self.direct - self._written, len(chunk))
-                self._written += n
-                yield chunk[:n]
-                pending.appendleft(chunk[n:])
-                continue
-            n = min(self.limit - self._written - self._held_n, len(chunk))
-            self._held.append(chunk[:n])
-            self._held_n += n
-            pending.appendleft(chunk[n:])
-            if self._written + self._held_n < self.limit:
-                continue
-            held = np.concatenate(self._held)
-            self._held, self._held_n = [], 0
-            cut = choose_cut(frame_levels(held, FRAME_LEN), FRAME_S, self._floor.dbfs())
-            at = min(len(held), round(cut.offset_s * SAMPLE_RATE))
-            if at:
-                yield held[:at]
-            end = self.start + self._written + at
-            if not cut.in_silence:
-                log.info("no silence before %.1f s; cut at the quietest point", end / SAMPLE_RATE)
-            yield _Cut(end)
-            self.index += 1
-            self.start = end
-            self._written = 0
-            pending.appendleft(held[at:])
-
-    def flush(self) -> npt.NDArray[np.int16]:
-        held = np.concatenate(self._held) if self._held else np.empty(0, np.int16)
-        self._held, self._held_n = [], 0
-        return held
 
 
 class _Process:

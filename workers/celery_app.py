@@ -41,8 +41,9 @@ SPLIT = "voxbatch.split"
 WINDOW = "voxbatch.window"
 REDUCE = "voxbatch.reduce"
 SWEEP = "voxbatch.sweep"
+WEBHOOK = "voxbatch.webhook"
 
-ROUTES = {SPLIT: CPU_QUEUE, WINDOW: GPU_QUEUE, REDUCE: CPU_QUEUE, SWEEP: CPU_QUEUE}
+ROUTES = {SPLIT: CPU_QUEUE, WINDOW: GPU_QUEUE, REDUCE: CPU_QUEUE, SWEEP: CPU_QUEUE, WEBHOOK: CPU_QUEUE}
 
 # Longest task: a 30-minute window whose requests each may take request_timeout_s (30 min), plus
 # re-cuts. Redis redelivers anything unacked for this long, so it must stay above every task.
@@ -182,25 +183,7 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-# `celery -A workers.celery_app` and every process that enqueues use this one app.
+# The app `celery -A workers.celery_app` (what `voxbatch worker` runs) serves; a worker process is
+# configured by its environment. Processes that only enqueue build theirs from the Settings they
+# are given (``workers.dispatch.Dispatcher``).
 app = make_celery(get_settings())
-
-
-# --- enqueueing (by name, so callers never import the task bodies) ------------------------------
-
-
-def enqueue_split(job_id: str) -> None:
-    app.send_task(SPLIT, args=[job_id], queue=ROUTES[SPLIT])
-
-
-def enqueue_window(job_id: str, index: int) -> None:
-    app.send_task(WINDOW, args=[job_id, index], queue=ROUTES[WINDOW])
-
-
-def enqueue_reduce(job_id: str) -> None:
-    app.send_task(REDUCE, args=[job_id], queue=ROUTES[REDUCE])
-
-
-def enqueue_sweep(expires_s: float) -> None:
-    # A sweep that waited longer than one period is stale: the next one is already on its way.
-    app.send_task(SWEEP, args=[], queue=ROUTES[SWEEP], expires=expires_s)

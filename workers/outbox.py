@@ -18,12 +18,13 @@ from urllib.parse import quote
 from sqlmodel import col, select
 
 from jobs.db import Database
-from jobs.documents import RENDERERS
+from jobs.documents import DOCUMENT_NAMES
 from jobs.errors import InputError, TransientError
 from jobs.models import DropObject, JobStatus, utcnow
-from jobs.pipeline import Runtime, get_job
+from jobs.runtime import Runtime
 from jobs.settings import Settings
-from jobs.storage import Storage, open_storage, parse_s3_url
+from jobs.storage import Storage
+from jobs.storage_urls import open_storage, parse_s3_url
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def deliver(rt: Runtime, job_id: str) -> bool:
     row = drop_object_for_job(rt.db, job_id)
     if row is None:
         return False
-    job = get_job(rt, job_id)
+    job = rt.store.get(job_id)
     if not JobStatus(job.status).finished:
         return False
     folder = DropFolder.from_settings(rt.settings)
@@ -119,8 +120,8 @@ def deliver(rt: Runtime, job_id: str) -> bool:
     dest = folder.output_dir(row.key)
     if job.status == JobStatus.succeeded:
         names = []
-        # The renderers name every document a job has; listing a local store would walk all of it.
-        for name in RENDERERS:
+        # Every document a job has, by name: listing a local store would walk all of it.
+        for name in DOCUMENT_NAMES:
             key = job.output_prefix + name
             if rt.storage.exists(key):
                 outbox.put_bytes(f"{dest}/{name}", rt.storage.get_bytes(key))

@@ -1,11 +1,26 @@
-"""Builds the pipeline's Runtime for this process from settings: database, storage, ffmpeg, engine."""
+"""Builds the pipeline's Runtime for this process from settings: database, storage, ffmpeg, engine,
+and what a job's end sets off here (the drop-folder outbox and the webhook)."""
 
 from __future__ import annotations
 
+import threading
+
 from jobs.db import Database
-from jobs.pipeline import Runtime
-from jobs.settings import Settings
-from jobs.storage import open_storage
+from jobs.runtime import Runtime
+from jobs.settings import Settings, get_settings
+from jobs.storage_urls import open_storage
+from workers.outbox import deliver_quietly
+from workers.webhooks import notify
+
+_process_runtime: Runtime | None = None
+_lock = threading.Lock()
+
+
+def announce_end(rt: Runtime, job_id: str) -> None:
+    """The side effects of a job's end: documents or error.json to the outbox (drop-folder jobs),
+    then the webhook. Installed on every Runtime built here (``jobs.steps.ending.job_ended``)."""
+    deliver_quietly(rt, job_id)
+    notify(rt, job_id)
 
 
 def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -22,4 +37,19 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         audio=FfmpegAudio(),
         settings=settings,
         engine_factory=lambda: build_engine(settings),
+        on_job_end=[announce_end],
     )
+
+
+def process_runtime() -> Runtime:
+    """This worker process's Runtime, built on first use (after the prefork fork, once per child)."""
+    global _process_runtime
+    with _lock:
+        if _process_runtime is None:
+            _process_runtime = build_runtime(get_settings())
+        return _process_runtime
+
+
+def built_runtime() -> Runtime | None:
+    """The process's Runtime if a task has built it (a prefork parent never does)."""
+    return _process_runtime

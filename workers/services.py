@@ -31,7 +31,6 @@ import redis
 from jobs.errors import InputError
 from jobs.settings import Settings
 from workers.celery_app import CPU_QUEUE, GPU_QUEUE, QUEUES, SOFT_SHUTDOWN_S, THREADS_POOL
-from workers.watcher import watch_argv
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +108,8 @@ class UpOptions:
     flower_port: int
     flower_address: str
     flower_basic_auth: str
+    # How to start this installation's own `voxbatch` command (the CLI in api/ decides).
+    voxbatch_cli: tuple[str, ...]
     api_port: int = 8000
 
 
@@ -119,8 +120,11 @@ class ServiceSpec:
     env: Callable[[UpOptions], dict[str, str]] = field(default=lambda _: dict(os.environ))
 
 
-# The running interpreter's CLI, whatever PATH says.
-VOXBATCH_CLI = [sys.executable, "-c", "from api.cli import main; main()"]
+def watch_argv(options: UpOptions) -> list[str] | None:
+    """The drop-folder watcher's command line; None when no drop folder is configured."""
+    if not options.settings.drop_url:
+        return None
+    return [*options.voxbatch_cli, "watch"]
 
 
 def api_env(options: UpOptions) -> dict[str, str]:
@@ -134,8 +138,8 @@ SERVICES: list[ServiceSpec] = [
     ServiceSpec("cpu-worker", lambda o: worker_argv([CPU_QUEUE], o.cpu_concurrency), lambda _: worker_env()),
     ServiceSpec("gpu-worker", lambda o: worker_argv([GPU_QUEUE], o.gpu_concurrency), lambda _: worker_env()),
     ServiceSpec("flower", lambda o: flower_argv(o.flower_address, o.flower_port, o.flower_basic_auth)),
-    ServiceSpec("watcher", lambda o: watch_argv(o.settings)),
-    ServiceSpec("api", lambda o: [*VOXBATCH_CLI, "api", "--port", str(o.api_port)], api_env),
+    ServiceSpec("watcher", watch_argv),
+    ServiceSpec("api", lambda o: [*o.voxbatch_cli, "api", "--port", str(o.api_port)], api_env),
 ]
 
 

@@ -14,14 +14,16 @@ import re
 from pathlib import Path
 from typing import IO
 
-from sqlalchemy import update
-from sqlmodel import col
-
-from jobs import pipeline
 from jobs.errors import InputError, TransientError
-from jobs.models import Job, utcnow
-from jobs.storage import S3Storage, parse_s3_url
-from workers import celery_app
+from jobs.models import Job
+from jobs.options import JobOptions
+from jobs.runtime import Runtime
+from jobs.steps.control import retry
+from jobs.steps.create import create_job
+from jobs.steps.ending import fail
+from jobs.steps.next import next_steps
+from jobs.storage_urls import open_storage, parse_s3_url
+from workers.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +41,9 @@ def source_key(job_id: str, name: str) -> str:
 
 
 def submit(
-    rt: pipeline.Runtime,
+    rt: Runtime,
     source: str,
-    options: pipeline.JobOptions,
+    options: JobOptions,
     *,
     stream: IO[bytes] | None = None,
     source_name: str | None = None,
@@ -58,9 +60,9 @@ def submit(
         bucket, key = parse_s3_url(source)
         if not key or key.endswith("/"):
             raise InputError(f"{source} names a folder, not a recording")
-        if not S3Storage(bucket, "", endpoint_url=rt.settings.s3_endpoint_url).exists(key):
+        if not open_storage(f"s3://{bucket}", rt.settings.s3_endpoint_url).exists(key):
             raise InputError(f"{source} does not exist or is not readable with these credentials")
-        job = pipeline.create_job(
+        job = create_job(
             rt,
             source,
             options,
@@ -76,9 +78,7 @@ def submit(
                 raise InputError(f"{source} is not a file")
             source = str(path)
         name = name or Path(source).name
-        job = pipeline.create_job(
-            rt, source, options, source_name=name, tenant=tenant, fingerprint=fingerprint
-        )
+        job = create_job(rt, source, options, source_name=name, tenant=tenant, fingerprint=fingerprint)
         key = source_key(job.id, name)
         try:
             if stream is not None:
@@ -88,47 +88,36 @@ def submit(
                 with path.open("rb") as f:
                     rt.storage.put_stream(key, f)
         except Exception as exc:
-            pipeline.fail_job(rt, job.id, f"the upload into storage failed: {exc}")
+            fail(rt, job.id, f"the upload into storage failed: {exc}")
             raise
-        with rt.db.session() as s:
-            s.execute(update(Job).where(col(Job.id) == job.id).values(source_key=key, updated_at=utcnow()))
-            s.commit()
+        rt.store.update(job.id, source_key=key)
         job.source_key = key
-    _enqueue(rt, job.id, celery_app.enqueue_split, job.id)
+    enqueue_next(rt, job.id)
     log.info("job %s: submitted (%s)", job.id, job.source_name)
     return job
 
 
-def resume(rt: pipeline.Runtime, job_id: str, tenant: str | None = None) -> Job:
+def resume(rt: Runtime, job_id: str, tenant: str | None = None) -> Job:
     """Retry a failed or cancelled job: windows already done are kept, only what is missing is enqueued."""
-    job = pipeline.retry_job(rt, job_id, tenant)
-    enqueue_missing(rt, job)
-    return pipeline.get_job(rt, job_id)
+    job = retry(rt, job_id, tenant)
+    enqueue_next(rt, job.id)
+    return rt.store.get(job_id)
 
 
-def enqueue_missing(rt: pipeline.Runtime, job: Job) -> None:
-    if job.windows_total is None:
-        _enqueue(rt, job.id, celery_app.enqueue_split, job.id)
-        return
-    pending = pipeline.pending_windows(rt, job.id)
-    for index in pending:
-        _enqueue(rt, job.id, celery_app.enqueue_window, job.id, index)
-    if not pending and pipeline.claim_reduce(rt, job.id):
-        _enqueue(rt, job.id, celery_app.enqueue_reduce, job.id)
-    log.info("job %s: %d window(s) enqueued again", job.id, len(pending))
-
-
-def _enqueue(rt: pipeline.Runtime, job_id: str, fn: object, *args: object) -> None:
+def enqueue_next(rt: Runtime, job_id: str) -> None:
+    """Enqueue everything the job still needs (``next_steps``); a broker that cannot be reached
+    fails the job with what to do, so that `retry` can pick it up again."""
+    steps = next_steps(rt, job_id)
     try:
-        fn(*args)  # type: ignore[operator]
+        Dispatcher(rt.settings).send_all(steps)
     except Exception as exc:
         reason = (
             f"could not reach the broker at {redacted(rt.settings.broker_url)} ({exc.__class__.__name__}); "
             f"start Redis (or `voxbatch up`), then `voxbatch retry {job_id}`"
         )
-        # A job whose message never left is failed, so that `retry` can pick it up again.
-        pipeline.fail_job(rt, job_id, reason)
+        fail(rt, job_id, reason)
         raise TransientError(reason) from exc
+    log.info("job %s: enqueued %s", job_id, ", ".join(sorted({s.kind for s in steps})) or "nothing")
 
 
 def redacted(url: str) -> str:

@@ -24,29 +24,31 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import PurePosixPath
 from typing import Any, Protocol
-from urllib.parse import unquote_plus, urlsplit
-
-from sqlalchemy import delete, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
 
 from jobs.db import Database
 from jobs.engine import AudioTool
-from jobs.errors import InputError, PermanentError, StorageUnavailable, VoxbatchError
-from jobs.models import DropObject, utcnow
-from jobs.pipeline import JobOptions
+from jobs.errors import InputError, NotFound, PermanentError, StorageUnavailable, VoxbatchError
+from jobs.options import JobOptions
+from jobs.s3 import s3_errors
 from jobs.settings import Settings
 from jobs.storage import Storage
+from workers.drop_events import events_in, make_client, sqs_client
+from workers.drop_ledger import (
+    DropItem,
+    claim,
+    known_versions,
+    normalize_etag,
+    record_error,
+    record_job,
+    release,
+    release_stale_claims,
+)
 from workers.outbox import DropFolder, open_outbox, write_error
 
 log = logging.getLogger(__name__)
@@ -54,9 +56,6 @@ log = logging.getLogger(__name__)
 SIDECAR_SUFFIX = ".json"
 SIDECAR_FIELDS = ("instructions", "preset", "language", "webhook_url", "window_minutes")
 MAX_SIDECAR_BYTES = 64 * 1024
-# A ledger row with neither a job nor an error this old belongs to a watcher that died between
-# taking the recording and submitting it: release it so a later scan takes it again.
-STALE_CLAIM = timedelta(minutes=15)
 PAGE_SIZE = 1000
 TAG_KEY = "voxbatch"
 # SQS long poll: up to 20 s is allowed; shorter so that a stopping watcher exits soon.
@@ -72,16 +71,6 @@ class Submit(Protocol):
     def __call__(self, source: str, options: JobOptions, source_name: str) -> str: ...
 
 
-@dataclass(frozen=True)
-class DropItem:
-    """One version of one object in the inbox."""
-
-    bucket: str
-    key: str
-    etag: str
-    size: int
-
-
 @dataclass
 class ScanReport:
     listed: int = 0  # objects the listing (or the events) named
@@ -95,11 +84,6 @@ class ScanReport:
     messages: int = 0  # SQS messages received (event mode)
 
 
-def normalize_etag(etag: str) -> str:
-    # Listings quote ETags, event records do not: both must name the same ledger row.
-    return etag.strip().strip('"')
-
-
 def is_recording(key: str) -> bool:
     return not key.endswith("/") and not key.lower().endswith(SIDECAR_SUFFIX)
 
@@ -108,171 +92,6 @@ def sidecar_key(key: str) -> str:
     """``inbox/a/Panel.mp3`` → ``inbox/a/Panel.json``."""
     path = PurePosixPath(key)
     return str(path.with_name(path.stem + SIDECAR_SUFFIX))
-
-
-# --- the ledger ---------------------------------------------------------------------------------
-
-
-def known_versions(db: Database, bucket: str, keys: Sequence[str]) -> set[tuple[str, str]]:
-    """(key, etag) pairs of ``keys`` already in the ledger, in one query."""
-    if not keys:
-        return set()
-    with db.session() as s:
-        rows = s.exec(
-            select(DropObject.key, DropObject.etag)
-            .where(col(DropObject.bucket) == bucket)
-            .where(col(DropObject.key).in_(list(set(keys))))
-        ).all()
-    return {(k, e) for k, e in rows}
-
-
-def claim(db: Database, item: DropItem) -> int | None:
-    """Insert the ledger row; its id when this caller won, None when the row already existed."""
-    values = {
-        "bucket": item.bucket,
-        "key": item.key,
-        "etag": item.etag,
-        "size": item.size,
-        "created_at": utcnow(),
-    }
-    conflict = ["bucket", "key", "etag"]
-    with db.session() as s:
-        dialect = s.get_bind().dialect.name
-        if dialect in ("sqlite", "postgresql"):
-            insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
-            stmt = (
-                insert(DropObject)
-                .values(**values)
-                .on_conflict_do_nothing(index_elements=conflict)
-                .returning(col(DropObject.id))
-            )
-            row_id = s.execute(stmt).scalar()
-            s.commit()
-            return int(row_id) if row_id is not None else None
-        row = DropObject(**values)  # type: ignore[arg-type]
-        s.add(row)
-        try:
-            s.commit()
-        except IntegrityError:
-            s.rollback()
-            return None
-        return row.id
-
-
-def record_job(db: Database, row_id: int, job_id: str) -> None:
-    with db.session() as s:
-        s.execute(update(DropObject).where(col(DropObject.id) == row_id).values(job_id=job_id))
-        s.commit()
-
-
-def record_error(db: Database, row_id: int, reason: str) -> None:
-    with db.session() as s:
-        s.execute(update(DropObject).where(col(DropObject.id) == row_id).values(error=reason[:4000]))
-        s.commit()
-
-
-def release(db: Database, row_id: int) -> None:
-    """Forget an unfinished claim so that a later scan (by any watcher) takes the recording again."""
-    with db.session() as s:
-        s.execute(
-            delete(DropObject)
-            .where(col(DropObject.id) == row_id)
-            .where(col(DropObject.job_id).is_(None))
-            .where(col(DropObject.error).is_(None))
-        )
-        s.commit()
-
-
-def release_stale_claims(db: Database, bucket: str) -> int:
-    with db.session() as s:
-        res = s.execute(
-            delete(DropObject)
-            .where(col(DropObject.bucket) == bucket)
-            .where(col(DropObject.job_id).is_(None))
-            .where(col(DropObject.error).is_(None))
-            .where(col(DropObject.created_at) < utcnow() - STALE_CLAIM)
-        )
-        s.commit()
-        return int(res.rowcount or 0)  # type: ignore[attr-defined]
-
-
-# --- S3 and SQS ---------------------------------------------------------------------------------
-
-
-@contextmanager
-def s3_errors(what: str) -> Iterator[None]:
-    """botocore's errors in voxbatch's tree, at the one place the watcher talks to AWS."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        yield
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in {"NoSuchBucket", "AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
-            raise InputError(f"{what} failed: {code}") from exc
-        if code in {"NoSuchKey", "404", "NotFound", "AWS.SimpleQueueService.NonExistentQueue"}:
-            raise InputError(f"{what} failed: {code} (it does not exist)") from exc
-        raise StorageUnavailable(f"{what} failed: {code or exc}") from exc
-    except BotoCoreError as exc:
-        raise StorageUnavailable(f"{what} failed: {exc}") from exc
-
-
-def make_client(service: str, endpoint_url: str | None) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    config = Config(retries={"max_attempts": 5, "mode": "standard"})
-    return boto3.client(service, endpoint_url=endpoint_url, config=config)  # type: ignore[call-overload]
-
-
-def sqs_client(queue_url: str) -> Any:
-    """A client for the queue's own endpoint: the queue may live apart from a non-AWS S3."""
-    import boto3
-    from botocore.config import Config
-
-    parts = urlsplit(queue_url)
-    if not parts.scheme or not parts.netloc:
-        raise InputError(f"VOXBATCH_DROP_SQS_QUEUE_URL is not a queue URL: {queue_url}")
-    host = parts.hostname or ""
-    labels = host.split(".")
-    # https://sqs.<region>.amazonaws.com/<account>/<name>: sign for the queue's region.
-    region = labels[1] if len(labels) > 3 and labels[0] == "sqs" and host.endswith(".amazonaws.com") else None
-    config = Config(retries={"max_attempts": 5, "mode": "standard"})
-    return boto3.client(
-        "sqs", endpoint_url=f"{parts.scheme}://{parts.netloc}", region_name=region, config=config
-    )
-
-
-def events_in(body: str) -> list[DropItem]:
-    """The created objects an SQS message names. ``s3:TestEvent`` and other events name none.
-
-    Accepts S3's own message and the same wrapped by SNS. Raises ValueError on anything else.
-    """
-    message = json.loads(body)
-    if not isinstance(message, dict):
-        raise ValueError("not a JSON object")
-    if message.get("Type") == "Notification" and isinstance(message.get("Message"), str):
-        message = json.loads(message["Message"])
-    if message.get("Event") == "s3:TestEvent":
-        return []
-    records = message.get("Records")
-    if not isinstance(records, list):
-        raise ValueError("no Records")
-    items = []
-    for record in records:
-        if not str(record.get("eventName", "")).startswith("ObjectCreated:"):
-            continue
-        s3 = record["s3"]
-        items.append(
-            DropItem(
-                bucket=s3["bucket"]["name"],
-                # Event keys are form-encoded: "track b/x.mp3" arrives as "track+b/x.mp3".
-                key=unquote_plus(s3["object"]["key"]),
-                etag=normalize_etag(str(s3["object"].get("eTag", ""))),
-                size=int(s3["object"].get("size", 0)),
-            )
-        )
-    return items
 
 
 # --- the watcher --------------------------------------------------------------------------------
@@ -430,16 +249,12 @@ class Watcher:
     def read_sidecar(self, key: str) -> dict[str, Any]:
         side = sidecar_key(key)
         name = PurePosixPath(side).name
-        from botocore.exceptions import ClientError
-
-        with s3_errors(f"reading the sidecar {name}"):
-            try:
+        try:
+            with s3_errors(f"reading the sidecar {name}"):
                 resp = self.s3.get_object(Bucket=self.folder.bucket, Key=side)
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404", "NotFound"}:
-                    return {}
-                raise
-            raw = resp["Body"].read(MAX_SIDECAR_BYTES + 1)
+                raw = resp["Body"].read(MAX_SIDECAR_BYTES + 1)
+        except NotFound:
+            return {}
         if len(raw) > MAX_SIDECAR_BYTES:
             raise InputError(f"the sidecar {name} is larger than {MAX_SIDECAR_BYTES // 1024} KB")
         try:
@@ -547,10 +362,3 @@ def celery_submitter(settings: Settings) -> tuple[Database, Submit]:
         return submission.submit(rt, source, options, source_name=source_name).id
 
     return rt.db, submit
-
-
-def watch_argv(settings: Settings) -> list[str] | None:
-    """``voxbatch up``'s command line for the watcher; None when no drop folder is configured."""
-    if not settings.drop_url:
-        return None
-    return [sys.executable, "-c", "from api.cli import main; main()", "watch"]

@@ -38,17 +38,14 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-from sqlalchemy import update
-from sqlmodel import col
 
-from jobs import pipeline
 from jobs.errors import InputError
 from jobs.models import Job, JobStatus, Tenant, utcnow
-from workers.celery_app import CPU_QUEUE, app
+from jobs.runtime import Runtime
+from workers.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
 
-WEBHOOK = "voxbatch.webhook"
 MAX_DELIVERIES = 6
 TIMEOUT_S = 10.0
 SIGNATURE_HEADER = "X-Voxbatch-Signature"
@@ -129,16 +126,14 @@ def _attempts(job: Job) -> list[dict[str, Any]]:
     return value if isinstance(value, list) else []
 
 
-def _append(
-    rt: pipeline.Runtime, job_id: str, record: dict[str, Any], *, unless_queued: bool = False
-) -> bool:
+def _append(rt: Runtime, job_id: str, record: dict[str, Any], *, unless_queued: bool = False) -> bool:
     """Append ``record`` with compare-and-swap (workers and the API write concurrently).
 
     With ``unless_queued``, nothing is written when a delivery for the same job attempt and final
     status was already queued: that is how one ending sends one webhook.
     """
     for _ in range(10):
-        job = pipeline.get_job(rt, job_id)
+        job = rt.store.get(job_id)
         old = job.webhook_attempts
         records = _attempts(job)
         if unless_queued and any(
@@ -148,24 +143,19 @@ def _append(
             for r in records
         ):
             return False
-        new = json.dumps([*records, record])
-        cond = col(Job.webhook_attempts).is_(None) if old is None else col(Job.webhook_attempts) == old
-        with rt.db.session() as s:
-            res = s.execute(update(Job).where(col(Job.id) == job_id).where(cond).values(webhook_attempts=new))
-            s.commit()
-        if res.rowcount == 1:  # type: ignore[attr-defined]
+        if rt.store.compare_and_set(job_id, "webhook_attempts", old, json.dumps([*records, record])):
             return True
     log.warning("job %s: could not record a webhook attempt (contention)", job_id)
     return False
 
 
-def notify(rt: pipeline.Runtime, job_id: str) -> bool:
+def notify(rt: Runtime, job_id: str) -> bool:
     """Enqueue the webhook of a job that has ended; once per job attempt and final status.
 
     Never raises: a webhook is a courtesy, the job's outcome is already stored.
     """
     try:
-        job = pipeline.get_job(rt, job_id)
+        job = rt.store.get(job_id)
         if not job.webhook_url or not JobStatus(job.status).finished:
             return False
         record = {
@@ -176,7 +166,7 @@ def notify(rt: pipeline.Runtime, job_id: str) -> bool:
         }
         if not _append(rt, job_id, record, unless_queued=True):
             return False
-        app.send_task(WEBHOOK, args=[job_id, job.attempt], queue=CPU_QUEUE)
+        Dispatcher(rt.settings).send_webhook(job_id, job.attempt)
         log.info("job %s: webhook queued (%s)", job_id, job.status)
         return True
     except Exception:
@@ -236,9 +226,9 @@ def send(url: str, secret: str | None, body: bytes, timestamp: int, allow_privat
     )
 
 
-def deliver(rt: pipeline.Runtime, job_id: str, job_attempt: int, delivery: int) -> Delivery:
+def deliver(rt: Runtime, job_id: str, job_attempt: int, delivery: int) -> Delivery:
     """Send the job's webhook once and record the attempt."""
-    job = pipeline.get_job(rt, job_id)
+    job = rt.store.get(job_id)
     if not job.webhook_url:
         return Delivery(ok=True, retry=False)
     with rt.db.session() as s:
@@ -269,17 +259,5 @@ def deliver(rt: pipeline.Runtime, job_id: str, job_attempt: int, delivery: int) 
     return result
 
 
-def backoff_s(rt: pipeline.Runtime, delivery: int) -> float:
+def backoff_s(rt: Runtime, delivery: int) -> float:
     return float(rt.settings.webhook_backoff_s * (2 ** (delivery - 1)))
-
-
-@app.task(name=WEBHOOK, bind=True, acks_late=True, max_retries=MAX_DELIVERIES - 1, ignore_result=True)
-def webhook(self: Any, job_id: str, job_attempt: int) -> str:
-    from workers.tasks import runtime
-
-    rt = runtime()
-    delivery = int(self.request.retries) + 1
-    result = deliver(rt, job_id, job_attempt, delivery)
-    if not result.ok and result.retry and delivery < MAX_DELIVERIES:
-        raise self.retry(countdown=backoff_s(rt, delivery))
-    return "delivered" if result.ok else "gave up"

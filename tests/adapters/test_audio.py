@@ -17,7 +17,6 @@ import pytest
 
 from jobs.engine import WindowAudio
 from jobs.errors import InputError
-from jobs.planning import check_coverage
 from tests.markers import detect
 from tests.speech import (
     PARAGRAPHS,
@@ -29,6 +28,7 @@ from tests.speech import (
     render,
     write_audio,
 )
+from tests.tiling import check_coverage
 from workers.audio import SAMPLE_RATE, FfmpegAudio
 
 audio = FfmpegAudio()
@@ -327,7 +327,8 @@ def test_the_bundled_sample_splits_in_its_pauses(tmp_path: Path) -> None:
 @pytest.mark.parametrize("block", [1_000, 7_919, 160_000, 1_000_000])
 def test_window_planner_is_exact_whatever_the_block_size(block: int) -> None:
     """Samples pass through unchanged and cuts land in the gaps, however reads are chunked."""
-    from workers.audio import _Cut, _WindowPlanner
+    from jobs.planning import WindowCut as _Cut
+    from jobs.planning import WindowPlanner
 
     rng = np.random.default_rng(1)
     pieces, gaps, position = [], [], 0
@@ -340,7 +341,7 @@ def test_window_planner_is_exact_whatever_the_block_size(block: int) -> None:
             gaps.append((position, position + len(quiet)))
         position += len(quiet)
     signal = np.concatenate(pieces)
-    planner = _WindowPlanner(12.0)
+    planner = WindowPlanner(12.0, SAMPLE_RATE)
     out: list[np.ndarray] = []
     cuts: list[int] = []
     for start in range(0, len(signal), block):

@@ -20,13 +20,9 @@ import httpx
 import pytest
 
 from jobs.errors import InputError, NotFound, StorageUnavailable
-from jobs.storage import (
-    LocalStorage,
-    S3Storage,
-    Storage,
-    UnsafeKey,
-    open_storage,
-)
+from jobs.s3 import S3Storage
+from jobs.storage import LocalStorage, Storage, UnsafeKey, put_file
+from jobs.storage_urls import open_storage
 from tests.fixtures.s3 import MotoS3, free_port
 
 MIB = 1024 * 1024
@@ -110,7 +106,7 @@ def test_empty_object(store: Storage) -> None:
 def test_file_round_trip(store: Storage, tmp_path: Path) -> None:
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(300_000))
-    store.put_file("jobs/j1/windows/0003.flac", src)
+    put_file(store, "jobs/j1/windows/0003.flac", src)
     out = tmp_path / "deep" / "er" / "out.bin"
     store.download("jobs/j1/windows/0003.flac", out)
     assert out.read_bytes() == src.read_bytes()
@@ -178,19 +174,26 @@ def test_unsafe_prefixes_are_rejected(store: Storage, prefix: str) -> None:
         list(store.list(prefix))
 
 
-def test_local_path_and_presigned_url(store: Storage) -> None:
+def test_readable_url_is_what_ffmpeg_can_open(store: Storage) -> None:
     store.put_bytes("jobs/j1/output/document.md", b"# Title\n")
-    local = store.local_path("jobs/j1/output/document.md")
-    url = store.presigned_url("jobs/j1/output/document.md", expires_s=600)
+    url = store.readable_url("jobs/j1/output/document.md", expires_s=600)
     if isinstance(store, LocalStorage):
-        assert local is not None and local.read_bytes() == b"# Title\n"
-        assert url is None
+        assert Path(url).read_bytes() == b"# Title\n"
     else:
-        assert local is None
-        assert url is not None
         answer = httpx.get(url)
         assert answer.status_code == 200
         assert answer.content == b"# Title\n"
+    with pytest.raises(NotFound):
+        store.readable_url("jobs/j1/output/missing.md")
+
+
+def test_delete_removes_the_object_and_nothing_else(store: Storage) -> None:
+    store.put_bytes("uploads/t/u1/a.mp3", b"a")
+    store.put_bytes("uploads/t/u2/b.mp3", b"b")
+    store.delete("uploads/t/u1/a.mp3")
+    store.delete("uploads/t/u1/a.mp3")  # twice is fine
+    assert not store.exists("uploads/t/u1/a.mp3")
+    assert list(store.list("uploads/")) == ["uploads/t/u2/b.mp3"]
 
 
 # --- local directory only ------------------------------------------------------------------------
@@ -260,7 +263,7 @@ def test_missing_bucket_is_a_clear_input_error(moto_s3: MotoS3, tmp_path: Path) 
     src.write_bytes(b"x")
     calls = [
         lambda: store.put_bytes("k", b"x"),
-        lambda: store.put_file("k", src),
+        lambda: put_file(store, "k", src),
         lambda: store.put_stream("k", io.BytesIO(b"x")),
         lambda: store.get_bytes("k"),
         lambda: store.download("k", tmp_path / "out"),

@@ -13,7 +13,6 @@ from tests.api.stack import ApiStack
 pytest.importorskip("schemathesis")
 
 
-@pytest.mark.slow
 def test_no_request_from_the_schema_gets_a_500(local_stack: ApiStack, tmp_path: Path) -> None:
     st = Path(sys.executable).with_name("schemathesis")
     done = subprocess.run(

@@ -2,7 +2,7 @@ import pytest
 
 from jobs.errors import InputError
 from jobs.languages import check_language
-from jobs.pipeline import JobOptions
+from jobs.options import JobOptions
 from jobs.presets import PRESETS, get_preset, overall_prompt, window_prompt
 from jobs.settings import Settings
 

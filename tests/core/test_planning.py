@@ -8,14 +8,13 @@ import pytest
 from jobs.planning import (
     FRAME_S,
     SILENCE_DBFS,
-    CoverageError,
     NoiseFloor,
-    check_coverage,
     choose_cut,
     frame_levels,
     lookback_s,
     silence_threshold,
 )
+from tests.tiling import CoverageError, check_coverage
 
 SPEECH = -18.0
 QUIET = -60.0

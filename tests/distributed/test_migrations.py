@@ -50,7 +50,7 @@ def test_an_empty_database_migrates_to_head_matching_the_models(empty_url: str) 
 
 def test_a_database_made_by_create_all_is_stamped_not_recreated(empty_url: str) -> None:
     db = Database(empty_url)
-    db.create_all()
+    SQLModel.metadata.create_all(db.engine)
     db.migrate()
     with db.engine.connect() as conn:
         assert current_revision(conn) == head_revision()

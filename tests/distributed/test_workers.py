@@ -42,9 +42,8 @@ def job_row(stack: Stack, job_id: str) -> dict:
 
 
 def running_window(rt: object, job_id: str, owner_pid: int | None = None) -> object:
-    from jobs.pipeline import get_windows
 
-    for w in get_windows(rt, job_id):  # type: ignore[arg-type]
+    for w in rt.store.windows(job_id):  # type: ignore[arg-type]
         mine = owner_pid is None or f":{owner_pid}:" in (w.lease_owner or "")
         if w.status == WindowStatus.running and w.lease_owner and mine:
             return w
@@ -125,9 +124,8 @@ def test_a_sigkilled_gpu_worker_costs_about_one_lease(
     killed_at = datetime.now(UTC)
     waited = c.wait(job_id, 90)
     assert waited.returncode == 0, (waited.stderr, c.logs())
-    from jobs.pipeline import get_windows
 
-    redone = next(w for w in get_windows(rt, job_id) if w.index == window.index)  # type: ignore[attr-defined]
+    redone = next(w for w in rt.store.windows(job_id) if w.index == window.index)  # type: ignore[attr-defined]
     assert redone.attempts == 2 and redone.status == WindowStatus.done
     # Taken over once the lease expired and the next sweep ran (+ slack for a loaded machine),
     # nowhere near Redis's visibility timeout (hours).
@@ -154,9 +152,8 @@ def test_sigterm_requeues_a_running_window_at_once(
     waited = c.wait(job_id, 90)
     assert waited.returncode == 0, (waited.stderr, c.logs())
     assert "handed back to the queue" in leaving.text(), leaving.text()[-3000:]
-    from jobs.pipeline import get_windows
 
-    redone = next(w for w in get_windows(rt, job_id) if w.index == window.index)  # type: ignore[attr-defined]
+    redone = next(w for w in rt.store.windows(job_id) if w.index == window.index)  # type: ignore[attr-defined]
     assert redone.attempts == 2 and redone.status == WindowStatus.done
     # Claimed again by the other worker as soon as it was up: long before the lease would expire.
     assert (redone.started_at - sent).total_seconds() < 30 < lease
@@ -172,9 +169,8 @@ def test_jobs_complete_when_redis_restarts_mid_job(
     c.start_worker("gpu", 2)
     jobs = [c.submit(marker_recording.path, *WINDOW) for _ in range(2)]
     rt = c.runtime()
-    from jobs.pipeline import get_job
 
-    wait_until(lambda: get_job(rt, jobs[0]).windows_done >= 1, 60, "a first window")
+    wait_until(lambda: rt.store.get(jobs[0]).windows_done >= 1, 60, "a first window")
     stack.redis.restart(down_s=1.0)
     for n, job_id in enumerate(jobs):
         waited = c.wait(job_id, 120)
@@ -198,15 +194,14 @@ def test_jobs_complete_when_the_engine_answers_503_to_every_third_request(
     log = stack.vllm.stats()["log"]
     assert sum(e["status"] == 503 for e in log) >= 3
     rt = c.runtime()
-    from jobs.pipeline import get_windows
 
-    assert any(w.attempts > 1 for j in jobs for w in get_windows(rt, j))
+    assert any(w.attempts > 1 for j in jobs for w in rt.store.windows(j))
 
 
 def test_a_window_delivered_twice_calls_the_engine_once_and_writes_the_same_bytes(
     stack_factory: Callable[..., Stack], marker_recording: Recording, tmp_path: Path
 ) -> None:
-    from jobs.pipeline import get_job, get_windows
+
     from jobs.settings import Settings
     from workers.celery_app import WINDOW as WINDOW_TASK
     from workers.celery_app import make_celery
@@ -223,11 +218,11 @@ def test_a_window_delivered_twice_calls_the_engine_once_and_writes_the_same_byte
     app.send_task(WINDOW_TASK, args=[job_id, first.index]).get(timeout=30)  # type: ignore[attr-defined]
     waited = c.wait(job_id, 60)
     assert waited.returncode == 0, (waited.stderr, c.logs())
-    total = get_job(rt, job_id).windows_total
+    total = rt.store.get(job_id).windows_total
     assert len(stack.ok_transcriptions()) == total
 
     def snapshot() -> dict[str, str]:
-        keys = [w.result_key for w in get_windows(rt, job_id)]
+        keys = [w.result_key for w in rt.store.windows(job_id)]
         keys += [f"jobs/{job_id}/output/{n}" for n in ("document.md", "document.json", "transcript.txt")]
         return {k: hashlib.sha256(rt.storage.get_bytes(k)).hexdigest() for k in keys}
 
@@ -238,13 +233,12 @@ def test_a_window_delivered_twice_calls_the_engine_once_and_writes_the_same_byte
         r.get(timeout=30)
     assert stack.vllm.stats()["posts"] == posts
     assert snapshot() == before
-    assert get_job(rt, job_id).status == JobStatus.succeeded
+    assert rt.store.get(job_id).status == JobStatus.succeeded
 
 
 def test_cancel_stops_a_job_and_retry_resumes_from_the_windows_done(
     stack_factory: Callable[..., Stack], marker_recording: Recording, tmp_path: Path
 ) -> None:
-    from jobs.pipeline import get_job, get_windows, pending_windows
 
     stack = stack_factory({"latency_s": 1.5})
     c = stack.cluster
@@ -252,24 +246,24 @@ def test_cancel_stops_a_job_and_retry_resumes_from_the_windows_done(
     c.start_worker("gpu", 1)
     job_id = c.submit(marker_recording.path, *WINDOW)
     rt = c.runtime()
-    wait_until(lambda: get_job(rt, job_id).windows_done >= 1, 60, "a first window")
+    wait_until(lambda: rt.store.get(job_id).windows_done >= 1, 60, "a first window")
     cancelled = c.cli("cancel", job_id)
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout, cancelled.stderr
     waited = c.wait(job_id, 10)
     assert waited.returncode == 1 and "cancelled" in waited.stderr
     time.sleep(4)  # the window in flight finishes; nothing new starts
-    assert get_job(rt, job_id).status == JobStatus.cancelled
-    assert pending_windows(rt, job_id), "cancel should have stopped the job before its last window"
-    done_before = {w.index: w.finished_at for w in get_windows(rt, job_id) if w.status == WindowStatus.done}
+    assert rt.store.get(job_id).status == JobStatus.cancelled
+    assert rt.store.pending_windows(job_id), "cancel should have stopped the job before its last window"
+    done_before = {w.index: w.finished_at for w in rt.store.windows(job_id) if w.status == WindowStatus.done}
     assert c.cli("fetch", job_id, "--output-dir", str(tmp_path / "x")).returncode == 2
 
     retried = c.cli("retry", job_id)
     assert retried.returncode == 0, retried.stderr
     waited = c.wait(job_id, 60)
     assert waited.returncode == 0, (waited.stderr, c.logs())
-    after = {w.index: w.finished_at for w in get_windows(rt, job_id)}
+    after = {w.index: w.finished_at for w in rt.store.windows(job_id)}
     assert all(after[i] == t for i, t in done_before.items())  # not redone
-    assert len(stack.ok_transcriptions()) == get_job(rt, job_id).windows_total
+    assert len(stack.ok_transcriptions()) == rt.store.get(job_id).windows_total
     fetch_and_check(stack, job_id, marker_recording, tmp_path / "out")
     # Retrying a finished job is a one-line input error.
     again = c.cli("retry", job_id)
@@ -310,9 +304,8 @@ def test_jobs_whose_messages_were_lost_are_enqueued_again(
     broker.delete("cpu")
     c.start_worker("cpu", 1)
     rt = c.runtime()
-    from jobs.pipeline import get_job
 
-    wait_until(lambda: get_job(rt, queued).status == JobStatus.transcribing, 60, "the split, enqueued again")
+    wait_until(lambda: rt.store.get(queued).status == JobStatus.transcribing, 60, "the split, enqueued again")
     wait_until(lambda: broker.llen("gpu") >= 2, 30, "the windows' messages")
     broker.delete("gpu")  # the windows' messages are gone too
     c.start_worker("gpu", 2)

@@ -17,10 +17,11 @@ from typing import Any
 import boto3
 import pytest
 
-from jobs import pipeline
 from jobs.db import Database
-from jobs.pipeline import JobOptions, Runtime
+from jobs.options import JobOptions
+from jobs.runtime import Runtime
 from jobs.settings import Settings
+from jobs.steps.create import create_job
 from jobs.storage import LocalStorage
 from workers.audio import FfmpegAudio
 from workers.watcher import Submit, Watcher
@@ -117,7 +118,7 @@ class DropWorld:
     def submit(self, source: str, options: JobOptions, source_name: str) -> str:
         # The real job creation (options validated, row written); only the enqueue is left out,
         # which these tests do not exercise (tests/watcher/test_end_to_end.py does).
-        return pipeline.create_job(self.rt, source, options, source_name=source_name).id
+        return create_job(self.rt, source, options, source_name=source_name).id
 
     def watcher(self, submit: Submit | None = None, **overrides: Any) -> Watcher:
         settings = self.settings.model_copy(update=overrides) if overrides else self.settings

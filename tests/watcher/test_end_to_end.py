@@ -22,8 +22,6 @@ from tests.fixtures.services import VOXBATCH, Cluster, Postgres, RedisServer, wa
 from tests.speech import Recording
 from tests.standins.vllm_server import StandInVLLM
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture
 def stand_in() -> Iterator[StandInVLLM]:

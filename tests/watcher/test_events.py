@@ -15,7 +15,7 @@ from sqlmodel import select
 from jobs.models import Job
 from tests.fixtures.services import wait_until
 from tests.watcher.conftest import DropWorld
-from workers.watcher import events_in
+from workers.drop_events import events_in
 
 
 @pytest.fixture

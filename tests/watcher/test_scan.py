@@ -1,6 +1,6 @@
 """The watcher against a moto S3 server: real boto3, real AWS CLI uploads, real ffprobe, real SQLite.
 
-Jobs are created for real (``pipeline.create_job``) but not enqueued; the end-to-end test runs them.
+Jobs are created for real (``jobs.steps.create.create_job``) but not enqueued; the end-to-end test runs them.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from sqlmodel import select
 
 from jobs.errors import StorageUnavailable
 from jobs.models import DropObject, Job, utcnow
-from jobs.pipeline import JobOptions
+from jobs.options import JobOptions
 from tests.watcher.conftest import DropWorld
-from workers.watcher import STALE_CLAIM, DropItem, claim, sidecar_key
+from workers.drop_ledger import STALE_CLAIM, DropItem, claim
+from workers.watcher import sidecar_key
 
 NAMES = ["talk.wav", "track b/Panel.wav", "track b/deep/nested/Ünïcode talk ☕.wav", "a+b%20c.wav"]
 
@@ -63,7 +64,7 @@ def test_scan_ingests_every_recording_once(drop: DropWorld, aws_cp: Any, inbox_d
     created = {j.source_name: j for j in jobs(drop)}
     assert set(created) == {Path(n).name for n in NAMES} | {"long recording.wav"}
     # The job's source names the exact key, however odd its characters.
-    from jobs.storage import parse_s3_url
+    from jobs.storage_urls import parse_s3_url
 
     keys = {parse_s3_url(j.source)[1] for j in created.values()}
     assert keys == {f"inbox/{n}" for n in [*NAMES, "track b/long recording.wav"]}

@@ -1,13 +1,13 @@
-"""`voxbatch api` and `voxbatch keys create`. Registered on ``api.cli.cli`` by importing this module."""
+"""`voxbatch api` and `voxbatch keys create`."""
 
 from __future__ import annotations
 
 import click
 
-from api.cli import cli, load_settings, one_line_errors
+from api.cli.common import load_settings, one_line_errors
 
 
-@cli.command()
+@click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
 @one_line_errors
@@ -22,7 +22,7 @@ def api(host: str, port: int) -> None:
     uvicorn.run(app, host=host, port=port, log_config=None, proxy_headers=True, timeout_graceful_shutdown=10)
 
 
-@cli.group()
+@click.group()
 def keys() -> None:
     """API keys."""
 

@@ -1,5 +1,4 @@
-"""Service commands: ``voxbatch worker``, ``voxbatch flower`` and ``voxbatch up``. Registered on
-``api.cli.cli`` by importing this module.
+"""Service commands: ``voxbatch worker``, ``voxbatch flower`` and ``voxbatch up``.
 
 ``worker`` and ``flower`` replace this process with Celery's (same pid), so signals sent to the
 pid a supervisor knows reach Celery directly.
@@ -17,7 +16,7 @@ import sys
 
 import click
 
-from api.cli import cli, load_settings, one_line_errors
+from api.cli.common import load_settings, one_line_errors
 from jobs.errors import InputError
 
 DEFAULT_FLOWER_PORT = 5555
@@ -29,7 +28,7 @@ def _migrate() -> None:
     Database(load_settings().resolved_database_url()).migrate()
 
 
-@cli.command()
+@click.command()
 @click.option("--queues", default="cpu,gpu", show_default=True, help="cpu, gpu or cpu,gpu.")
 @click.option(
     "--concurrency",
@@ -57,7 +56,7 @@ def worker(queues: str, concurrency: int | None, loglevel: str) -> None:
     os.execvpe(argv[0], argv, worker_env())
 
 
-@cli.command()
+@click.command()
 @click.option("--port", type=int, default=DEFAULT_FLOWER_PORT, show_default=True)
 @click.option("--address", default="127.0.0.1", show_default=True)
 @click.option("--no-auth", is_flag=True, help="Run without authentication (its API is then open to anyone).")
@@ -84,7 +83,7 @@ def flower(port: int, address: str, no_auth: bool) -> None:
     os.execvpe(argv[0], argv, env)
 
 
-@cli.command()
+@click.command()
 @click.option("--flower-port", type=int, default=DEFAULT_FLOWER_PORT, show_default=True)
 @click.option("--api-port", type=int, default=8000, show_default=True)
 @click.option("--cpu-concurrency", type=int, default=None, help="Default: the number of CPUs.")
@@ -111,6 +110,7 @@ def up(flower_port: int, api_port: int, cpu_concurrency: int | None, gpu_concurr
         flower_address="127.0.0.1",
         api_port=api_port,
         flower_basic_auth=auth,
+        voxbatch_cli=(sys.executable, "-m", "api.cli"),
     )
     code = run_up(options, lambda line: click.echo(f"voxbatch: {line}", err=True))
     sys.exit(code)

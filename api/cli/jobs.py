@@ -1,57 +1,35 @@
 """Job commands against the configured broker and database: submit, status, wait, fetch, cancel,
-retry, list. Registered on ``api.cli.cli`` by importing this module."""
+retry, list."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from api.cli import EXIT_FAILED, EXIT_INPUT, cli, copy_outputs, job_options, load_settings, one_line_errors
+from api.cli.common import EXIT_FAILED, EXIT_INPUT, job_options, load_settings, one_line_errors, runtime
 from jobs.errors import InputError
 from jobs.models import Job, JobStatus
-from jobs.pipeline import Runtime
+from jobs.runtime import Runtime
+from jobs.steps.local import copy_documents
+from jobs.timings import job_timings
 
 EXIT_TIMEOUT = 2
 POLL_S = 0.5
 
 
-def _runtime() -> Runtime:
-    from workers.runtime import build_runtime
-
-    return build_runtime(load_settings())
-
-
-def _seconds(start: datetime | None, end: datetime | None) -> float | None:
-    if start is None or end is None:
-        return None
-    return round((end - start).total_seconds(), 3)
-
-
 def job_report(rt: Runtime, job: Job) -> dict[str, Any]:
     """What `status --json` prints: the job row, progress and how long each stage took."""
-    from jobs.pipeline import get_windows
-
-    windows = get_windows(rt, job.id)
-    engine_s = [w.engine_s for w in windows if w.engine_s is not None]
-    window_start = min((w.started_at for w in windows if w.started_at), default=None)
-    window_end = max((w.finished_at for w in windows if w.finished_at), default=None)
+    windows = rt.store.windows(job.id)
     return {
         **job.model_dump(mode="json"),
         "progress": {"windows_done": job.windows_done, "windows_total": job.windows_total},
-        "timings_s": {
-            "queued": _seconds(job.created_at, job.split_started_at),
-            "split": _seconds(job.split_started_at, job.split_finished_at),
-            "windows": _seconds(window_start, window_end),
-            "window_engine_total": round(sum(engine_s), 3) if engine_s else None,
-            "reduce": _seconds(job.reduce_started_at, job.finished_at if job.reduce_started_at else None),
-            "total": _seconds(job.created_at, job.finished_at),
-        },
+        "timings_s": job_timings(job),
+        "window_engine_s": round(sum(w.engine_s for w in windows if w.engine_s is not None), 3),
         "windows": [
             {
                 "index": w.index,
@@ -67,7 +45,7 @@ def job_report(rt: Runtime, job: Job) -> dict[str, Any]:
     }
 
 
-@cli.command()
+@click.command()
 @click.argument("source")
 @job_options
 @one_line_errors
@@ -79,7 +57,7 @@ def submit(
     window_minutes: float | None,
 ) -> None:
     """Put FILE or s3://bucket/key on the workers' queue; prints the job id as its last line."""
-    from jobs.pipeline import JobOptions
+    from jobs.options import JobOptions
     from workers.submission import submit as submit_job
 
     settings = load_settings()
@@ -93,21 +71,19 @@ def submit(
         # Probe here: a file ffmpeg cannot read never becomes a job.
         FfmpegAudio().probe(str(path))
         source = str(path)
-    job = submit_job(_runtime(), source, options)
+    job = submit_job(runtime(), source, options)
     click.echo(f"voxbatch: job {job.id} queued ({job.source_name})", err=True)
     click.echo(job.id)
 
 
-@cli.command()
+@click.command()
 @click.argument("job_id")
 @click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON object.")
 @one_line_errors
 def status(job_id: str, as_json: bool) -> None:
     """Show a job: status, progress (windows done / total), time per stage, failure reason."""
-    from jobs.pipeline import get_job
-
-    rt = _runtime()
-    report = job_report(rt, get_job(rt, job_id))
+    rt = runtime()
+    report = job_report(rt, rt.store.get(job_id))
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -122,18 +98,16 @@ def status(job_id: str, as_json: bool) -> None:
         click.echo(f"reason    {report['error']}")
 
 
-@cli.command()
+@click.command()
 @click.argument("job_id")
 @click.option("--timeout", type=float, default=None, help="Give up after S seconds (exit 2).")
 @one_line_errors
 def wait(job_id: str, timeout: float | None) -> None:
     """Wait for a job: exit 0 succeeded, 1 failed or cancelled, 2 timeout."""
-    from jobs.pipeline import get_job
-
-    rt = _runtime()
+    rt = runtime()
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        job = get_job(rt, job_id)
+        job = rt.store.get(job_id)
         if JobStatus(job.status).finished:
             break
         if deadline is not None and time.monotonic() >= deadline:
@@ -152,7 +126,7 @@ def wait(job_id: str, timeout: float | None) -> None:
     sys.exit(EXIT_FAILED)
 
 
-@cli.command()
+@click.command()
 @click.argument("job_id")
 @click.option(
     "--output-dir",
@@ -163,43 +137,38 @@ def wait(job_id: str, timeout: float | None) -> None:
 @one_line_errors
 def fetch(job_id: str, output_dir: Path) -> None:
     """Download a finished job's documents; prints the path of document.md."""
-    from jobs.pipeline import get_job
-
-    rt = _runtime()
-    job = get_job(rt, job_id)
+    rt = runtime()
+    job = rt.store.get(job_id)
     if job.status != JobStatus.succeeded:
         raise InputError(f"job {job_id} is {job.status}; documents exist once it has succeeded")
-    click.echo(str(copy_outputs(rt, job, output_dir).absolute()))
+    click.echo(str(copy_documents(rt, job, output_dir).absolute()))
 
 
-@cli.command()
+@click.command()
 @click.argument("job_id")
 @one_line_errors
 def cancel(job_id: str) -> None:
     """Cancel a job; windows already done are kept for `voxbatch retry`."""
-    from jobs.pipeline import cancel_job
-    from workers import webhooks
+    from jobs.steps.ending import cancel as cancel_job
 
-    rt = _runtime()
-    job = cancel_job(rt, job_id)
-    webhooks.notify(rt, job.id)  # the same as the API's cancel: a job's ending is announced once
+    job = cancel_job(runtime(), job_id)
     click.echo(f"job {job.id} {job.status}")
 
 
-@cli.command()
+@click.command()
 @click.argument("job_id")
 @one_line_errors
 def retry(job_id: str) -> None:
     """Resume a failed or cancelled job from the windows already done."""
     from workers.submission import resume
 
-    job = resume(_runtime(), job_id)
+    job = resume(runtime(), job_id)
     click.echo(
         f"job {job.id} {job.status} ({job.windows_done}/{job.windows_total or '?'} windows already done)"
     )
 
 
-@cli.command("list")
+@click.command("list")
 @click.option(
     "--status",
     "status_filter",
@@ -211,17 +180,10 @@ def retry(job_id: str) -> None:
 @one_line_errors
 def list_jobs(status_filter: str | None, limit: int) -> None:
     """Recent jobs, newest first."""
-    from sqlmodel import col, select
-
     if limit < 1:
         click.echo("voxbatch: error: --limit must be at least 1", err=True)
         sys.exit(EXIT_INPUT)
-    rt = _runtime()
-    query = select(Job).order_by(col(Job.created_at).desc()).limit(limit)
-    if status_filter:
-        query = query.where(Job.status == status_filter)
-    with rt.db.session() as s:
-        jobs = list(s.exec(query))
+    jobs, _ = runtime().store.list_jobs(status=status_filter, limit=limit)
     for job in jobs:
         progress = f"{job.windows_done}/{job.windows_total if job.windows_total is not None else '?'}"
         created = job.created_at.strftime("%Y-%m-%d %H:%M:%S")

@@ -8,7 +8,7 @@ import shutil
 
 import click
 
-from api.cli import EXIT_INPUT, cli, fail, load_settings, one_line_errors
+from api.cli.common import EXIT_INPUT, fail, load_settings, one_line_errors
 from workers.vllm_launch import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
     DEFAULT_MAX_AUDIO_S,
@@ -20,7 +20,7 @@ from workers.vllm_launch import (
 GPU_EXTRA_HINT = "vLLM is not installed here; on the GPU machine run: pip install 'voxbatch[gpu]'"
 
 
-@cli.command("vllm", context_settings={"ignore_unknown_options": True})
+@click.command("vllm", context_settings={"ignore_unknown_options": True})
 @click.option("--model", default=None, help="Model to serve (default: VOXBATCH_MODEL).")
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address vLLM listens on.")
 @click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="Port vLLM listens on.")

@@ -1,4 +1,4 @@
-"""``voxbatch watch``: the S3 drop-folder watcher. Registered on ``api.cli.cli`` by importing this module.
+"""``voxbatch watch``: the S3 drop-folder watcher.
 
 ``--once`` does one full scan and exits 0 when the scan worked, whatever it found (rejected
 recordings get their error.json and still count as handled); it exits 1 when some recordings
@@ -14,11 +14,11 @@ from types import FrameType
 
 import click
 
-from api.cli import EXIT_FAILED, cli, fail, load_settings, one_line_errors
+from api.cli.common import EXIT_FAILED, fail, load_settings, one_line_errors
 from jobs.errors import InputError
 
 
-@cli.command()
+@click.command()
 @click.option("--once", is_flag=True, help="Scan the inbox once, then exit.")
 @click.option(
     "--interval",

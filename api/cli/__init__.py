@@ -1,0 +1,46 @@
+"""The ``voxbatch`` command line: one group, every command registered here explicitly.
+
+Each command is thin: parse, build a Runtime, call one use case of the core (``jobs.steps``) or
+start a service (``workers``). The modules beside this one hold the commands, by what they do.
+"""
+
+from __future__ import annotations
+
+import click
+
+from api.cli import deploy, jobs, run, server, services, watch
+from jobs.logconfig import CLI_FORMAT, configure_logging
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log what every step does (to stderr).")
+@click.version_option(package_name="voxbatch")
+def cli(verbose: bool) -> None:
+    """voxbatch: long recordings in, finished documents out."""
+    # Long-running commands (worker, api, up) reconfigure with timestamps; one-shot commands
+    # print warnings as plain lines.
+    configure_logging(verbose, fmt=CLI_FORMAT)
+
+
+for command in (
+    run.run,
+    jobs.submit,
+    jobs.status,
+    jobs.wait,
+    jobs.fetch,
+    jobs.cancel,
+    jobs.retry,
+    jobs.list_jobs,
+    services.worker,
+    services.flower,
+    services.up,
+    server.api,
+    server.keys,
+    watch.watch,
+    deploy.vllm,
+):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli()

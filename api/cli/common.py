@@ -1,0 +1,89 @@
+"""What every command shares: one-line errors and exit codes, settings, the job options.
+
+Exit codes: 0 done; 1 the job failed or was cancelled; 2 bad input or usage; 130 interrupted.
+Errors print one line on stderr, never a traceback (``--verbose`` logs the details).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from jobs.errors import InputError, JobCancelled, NotFound, TransientError, VoxbatchError
+from jobs.limits import MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
+from jobs.runtime import Runtime
+from jobs.settings import Settings, get_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_FAILED = 1
+EXIT_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"voxbatch: {message}", err=True)
+    sys.exit(code)
+
+
+def one_line_errors(fn: F) -> F:
+    """Turn every error a user can cause into one line and an exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
+        except (InputError, NotFound) as exc:
+            fail(f"error: {exc}", EXIT_INPUT)
+        except JobCancelled as exc:
+            fail(f"{exc}", EXIT_FAILED)
+        except TransientError as exc:
+            fail(f"failed: {exc}; run the same command again to resume", EXIT_FAILED)
+        except VoxbatchError as exc:
+            fail(f"failed: {exc}", EXIT_FAILED)
+        except ValueError as exc:  # pydantic settings validation and the like
+            fail(f"error: {exc}", EXIT_INPUT)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def runtime() -> Runtime:
+    """The Runtime of a one-shot command, from VOXBATCH_* settings."""
+    from workers.runtime import build_runtime
+
+    return build_runtime(load_settings())
+
+
+def load_settings() -> Settings:
+    try:
+        return get_settings()
+    except Exception as exc:  # pydantic's ValidationError names the variable
+        first = str(exc).splitlines()
+        raise InputError("bad VOXBATCH_ setting: " + " ".join(first[:3])) from exc
+
+
+def job_options(fn: F) -> F:
+    """The options shared by `run` and `submit`."""
+    fn = click.option(
+        "--window-minutes",
+        type=float,
+        default=None,
+        help=f"Longest window sent to the model, in minutes ({MIN_WINDOW_MINUTES}-{MAX_WINDOW_MINUTES}; "
+        f"default {MAX_WINDOW_MINUTES}).",
+    )(fn)
+    fn = click.option(
+        "--language", default=None, help="ISO 639-1 code of the spoken language (default: detected)."
+    )(fn)
+    fn = click.option(
+        "--preset", default=None, help="conference-talk (default), panel, meeting, lecture or voice-journal."
+    )(fn)
+    fn = click.option(
+        "--instructions", default=None, help="Your own words on what the summaries should say or look like."
+    )(fn)
+    return fn

@@ -1,0 +1,10 @@
+"""Limits on what a job may ask for: one definition each, used by the CLI, the API and the core."""
+
+from __future__ import annotations
+
+# Voxtral's context is 32k tokens at 12.5 audio tokens/s padded to 30 s chunks: 30 min is the
+# longest window that leaves room for a transcript (see docs/architecture.md, "Windows").
+MAX_WINDOW_MINUTES = 30
+MIN_WINDOW_MINUTES = 1
+# The instructions go into every window's prompt: 8,000 characters is ~2,000 tokens of 32k.
+MAX_INSTRUCTIONS_CHARS = 8000

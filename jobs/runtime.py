@@ -1,0 +1,41 @@
+"""What the pipeline's steps need, built once per process at the edge (CLI, worker, API).
+
+``on_job_end`` are the side effects of a job's ending (webhook, drop-folder outbox): the edge that
+builds the Runtime installs them, and ``jobs.steps.ending.job_ended`` runs them on every path that
+ends a job, so the core never imports the workers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from jobs.db import Database
+from jobs.engine import AudioTool, Engine
+from jobs.settings import Settings
+from jobs.storage import Storage
+from jobs.store import JobStore
+
+
+@dataclass
+class Runtime:
+    db: Database
+    storage: Storage
+    audio: AudioTool
+    settings: Settings
+    engine_factory: Callable[[], Engine]
+    on_job_end: list[Callable[[Runtime, str], None]] = field(default_factory=list)
+    _engine: Engine | None = field(default=None, repr=False)
+    _engine_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def store(self) -> JobStore:
+        return JobStore(self.db)
+
+    @property
+    def engine(self) -> Engine:
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = self.engine_factory()
+            return self._engine

@@ -1,0 +1,40 @@
+"""Creating a job: options checked, one row written; nothing is queued here (see ``next``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from jobs.models import Job
+from jobs.options import JobOptions
+from jobs.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def create_job(
+    rt: Runtime,
+    source: str,
+    options: JobOptions,
+    *,
+    source_name: str | None = None,
+    source_key: str | None = None,
+    tenant: str | None = None,
+    fingerprint: str | None = None,
+) -> Job:
+    opts = options.validated(rt.settings)
+    job = Job(
+        source=source,
+        source_key=source_key,
+        source_name=source_name or Path(source).name,
+        tenant=tenant,
+        fingerprint=fingerprint,
+        instructions=opts.instructions,
+        preset=opts.preset or "conference-talk",
+        language=opts.language,
+        window_minutes=opts.window_minutes or rt.settings.window_minutes,
+        webhook_url=opts.webhook_url,
+    )
+    rt.store.add(job)
+    log.info("job %s: created for %s", job.id, job.source_name)
+    return job

@@ -1,0 +1,58 @@
+"""Leases and heartbeats kept by a thread while a step works.
+
+A window holds a lease in the database while it runs; a split or reduce keeps its job's
+``updated_at`` fresh. A worker killed with SIGKILL stops renewing, and the sweep
+(``workers.sweeper``) hands its work to another worker once one lease has passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+from jobs.models import Window
+from jobs.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def every(period_s: float, fn: Callable[[], None], name: str) -> Iterator[None]:
+    """Call ``fn`` every ``period_s`` in a thread while the block runs."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(period_s):
+            try:
+                fn()
+            except Exception:
+                # A missed beat is survivable (the next one may work); a dead thread is not.
+                log.warning("%s failed", name, exc_info=True)
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def renew_period_s(rt: Runtime) -> float:
+    return max(1.0, rt.settings.lease_seconds / 3)
+
+
+def lease_kept(rt: Runtime, window: Window, owner: str) -> AbstractContextManager[None]:
+    """Renew the lease while the window runs, so only a dead worker's window is taken over."""
+    return every(
+        renew_period_s(rt),
+        lambda: rt.store.renew_lease(window.id, owner, rt.settings.lease_seconds),
+        f"lease-{window.job_id}-{window.index}",
+    )
+
+
+def job_heartbeat(rt: Runtime, job_id: str) -> AbstractContextManager[None]:
+    """Keep the job's ``updated_at`` fresh while a split or reduce runs, so the sweep leaves it be."""
+    return every(renew_period_s(rt), lambda: rt.store.heartbeat(job_id), f"heartbeat-{job_id}")

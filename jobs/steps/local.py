@@ -1,0 +1,93 @@
+"""A whole job in this process (``voxbatch run``): split, every window in order, reduce.
+
+The same steps as the workers run, driven by the same ``next_steps``; a failure marks the job
+failed with its reason and re-raises, and what was done stays stored, so running the same command
+again resumes after the last finished window (the job is found by the recording's fingerprint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jobs.documents import DOCUMENT_NAMES
+from jobs.errors import JobCancelled, PermanentError
+from jobs.models import Job, JobStatus
+from jobs.options import JobOptions
+from jobs.runtime import Runtime
+from jobs.steps.control import prepare_rerun
+from jobs.steps.create import create_job
+from jobs.steps.ending import fail, failure_reason
+from jobs.steps.next import Step, next_steps
+from jobs.steps.reduce import reduce_job
+from jobs.steps.split import split_job
+from jobs.steps.window import run_window
+
+Progress = Callable[[int, int], None]
+
+
+def fingerprint(path: Path, parts: dict[str, Any]) -> str:
+    """Same recording (by content) and same options → same job, so a re-run resumes it."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    h.update(json.dumps(parts, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def job_for_file(rt: Runtime, path: Path, options: JobOptions) -> tuple[Job, bool]:
+    """The job for this recording and options: a new one, or the earlier one to resume (True)."""
+    engine = rt.engine
+    key = fingerprint(path, {"options": options.__dict__, "engine": engine.name, "model": engine.model})
+    job = rt.store.find_resumable(key)
+    if job is None:
+        return create_job(rt, str(path), options, source_name=path.name, fingerprint=key), False
+    if job.status == JobStatus.succeeded:
+        return job, False
+    return prepare_rerun(rt, job), True
+
+
+def run_local(rt: Runtime, job_id: str, progress: Progress | None = None) -> Job:
+    try:
+        _drive(rt, job_id, progress)
+        job = rt.store.get(job_id)
+        if job.status != JobStatus.succeeded:
+            raise PermanentError(job.error or f"job {job_id} is {job.status}; nothing to reduce")
+        return job
+    except JobCancelled:
+        raise
+    except Exception as exc:
+        fail(rt, job_id, failure_reason(exc, job_id))
+        raise
+
+
+def _drive(rt: Runtime, job_id: str, progress: Progress | None) -> None:
+    previous: list[Step] | None = None
+    while steps := next_steps(rt, job_id):
+        if steps == previous:
+            raise PermanentError(f"job {job_id} makes no progress (stuck at {steps[0].kind})")
+        previous = steps
+        for step in steps:
+            if step.kind == "split":
+                split_job(rt, job_id)
+            elif step.kind == "window":
+                assert step.index is not None
+                run_window(rt, job_id, step.index)
+            else:
+                reduce_job(rt, job_id)
+            if progress is not None:
+                job = rt.store.get(job_id)
+                if job.windows_total is not None:
+                    progress(job.windows_done, job.windows_total)
+
+
+def copy_documents(rt: Runtime, job: Job, out_dir: Path) -> Path:
+    """Download a finished job's documents into ``out_dir``; returns the path of document.md."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in DOCUMENT_NAMES:
+        rt.storage.download(job.output_prefix + name, out_dir / name)
+    return out_dir / "document.md"

@@ -1,0 +1,42 @@
+"""What must run next for a job: the one answer the task layer, ``retry``, the sweep and the local
+run all use.
+
+``after`` names the step that just finished, because the answers differ: after a split every
+pending window is due; after a window only the reduce can be (its siblings have their own
+messages), and only for the one caller the barrier lets through; with no ``after`` (resume, the
+sweep of a job whose messages were lost, a local run) everything missing is due.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from jobs.models import JobStatus
+from jobs.runtime import Runtime
+
+StepKind = Literal["split", "window", "reduce"]
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: StepKind
+    job_id: str
+    index: int | None = None  # the window's, for "window"
+
+
+def next_steps(rt: Runtime, job_id: str, after: StepKind | None = None) -> list[Step]:
+    job = rt.store.get(job_id)
+    if JobStatus(job.status).finished:
+        return []
+    if job.status == JobStatus.reducing:
+        # Claimed already: the reduce is due only when nobody else was told (resume, lost message).
+        return [] if after is not None else [Step("reduce", job_id)]
+    if job.windows_total is None:
+        return [] if after is not None else [Step("split", job_id)]
+    pending = [] if after == "window" else rt.store.pending_windows(job_id)
+    if pending:
+        return [Step("window", job_id, index) for index in pending]
+    if rt.store.claim_reduce(job_id):
+        return [Step("reduce", job_id)]
+    return []

@@ -1,0 +1,69 @@
+"""The split: probe the source, cut it into windows in one decode pass, store them.
+
+Idempotent: a job whose windows exist is not split again. A cancel that lands while the split
+runs stops it at the next window (``JobCancelled``); windows already stored stay, unregistered.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from jobs.errors import InputError
+from jobs.models import Job, JobStatus, Window, utcnow, window_audio_key
+from jobs.runtime import Runtime
+from jobs.steps.ending import ensure_running
+from jobs.storage import put_file
+from jobs.storage_urls import open_storage, parse_s3_url
+
+log = logging.getLogger(__name__)
+
+
+def source_for_ffmpeg(rt: Runtime, job: Job) -> str:
+    """A path or presigned URL ffmpeg can read; never a user string ffmpeg would interpret."""
+    if job.source_key:
+        return rt.storage.readable_url(job.source_key)
+    if job.source.startswith("s3://"):
+        bucket, key = parse_s3_url(job.source)
+        try:
+            return open_storage(f"s3://{bucket}", rt.settings.s3_endpoint_url).readable_url(key)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(f"{job.source} does not exist or is not readable") from exc
+    return str(Path(job.source))
+
+
+def split_job(rt: Runtime, job_id: str) -> int:
+    """Cut the job's recording into windows; returns their count."""
+    job = rt.store.get(job_id)
+    ensure_running(job)
+    if job.windows_total is not None:
+        return job.windows_total
+    started = rt.store.transition(
+        job_id,
+        [JobStatus.queued, JobStatus.splitting],
+        JobStatus.splitting,
+        split_started_at=utcnow(),
+        started_at=job.started_at or utcnow(),
+    )
+    if not started:
+        ensure_running(rt.store.get(job_id))
+    src = source_for_ffmpeg(rt, job)
+    # split() probes the source itself (and refuses what is not audio): no second ffprobe here.
+    log.info("job %s: splitting into windows of ≤ %g min", job_id, job.window_minutes)
+    rows: list[Window] = []
+    with tempfile.TemporaryDirectory(prefix=f"voxbatch-split-{job_id}-") as tmp:
+        for w in rt.audio.split(src, Path(tmp), job.window_minutes * 60.0):
+            put_file(rt.storage, window_audio_key(job_id, w.index), w.path)
+            w.path.unlink(missing_ok=True)
+            rows.append(Window(job_id=job_id, index=w.index, start_s=w.start_s, end_s=w.end_s))
+            # A cancel stops the split between windows, not after the whole recording.
+            ensure_running(rt.store.get(job_id))
+    if not rows:
+        raise InputError(f"{job.source_name} contains no audio")
+    if not rt.store.add_windows(job_id, rows, duration_s=rows[-1].end_s):
+        ensure_running(rt.store.get(job_id))
+    log.info("job %s: %d windows", job_id, len(rows))
+    return len(rows)

@@ -1,0 +1,366 @@
+"""The job store: every read and write of the ``job`` and ``window`` tables goes through here.
+
+No other module opens a session on these tables. Each method is one short transaction; the ones
+that several workers race for (claims, the reduce barrier, the sweep's re-enqueues) are single
+conditional UPDATEs whose row count says who won, so they are correct on PostgreSQL and SQLite
+alike without explicit locks.
+
+Job states move only along ``jobs.states.TRANSITIONS``; a state change that table does not allow
+raises ``InvalidTransition``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, update
+from sqlmodel import col, select
+
+from jobs.db import Database
+from jobs.errors import NotFound
+from jobs.models import Job, JobStatus, Window, WindowStatus, utcnow
+from jobs.states import ACTIVE, ENDED, InvalidTransition, check_transition
+
+_NO_LEASE: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
+
+
+def _changed(result: Any) -> int:
+    return int(result.rowcount)
+
+
+class JobStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def _update(self, table: type[Job] | type[Window], conditions: list[Any], **values: Any) -> int:
+        """One conditional UPDATE in its own transaction; returns how many rows it changed."""
+        with self.db.session() as s:
+            res = s.execute(update(table).where(*conditions).values(**values))
+            s.commit()
+        return _changed(res)
+
+    # --- jobs -----------------------------------------------------------------------------------
+
+    def add(self, job: Job) -> Job:
+        with self.db.session() as s:
+            s.add(job)
+            s.commit()
+            s.refresh(job)
+        return job
+
+    def find(self, job_id: str) -> Job | None:
+        with self.db.session() as s:
+            return s.get(Job, job_id)
+
+    def get(self, job_id: str, tenant: str | None = None) -> Job:
+        """The job; NotFound when it does not exist or belongs to another tenant (same answer)."""
+        job = self.find(job_id)
+        if job is None or (tenant is not None and job.tenant != tenant):
+            raise NotFound(f"no job {job_id[:64]}")
+        return job
+
+    def find_resumable(self, fingerprint: str) -> Job | None:
+        """The newest job for the same recording and options, so that a re-run resumes it."""
+        with self.db.session() as s:
+            return s.exec(
+                select(Job)
+                .where(Job.fingerprint == fingerprint)
+                .where(col(Job.status) != JobStatus.cancelled)
+                .order_by(col(Job.created_at).desc())
+            ).first()
+
+    def list_jobs(
+        self, *, tenant: str | None = None, status: str | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[Job], int]:
+        """Jobs newest first, and how many match in all."""
+        query = select(Job)
+        count = select(func.count()).select_from(Job)
+        if tenant is not None:
+            query, count = query.where(Job.tenant == tenant), count.where(Job.tenant == tenant)
+        if status is not None:
+            query, count = query.where(Job.status == status), count.where(Job.status == status)
+        with self.db.session() as s:
+            total = s.exec(count).one()
+            rows = list(
+                s.exec(query.order_by(col(Job.created_at).desc(), col(Job.id)).offset(offset).limit(limit))
+            )
+        return rows, int(total)
+
+    def counts_by_status(self) -> dict[str, int]:
+        with self.db.session() as s:
+            rows = s.exec(select(Job.status, func.count()).group_by(Job.status)).all()
+        return {str(status): int(n) for status, n in rows}
+
+    def update(self, job_id: str, **values: Any) -> None:
+        """Change fields that are not the state (source key, engine, webhook record)."""
+        if "status" in values:
+            raise InvalidTransition("state changes go through JobStore.transition")
+        self._update(Job, [col(Job.id) == job_id], updated_at=utcnow(), **values)
+
+    def compare_and_set(self, job_id: str, field: str, old: Any, new: Any) -> bool:
+        """Set ``field`` to ``new`` only while it still holds ``old`` (writers race on it)."""
+        column = col(getattr(Job, field))
+        cond = column.is_(None) if old is None else column == old
+        return self._update(Job, [col(Job.id) == job_id, cond], **{field: new}) == 1
+
+    def transition(
+        self, job_id: str, sources: Collection[JobStatus], target: JobStatus, **values: Any
+    ) -> bool:
+        """Move the job to ``target`` if it is in one of ``sources``; True when this call moved it."""
+        check_transition(sources, target)
+        now = utcnow()
+        if target in ENDED:
+            values.setdefault("finished_at", now)
+        where = [col(Job.id) == job_id, col(Job.status).in_(list(sources))]
+        return self._update(Job, where, status=target, updated_at=now, **values) == 1
+
+    def end(self, job_id: str, target: JobStatus, reason: str | None) -> bool:
+        """Fail or cancel an active job; the first ending wins. True when this call ended it."""
+        return self.transition(job_id, ACTIVE, target, error=reason)
+
+    def heartbeat(self, job_id: str) -> None:
+        """Keep ``updated_at`` fresh while a split or reduce runs, so the sweep leaves it be."""
+        where = [col(Job.id) == job_id, col(Job.status).in_([JobStatus.splitting, JobStatus.reducing])]
+        self._update(Job, where, updated_at=utcnow())
+
+    def touch_if_stale(self, job_id: str, status: str, before: datetime) -> bool:
+        """Refresh ``updated_at`` if the job is still ``status`` and older than ``before``.
+
+        Conditional, so of two sweeps (or a sweep and a worker making progress) only one acts.
+        """
+        where = [col(Job.id) == job_id, col(Job.status) == status, col(Job.updated_at) < before]
+        return self._update(Job, where, updated_at=utcnow()) == 1
+
+    def stale(self, statuses: Collection[JobStatus], before: datetime) -> list[tuple[str, JobStatus]]:
+        """Jobs in one of ``statuses`` whose last sign of progress is older than ``before``."""
+        with self.db.session() as s:
+            rows = s.exec(
+                select(Job.id, Job.status)
+                .where(col(Job.status).in_(list(statuses)))
+                .where(col(Job.updated_at) < before)
+            ).all()
+        return [(j, JobStatus(st)) for j, st in rows]
+
+    # --- windows --------------------------------------------------------------------------------
+
+    def windows(self, job_id: str) -> list[Window]:
+        with self.db.session() as s:
+            return list(s.exec(select(Window).where(Window.job_id == job_id).order_by(col(Window.index))))
+
+    def add_windows(self, job_id: str, rows: list[Window], duration_s: float) -> bool:
+        """Store the split's windows and move the job on to ``transcribing`` in one transaction."""
+        check_transition([JobStatus.splitting], JobStatus.transcribing)
+        with self.db.session() as s:
+            existing = {w.index for w in s.exec(select(Window).where(Window.job_id == job_id))}
+            for row in rows:
+                if row.index not in existing:
+                    s.add(row)
+            res = s.execute(
+                update(Job)
+                .where(col(Job.id) == job_id)
+                .where(col(Job.status) == JobStatus.splitting)
+                .values(
+                    windows_total=len(rows),
+                    duration_s=duration_s,
+                    status=JobStatus.transcribing,
+                    split_finished_at=utcnow(),
+                    updated_at=utcnow(),
+                )
+            )
+            if _changed(res) != 1:
+                # Cancelled (or failed) while splitting: keep no half-registered windows.
+                s.rollback()
+                return False
+            s.commit()
+        return True
+
+    def pending_windows(self, job_id: str) -> list[int]:
+        """Indexes of the windows not done yet, in order."""
+        with self.db.session() as s:
+            return list(
+                s.exec(
+                    select(Window.index)
+                    .where(Window.job_id == job_id)
+                    .where(col(Window.status) != WindowStatus.done)
+                    .order_by(col(Window.index))
+                )
+            )
+
+    def has_running_window(self, job_id: str) -> bool:
+        with self.db.session() as s:
+            return (
+                s.exec(
+                    select(Window.index)
+                    .where(Window.job_id == job_id)
+                    .where(Window.status == WindowStatus.running)
+                ).first()
+                is not None
+            )
+
+    def claim_window(self, job_id: str, index: int, owner: str, lease_s: float) -> Window | None:
+        """Take the window's lease; None when it is done or another worker's lease is still valid."""
+        now = utcnow()
+        with self.db.session() as s:
+            res = s.execute(
+                update(Window)
+                .where(col(Window.job_id) == job_id)
+                .where(col(Window.index) == index)
+                .where(
+                    or_(
+                        col(Window.status) == WindowStatus.pending,
+                        (col(Window.status) == WindowStatus.running)
+                        & ((col(Window.lease_expires_at) < now) | (col(Window.lease_owner) == owner)),
+                    )
+                )
+                .values(
+                    status=WindowStatus.running,
+                    lease_owner=owner,
+                    lease_expires_at=now + timedelta(seconds=lease_s),
+                    attempts=Window.attempts + 1,
+                    started_at=now,
+                )
+            )
+            s.commit()
+            if _changed(res) != 1:
+                return None
+            return s.exec(select(Window).where(Window.job_id == job_id).where(Window.index == index)).one()
+
+    def renew_lease(self, window_id: int | None, owner: str, lease_s: float) -> None:
+        where = [col(Window.id) == window_id, col(Window.lease_owner) == owner]
+        self._update(Window, where, lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+
+    def hand_back_window(self, window_id: int | None, owner: str, error: str) -> None:
+        """A transient failure: the window is pending again unless another worker took it over."""
+        where = [col(Window.id) == window_id, col(Window.lease_owner) == owner]
+        self._update(Window, where, status=WindowStatus.pending, **_NO_LEASE, error=error)
+
+    def finish_window(self, window_id: int | None, engine_s: float) -> None:
+        where = [col(Window.id) == window_id]
+        self._update(
+            Window,
+            where,
+            status=WindowStatus.done,
+            **_NO_LEASE,
+            error=None,
+            engine_s=engine_s,
+            finished_at=utcnow(),
+        )
+
+    def fail_window(self, window_id: int | None, reason: str) -> None:
+        self._update(
+            Window, [col(Window.id) == window_id], status=WindowStatus.failed, error=reason, **_NO_LEASE
+        )
+
+    def reset_windows(self, job_id: str, *, only_running: bool) -> None:
+        """Unfinished windows back to pending with no lease: all of them for a retry (attempts
+        start over), or only running ones for a local re-run (its own leases are stale)."""
+        values: dict[str, Any] = {
+            "status": WindowStatus.pending,
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
+        query = update(Window).where(col(Window.job_id) == job_id)
+        if only_running:
+            query = query.where(col(Window.status) == WindowStatus.running)
+        else:
+            query = query.where(col(Window.status) != WindowStatus.done)
+            values.update(attempts=0, error=None)
+        with self.db.session() as s:
+            s.execute(query.values(**values))
+            s.commit()
+
+    # --- the barrier ----------------------------------------------------------------------------
+
+    def count_done(self, job_id: str) -> bool:
+        """Record how many distinct windows are done; True when all of them are."""
+        with self.db.session() as s:
+            done = s.exec(
+                select(func.count(func.distinct(Window.index)))
+                .where(Window.job_id == job_id)
+                .where(Window.status == WindowStatus.done)
+            ).one()
+            # updated_at doubles as the job's last sign of progress for the orphan sweep.
+            s.execute(update(Job).where(col(Job.id) == job_id).values(windows_done=done, updated_at=utcnow()))
+            s.commit()
+            total = s.exec(select(Job.windows_total).where(Job.id == job_id)).one()
+        return total is not None and done >= total
+
+    def claim_reduce(self, job_id: str) -> bool:
+        """The fan-in barrier: True for exactly one caller once every window is done."""
+        self.count_done(job_id)
+        check_transition([JobStatus.transcribing], JobStatus.reducing)
+        now = utcnow()
+        with self.db.session() as s:
+            res = s.execute(
+                update(Job)
+                .where(col(Job.id) == job_id)
+                .where(col(Job.reduce_claimed).is_(False))
+                .where(col(Job.status) == JobStatus.transcribing)
+                .where(col(Job.windows_total).is_not(None))
+                .where(col(Job.windows_done) >= col(Job.windows_total))
+                .values(reduce_claimed=True, status=JobStatus.reducing, reduce_started_at=now, updated_at=now)
+            )
+            s.commit()
+        return _changed(res) == 1
+
+    # --- the sweep ------------------------------------------------------------------------------
+
+    def expired_leases(self) -> list[tuple[str, int]]:
+        """Windows whose worker stopped renewing its lease (killed, lost its network)."""
+        with self.db.session() as s:
+            rows = s.exec(
+                select(Window.job_id, Window.index)
+                .join(Job, col(Job.id) == col(Window.job_id))
+                .where(Window.status == WindowStatus.running)
+                .where(col(Window.lease_expires_at) < utcnow())
+                .where(Job.status == JobStatus.transcribing)
+            ).all()
+        return [(j, i) for j, i in rows]
+
+    def requeue_expired(self, job_id: str, index: int) -> bool:
+        """Back to pending if its lease is still expired; conditional, so two sweeps act once."""
+        where = [
+            col(Window.job_id) == job_id,
+            col(Window.index) == index,
+            col(Window.status) == WindowStatus.running,
+            col(Window.lease_expires_at) < utcnow(),
+        ]
+        return self._update(Window, where, status=WindowStatus.pending, **_NO_LEASE) == 1
+
+    def release_leases(self, owner_prefix: str) -> list[tuple[str, int]]:
+        """Give back the leases of windows whose owner starts with ``owner_prefix`` (a stopping
+        worker process); returns them so the caller can requeue them."""
+        owned = col(Window.lease_owner).startswith(owner_prefix, autoescape=True)
+        with self.db.session() as s:
+            rows = list(
+                s.exec(
+                    select(Window.job_id, Window.index)
+                    .where(Window.status == WindowStatus.running)
+                    .where(owned)
+                )
+            )
+            s.execute(
+                update(Window)
+                .where(col(Window.status) == WindowStatus.running)
+                .where(owned)
+                .values(status=WindowStatus.pending, lease_owner=None, lease_expires_at=None)
+            )
+            s.commit()
+        return [(j, i) for j, i in rows]
+
+    # --- metrics --------------------------------------------------------------------------------
+
+    def window_durations(self, buckets: tuple[float, ...]) -> tuple[int, float, list[int]]:
+        """Finished windows' engine seconds: how many, their sum, and how many are ≤ each bucket."""
+        from sqlalchemy import case
+
+        done = (col(Window.status) == WindowStatus.done) & col(Window.engine_s).is_not(None)
+        columns = [func.count(case((col(Window.engine_s) <= b, 1))) for b in buckets]
+        with self.db.session() as s:
+            row = s.exec(
+                select(func.count(), func.coalesce(func.sum(Window.engine_s), 0.0), *columns).where(done)
+            ).one()
+        values: list[Any] = list(row)
+        return int(values[0] or 0), float(values[1] or 0.0), [int(n or 0) for n in values[2:]]

@@ -1,0 +1,212 @@
+"""The pipeline's steps in process: a whole run, re-cutting after a refusal, the reduce barrier,
+retry and resume, the sweep, cancel (with the job-end side effects) and the state table."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from jobs.errors import JobCancelled, PermanentError
+from jobs.models import DropObject, JobStatus, WindowStatus, utcnow
+from jobs.options import JobOptions
+from jobs.runtime import Runtime
+from jobs.states import TRANSITIONS, InvalidTransition
+from jobs.steps.control import retry
+from jobs.steps.create import create_job
+from jobs.steps.ending import cancel
+from jobs.steps.local import run_local
+from jobs.steps.next import Step, next_steps
+from jobs.steps.split import split_job
+from jobs.steps.window import run_window
+from tests.inprocess.conftest import MARKERS, FakeEngine, RecordingDispatcher
+from tests.speech import Recording
+from workers.sweeper import sweep
+
+
+def _job(rt: Runtime, tones: Recording) -> str:
+    return create_job(rt, str(tones.path), JobOptions()).id
+
+
+def _document(rt: Runtime, job_id: str) -> dict[str, object]:
+    return json.loads(rt.storage.get_bytes(f"jobs/{job_id}/output/document.json"))
+
+
+def test_a_local_run_goes_through_every_state_and_hears_every_marker_once(
+    rt: Runtime, tones: Recording, engine: FakeEngine
+) -> None:
+    seen: list[str] = []
+    rt.on_job_end.append(lambda _rt, job_id: seen.append(str(_rt.store.get(job_id).status)))
+    job = run_local(rt, _job(rt, tones))
+    assert job.status == JobStatus.succeeded
+    assert job.windows_total == 3 and job.windows_done == 3
+    assert engine.transcribed() == MARKERS
+    doc = _document(rt, job.id)
+    assert doc["transcript"] == "\n\n".join(w["transcript"] for w in doc["windows"])  # type: ignore[index,union-attr]
+    assert " ".join(str(doc["transcript"]).split()) == " ".join(f"marker-{k}" for k in MARKERS)
+    assert seen == ["succeeded"]  # the job-end hooks ran once
+
+
+def test_a_refused_window_is_cut_smaller_and_nothing_is_lost(
+    rt: Runtime, tones: Recording, engine: FakeEngine
+) -> None:
+    engine.max_s = 40.0
+    job = run_local(rt, _job(rt, tones))
+    assert job.status == JobStatus.succeeded
+    assert engine.transcribed() == MARKERS
+    windows = _document(rt, job.id)["windows"]
+    assert isinstance(windows, list)
+    results = [json.loads(rt.storage.get_bytes(f"jobs/{job.id}/windows/{i:04d}.json")) for i in range(3)]
+    for result in results:
+        pieces = result["pieces"]
+        assert len(pieces) >= 2
+        assert all(p["end_s"] - p["start_s"] <= 40.5 for p in pieces)
+        assert pieces[0]["start_s"] == pytest.approx(result["start_s"], abs=0.01)
+        assert pieces[-1]["end_s"] == pytest.approx(result["end_s"], abs=0.01)
+
+
+def test_the_reduce_barrier_lets_exactly_one_caller_through(rt: Runtime, tones: Recording) -> None:
+    job_id = _job(rt, tones)
+    split_job(rt, job_id)
+    assert not rt.store.claim_reduce(job_id)  # no window done yet
+    for index in (0, 1):
+        run_window(rt, job_id, index)
+    assert not rt.store.claim_reduce(job_id)  # one window still pending
+    assert next_steps(rt, job_id, after="window") == []
+    run_window(rt, job_id, 2)
+    barrier = threading.Barrier(8)
+
+    def claim() -> bool:
+        barrier.wait()
+        return rt.store.claim_reduce(job_id)
+
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(lambda _: claim(), range(8)))
+    assert won.count(True) == 1
+    assert rt.store.get(job_id).status == JobStatus.reducing
+    assert next_steps(rt, job_id, after="window") == []
+
+
+def test_retry_resumes_and_redoes_only_what_is_missing(
+    rt: Runtime, tones: Recording, engine: FakeEngine
+) -> None:
+    engine.reject_markers = {5}  # window 2 (markers 5 and 6) fails for good
+    job_id = _job(rt, tones)
+    with pytest.raises(PermanentError, match="window 3"):
+        run_local(rt, job_id)
+    job = rt.store.get(job_id)
+    assert job.status == JobStatus.failed and "window 3" in (job.error or "")
+    assert [w.status for w in rt.store.windows(job_id)] == ["done", "done", "failed"]
+    engine.reject_markers = set()
+    engine.calls.clear()
+    job = retry(rt, job_id)
+    assert job.status == JobStatus.transcribing and job.error is None and job.attempt == 1
+    assert next_steps(rt, job_id) == [Step("window", job_id, 2)]
+    job = run_local(rt, job_id)
+    assert job.status == JobStatus.succeeded
+    assert engine.transcribed() == [5, 6]  # windows done before were not sent again
+    with pytest.raises(PermanentError, match="only failed or cancelled"):
+        retry(rt, job_id)
+
+
+def test_the_sweep_requeues_a_dead_workers_window_once(rt: Runtime, tones: Recording) -> None:
+    job_id = _job(rt, tones)
+    split_job(rt, job_id)
+    claimed = rt.store.claim_window(job_id, 1, "dead-host:1:task", lease_s=30)
+    assert claimed is not None
+    assert rt.store.claim_window(job_id, 1, "other:2:task", lease_s=30) is None  # lease still valid
+    with rt.db.session() as s:  # the dead worker's lease runs out
+        row = s.get(type(claimed), claimed.id)
+        assert row is not None
+        row.lease_expires_at = utcnow() - timedelta(seconds=1)
+        s.add(row)
+        s.commit()
+    dispatcher = RecordingDispatcher()
+    report = sweep(rt, dispatcher, queue_depth=lambda: {"cpu": 0, "gpu": 5})  # type: ignore[arg-type]
+    assert report.windows == [(job_id, 1)]
+    assert dispatcher.sent == [Step("window", job_id, 1)]
+    again = RecordingDispatcher()
+    assert sweep(rt, again, queue_depth=lambda: {"cpu": 0, "gpu": 5}).windows == []  # type: ignore[arg-type]
+    assert rt.store.windows(job_id)[1].status == WindowStatus.pending
+
+
+def test_the_sweep_enqueues_the_work_of_a_job_whose_messages_were_lost(rt: Runtime, tones: Recording) -> None:
+    job_id = _job(rt, tones)
+    split_job(rt, job_id)
+    run_window(rt, job_id, 0)
+    rt.store.update(job_id)  # bump, then age it past orphan_after_s
+    aged = utcnow() - timedelta(seconds=rt.settings.orphan_after_s + 5)
+    rt.store._update(type(rt.store.get(job_id)), [], updated_at=aged)
+    dispatcher = RecordingDispatcher()
+    sweep(rt, dispatcher, queue_depth=lambda: {"cpu": 0, "gpu": 0})  # type: ignore[arg-type]
+    assert dispatcher.sent == [Step("window", job_id, 1), Step("window", job_id, 2)]
+
+
+def test_cancel_stops_the_steps_and_announces_the_end_once(rt: Runtime, tones: Recording) -> None:
+    ended: list[str] = []
+    rt.on_job_end.append(lambda _rt, job_id: ended.append(job_id))
+    job_id = _job(rt, tones)
+    split_job(rt, job_id)
+    run_window(rt, job_id, 0)
+    job = cancel(rt, job_id)
+    assert job.status == JobStatus.cancelled and job.error == "cancelled by user"
+    cancel(rt, job_id)  # twice: still one ending
+    assert ended == [job_id]
+    with pytest.raises(JobCancelled):
+        run_window(rt, job_id, 1)
+    assert next_steps(rt, job_id) == []
+    assert rt.store.windows(job_id)[0].status == WindowStatus.done  # finished work is kept
+    assert retry(rt, job_id).status == JobStatus.transcribing
+
+
+def test_cancel_during_the_split_stops_it(rt: Runtime, tones: Recording) -> None:
+    job_id = _job(rt, tones)
+    real_split = rt.audio.split
+
+    def split_then_cancel(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        for n, window in enumerate(real_split(*args, **kwargs)):  # type: ignore[arg-type]
+            yield window
+            if n == 0:
+                cancel(rt, job_id)
+
+    rt.audio.split = split_then_cancel  # type: ignore[method-assign]
+    with pytest.raises(JobCancelled):
+        split_job(rt, job_id)
+    job = rt.store.get(job_id)
+    assert job.status == JobStatus.cancelled and job.windows_total is None
+    assert rt.store.windows(job_id) == []
+
+
+def test_a_cancelled_drop_folder_job_gets_its_error_json(
+    make_runtime: object, tones: Recording, tmp_path: Path
+) -> None:
+    from workers.runtime import announce_end
+
+    outbox = tmp_path / "outbox"
+    rt: Runtime = make_runtime(drop_url="s3://drops/inbox/", outbox_url=outbox.as_uri())  # type: ignore[operator]
+    rt.on_job_end.append(announce_end)
+    job_id = _job(rt, tones)
+    with rt.db.session() as s:
+        s.add(DropObject(bucket="drops", key="inbox/team/Panel.mp3", etag="e1", size=10, job_id=job_id))
+        s.commit()
+    cancel(rt, job_id)
+    error = json.loads((outbox / "team" / "Panel" / "error.json").read_text())
+    assert error["job_id"] == job_id and error["reason"] == "cancelled by user"
+
+
+def test_every_state_change_outside_the_table_raises(rt: Runtime, tones: Recording) -> None:
+    job_id = _job(rt, tones)
+    for source, targets in TRANSITIONS.items():
+        for target in JobStatus:
+            if target not in targets:
+                with pytest.raises(InvalidTransition):
+                    rt.store.transition(job_id, [source], target)
+    with pytest.raises(InvalidTransition):
+        rt.store.update(job_id, status=JobStatus.succeeded)
+    # Allowed, but the job is not in the source state: no change, no error.
+    assert not rt.store.transition(job_id, [JobStatus.reducing], JobStatus.succeeded)
+    assert rt.store.get(job_id).status == JobStatus.queued

@@ -1,0 +1,68 @@
+"""Sending work to the queues: steps (``jobs.steps.next.Step``) become Celery messages.
+
+A ``Dispatcher`` is built from the Settings its caller passes, so an API or CLI built with
+``create_app(settings)`` enqueues to that broker, not to whatever the environment names. Tasks are
+sent by name: callers never import the task bodies.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from celery import Celery
+
+from jobs.settings import Settings
+from jobs.steps.next import Step
+from workers.celery_app import CPU_QUEUE, QUEUES, REDUCE, ROUTES, SPLIT, SWEEP, WEBHOOK, WINDOW, make_celery
+
+# Kombu keeps priority messages of queue Q in Redis lists Q, Q\x06\x163, Q\x06\x166, Q\x06\x169.
+_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+
+_apps: dict[str, Celery] = {}
+_apps_lock = threading.Lock()
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings) -> None:
+        self.broker_url = settings.broker_url
+        with _apps_lock:
+            # One Celery app (and its connection pool) per broker in this process.
+            if self.broker_url not in _apps:
+                _apps[self.broker_url] = make_celery(settings)
+            self.app = _apps[self.broker_url]
+
+    def send(self, step: Step) -> None:
+        if step.kind == "split":
+            self.app.send_task(SPLIT, args=[step.job_id], queue=ROUTES[SPLIT])
+        elif step.kind == "window":
+            self.app.send_task(WINDOW, args=[step.job_id, step.index], queue=ROUTES[WINDOW])
+        else:
+            self.app.send_task(REDUCE, args=[step.job_id], queue=ROUTES[REDUCE])
+
+    def send_all(self, steps: list[Step]) -> None:
+        for step in steps:
+            self.send(step)
+
+    def send_sweep(self, expires_s: float) -> None:
+        # A sweep that waited longer than one period is stale: the next one is already on its way.
+        self.app.send_task(SWEEP, args=[], queue=ROUTES[SWEEP], expires=expires_s)
+
+    def send_webhook(self, job_id: str, job_attempt: int) -> None:
+        self.app.send_task(WEBHOOK, args=[job_id, job_attempt], queue=CPU_QUEUE)
+
+
+def queue_depths(broker_url: str, queues: tuple[str, ...] = QUEUES) -> dict[str, int]:
+    """Messages waiting in each queue on the Redis broker, priority lists included."""
+    import redis
+
+    client = redis.Redis.from_url(broker_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        with client.pipeline() as pipe:
+            for queue in queues:
+                for suffix in _PRIORITY_SUFFIXES:
+                    pipe.llen(queue + suffix)
+            lengths = pipe.execute()
+    finally:
+        client.close()
+    n = len(_PRIORITY_SUFFIXES)
+    return {q: int(sum(lengths[i * n : (i + 1) * n])) for i, q in enumerate(queues)}

@@ -1,0 +1,72 @@
+"""A worker process's life: the sweep timer in cpu workers, and handing running windows back on
+shutdown so another worker takes them at once instead of after a lease."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+from celery import signals
+
+from jobs.settings import get_settings
+from jobs.steps.next import Step
+from workers import celery_app
+from workers.celery_app import CPU_QUEUE
+from workers.dispatch import Dispatcher
+from workers.runtime import built_runtime
+from workers.sweeper import SweepTimer, sweep_period_s
+
+log = logging.getLogger(__name__)
+
+_timer: SweepTimer | None = None
+
+
+def owner_prefix() -> str:
+    """Lease owners of this process start with this; shutdown releases exactly these leases."""
+    return f"{socket.gethostname()}:{os.getpid()}:"
+
+
+@signals.worker_ready.connect
+def _start_sweep_timer(sender: Any = None, **_: Any) -> None:
+    """Every cpu worker runs the sweep timer; the Redis lock keeps it to one sweep per period."""
+    global _timer
+    consumer = sender
+    queues = {q.name for q in consumer.app.amqp.queues.consume_from.values()}
+    if CPU_QUEUE not in queues:
+        return
+    settings = get_settings()
+    dispatcher = Dispatcher(settings)
+    _timer = SweepTimer(settings.broker_url, sweep_period_s(settings.lease_seconds), dispatcher.send_sweep)
+    _timer.start()
+    log.info("sweep timer: every %.1f s", _timer.period_s)
+
+
+@signals.worker_shutting_down.connect
+def release_on_shutdown(**_: Any) -> None:
+    """Give back the leases of running windows and requeue them, so another worker takes them at
+    once. Runs first thing on a stop signal (``celery_app.STOP_HOOKS``); again, harmlessly, when
+    Celery announces the shutdown."""
+    if _timer is not None:
+        _timer.stop()
+    rt = built_runtime()
+    if rt is None:
+        return  # this process ran no task (prefork parent): its children release their own
+    try:
+        # Celery's threads pool cannot cancel a running task in a cold shutdown, so it would wait
+        # for the window to finish; enqueue it again now so another worker takes it at once.
+        dispatcher = Dispatcher(rt.settings)
+        for job_id, index in rt.store.release_leases(owner_prefix()):
+            dispatcher.send(Step("window", job_id, index))
+            log.warning("job %s: shutting down: window %d handed back to the queue", job_id, index)
+    except Exception:
+        log.exception("shutting down: could not hand back running windows")
+
+
+celery_app.STOP_HOOKS.append(release_on_shutdown)
+
+
+@signals.worker_process_shutdown.connect
+def _release_in_child(**_: Any) -> None:
+    release_on_shutdown()
