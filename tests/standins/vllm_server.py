@@ -3,10 +3,12 @@
 It speaks vLLM's OpenAI-compatible API (``GET /v1/models``, ``POST /v1/audio/transcriptions``,
 ``POST /v1/chat/completions``) and refuses what a recent vLLM serving Voxtral refuses, with the same
 status codes and messages (see shared/reference/voxtral-vllm.md): unknown model (404), a response
-format other than json/text (400), unknown language (400), an upload over
+format other than json/text (400), a language that is not ISO 639-1 (400), an upload over
 ``VLLM_MAX_AUDIO_CLIP_FILESIZE_MB`` (400), audio longer than ``VLLM_MAX_AUDIO_DECODE_DURATION_S``
-(400), a native decode over ``VLLM_MAX_AUDIO_DECODE_BYTES`` (400), prompt + max tokens over the
-32k context (400), a system message (400) and more than 5 audios in one chat request (400).
+(400), a native decode over ``VLLM_MAX_AUDIO_DECODE_BYTES`` (400), a prompt over the 32k context (400;
+a completion that would overrun it is cut short instead), a system message beside audio (400) and
+more than ``max_audios`` audios in one chat request (400). tests/realvllm/test_refusals.py sends each
+of these to the real vLLM too and compares status and body, so the messages here are vLLM 0.32's.
 
 Audio is decoded for real (ffprobe + ffmpeg to 16 kHz mono float) and answered deterministically:
 
@@ -77,13 +79,22 @@ PROMPT_OVERHEAD_TOKENS = 6  # [INST] [BEGIN_AUDIO] ... [/INST] lang:xx [TRANSCRI
 ECHO_CHARS = 300
 LOOP_WORDS = 1500
 
-# Voxtral's native languages and Whisper's others (accepted with a warning); anything else is a 400.
+# vLLM validates `language` as an ISO 639-1 code (mistral-common's LanguageAlpha2, from pycountry);
+# codes outside Voxtral's nine are accepted with a warning, anything else is a 400.
 NATIVE_LANGUAGES = frozenset(["ar", "nl", "en", "fr", "de", "hi", "it", "pt", "es"])
-WHISPER_LANGUAGES = NATIVE_LANGUAGES | frozenset(
-    """af am as az ba be bg bn bo br bs ca cs cy da el et eu fa fi fo gl gu ha haw he hr ht hu hy
-    id is ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my ne nn no oc pa pl ps
-    ro ru sa sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt uk ur uz vi yi yo yue zh""".split()  # noqa: SIM905
+ISO_639_1 = frozenset(
+    """aa ab ae af ak am an ar as av ay az ba be bg bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de
+    dv dz ee el en eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy hz ia id
+    ie ig ii ik io is it iu ja jv ka kg ki kj kk kl km kn ko kr ks ku kv kw ky la lb lg li ln lo lt lu
+    lv mg mh mi mk ml mn mr ms mt my na nb nd ne ng nl nn no nr nv ny oc oj om or os pa pi pl ps pt qu
+    rm rn ro ru rw sa sc sd se sg sh si sk sl sm sn so sq sr ss st su sv sw ta te tg th ti tk tl tn to
+    tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh zu""".split()  # noqa: SIM905
 )
+INVALID_AUDIO = (
+    "Invalid or corrupted audio data. Ensure the input is a valid audio or video file "
+    "(e.g. a complete WAV, MP3, or MP4)."
+)
+MIB = 1024 * 1024
 MARKER_WORD = re.compile(r"\bmarker-\d+\b")
 
 
@@ -165,18 +176,18 @@ class ServerState:
 
 def hear(data: bytes, config: ServerConfig, max_duration_s: float) -> Heard:
     """Check an audio item against the caps, decode it to 16 kHz mono and detect its markers."""
-    size_mb = len(data) / 1024**2
-    if size_mb > config.max_file_mb:
+    size_mb = len(data) / MIB
+    if len(data) > int(config.max_file_mb * MIB):
         # vLLM's VLLMValidationError renders its parameter and value after the message.
         raise APIError(
             400,
-            f"Maximum file size exceeded (parameter=audio_filesize_mb, value={size_mb:.2f})",
+            f"Maximum file size exceeded (parameter=audio_filesize_mb, value={size_mb})",
             param="audio_filesize_mb",
         )
     with tempfile.NamedTemporaryFile(suffix=".audio") as tmp:
         tmp.write(data)
         tmp.flush()
-        duration_s, native_rate, channels = _probe(Path(tmp.name))
+        duration_s, native_rate, channels, container = _probe(Path(tmp.name))
         if duration_s > max_duration_s:
             if config.mode == "mistral":
                 raise APIError(
@@ -185,26 +196,36 @@ def hear(data: bytes, config: ServerConfig, max_duration_s: float) -> Heard:
                     f"of {max_duration_s:.0f}s for this model.",
                     kind="invalid_request_error",
                 )
+            # vLLM reads WAV/FLAC/OGG with soundfile (which knows the frame count) and the
+            # rest with PyAV (which reads the container's metadata).
+            seen = (
+                f"file contains {duration_s:.1f}s at {native_rate}Hz"
+                if container in SOUNDFILE_FORMATS
+                else f"metadata reports {duration_s:.1f}s"
+            )
             raise APIError(
                 400,
-                f"Audio exceeds maximum allowed duration of {max_duration_s:.0f}s "
-                f"(got {duration_s:.1f}s). "
+                f"Audio exceeds maximum allowed duration of {max_duration_s:g}s ({seen}). "
                 "Set VLLM_MAX_AUDIO_DECODE_DURATION_S to increase this limit.",
             )
-        decode_bytes = int(duration_s * native_rate) * channels * 4
+        frames = int(duration_s * native_rate)
+        decode_bytes = frames * channels * 4
         if decode_bytes > config.max_decode_bytes:
             raise APIError(
                 400,
-                f"Decoded audio would be {decode_bytes} bytes, exceeding the maximum of "
-                f"{config.max_decode_bytes} bytes. "
-                "Set VLLM_MAX_AUDIO_DECODE_BYTES to increase this limit.",
+                f"Audio would allocate {decode_bytes / MIB:.0f} MiB of PCM ({frames} frames x "
+                f"{channels} channels x 4B), exceeding the {config.max_decode_bytes / MIB:.0f} MiB "
+                "limit. Set VLLM_MAX_AUDIO_DECODE_BYTES to increase this limit.",
             )
         samples = _decode(Path(tmp.name))
     found, loop = markers.detect(samples, SAMPLE_RATE)
     return Heard(duration_s=len(samples) / SAMPLE_RATE, markers=found, loop=loop)
 
 
-def _probe(path: Path) -> tuple[float, int, int]:
+SOUNDFILE_FORMATS = ("wav", "flac", "ogg")
+
+
+def _probe(path: Path) -> tuple[float, int, int, str]:
     proc = subprocess.run(
         [
             "ffprobe",
@@ -213,7 +234,7 @@ def _probe(path: Path) -> tuple[float, int, int]:
             "-select_streams",
             "a:0",
             "-show_entries",
-            "stream=sample_rate,channels,duration:format=duration",
+            "stream=sample_rate,channels,duration:format=duration,format_name",
             "-of",
             "json",
             str(path),
@@ -225,9 +246,10 @@ def _probe(path: Path) -> tuple[float, int, int]:
         info = json.loads(proc.stdout)
         stream = info["streams"][0]
         duration = float(stream.get("duration") or info["format"]["duration"])
-        return duration, int(stream["sample_rate"]), int(stream["channels"])
+        container = str(info["format"].get("format_name", "")).split(",")[0]
+        return duration, int(stream["sample_rate"]), int(stream["channels"]), container
     except (ValueError, KeyError, IndexError) as exc:
-        raise APIError(400, "Invalid or unsupported audio file.") from exc
+        raise APIError(400, INVALID_AUDIO) from exc
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -251,7 +273,7 @@ def _decode(path: Path) -> np.ndarray:
         check=False,
     )
     if proc.returncode != 0:
-        raise APIError(400, "Invalid or unsupported audio file.")
+        raise APIError(400, INVALID_AUDIO)
     return np.frombuffer(proc.stdout, dtype=np.float32)
 
 
@@ -278,25 +300,20 @@ def _loop_text(prefix: str, max_tokens: int) -> str:
 
 
 def _check_context(config: ServerConfig, prompt_tokens: int, max_tokens: int | None) -> int:
+    """A prompt over the context is refused; a completion that would overrun it is cut (vLLM 0.32
+    takes the smallest of max_tokens and the room left instead of refusing)."""
     limit = config.max_model_len
-    if prompt_tokens >= limit:
+    if prompt_tokens > limit:
         raise APIError(
             400,
-            f"The decoder prompt (length {prompt_tokens}) is longer than the maximum model "
-            f"length of {limit}. Make sure that `max_model_len` is no smaller than the number "
-            "of text tokens plus multimodal tokens.",
+            f"This model's maximum context length is {limit} tokens. However, your prompt "
+            f"contains {prompt_tokens} input tokens, which exceeds this limit even without any "
+            "output tokens. Please reduce the length of the input prompt. "
+            f"(parameter=input_tokens, value={prompt_tokens})",
+            param="input_tokens",
         )
-    if max_tokens is None:
-        return limit - prompt_tokens
-    if prompt_tokens + max_tokens > limit:
-        raise APIError(
-            400,
-            f"This model's maximum context length is {limit} tokens. However, you requested "
-            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, "
-            f"{max_tokens} in the completion). Please reduce the length of the messages or "
-            "completion.",
-        )
-    return max_tokens
+    room = limit - prompt_tokens
+    return room if max_tokens is None else min(max_tokens, room)
 
 
 # --- handlers ------------------------------------------------------------------------------
@@ -308,7 +325,15 @@ def _check_model(config: ServerConfig, model: str | None, allowed: tuple[str, ..
             raise APIError(400, "model is required", kind="invalid_request_error")
         return config.model
     if model not in allowed:
-        raise APIError(404, f"The model `{model}` does not exist.", kind="NotFoundError")
+        if config.mode == "mistral":
+            raise APIError(404, f"The model `{model}` does not exist.", kind="NotFoundError")
+        aliases = ", ".join(allowed)
+        raise APIError(
+            404,
+            f"The model `{model}` does not exist. Valid aliases: {aliases}.",
+            kind="NotFoundError",
+            param="model",
+        )
     return model
 
 
@@ -344,18 +369,22 @@ def transcribe(
     for name in ("temperature", "frequency_penalty", "presence_penalty", "repetition_penalty"):
         entry[name] = _opt_float(params, name)
     language = params.get("language") or None
-    if language is not None and language not in WHISPER_LANGUAGES:
+    if language is not None and language not in ISO_639_1:
+        # pydantic's rendering of mistral-common's LanguageAlpha2 validation error.
         raise APIError(
             400,
-            f"Unsupported language: {language!r}.  Language should be one of: {sorted(NATIVE_LANGUAGES)}.",
-            param="language",
+            "1 validation error for TranscriptionRequest\nlanguage\n  Invalid language alpha2 code "
+            f"[type=language_alpha2, input_value={language!r}, input_type=str]",
         )
     response_format = entry["response_format"]
     if config.mode == "vllm":
         if response_format == "verbose_json":
             raise APIError(400, f"Currently do not support verbose_json for {model}")
         if response_format not in ("json", "text"):
-            raise APIError(400, "Currently only support response_format: `text`, `json` or `verbose_json`")
+            raise APIError(
+                400,
+                "Currently only support response_format: `text`, `json`, `verbose_json` or `diarized_json`",
+            )
     max_tokens = _opt_int(params, "max_completion_tokens")
     entry["max_tokens"] = max_tokens
     cap = config.mistral_transcribe_max_s if config.mode == "mistral" else config.max_duration_s
@@ -412,8 +441,6 @@ def chat(config: ServerConfig, body: dict[str, Any], entry: dict[str, Any]) -> t
         "repetition_penalty",
     ):
         entry[name] = _opt_float(body, name)
-    if "system" in roles:
-        raise APIError(400, "System prompts are not supported by Voxtral; put instructions in the user turn.")
     texts: list[str] = []
     audio_parts: list[dict[str, Any]] = []
     for message in messages:
@@ -426,8 +453,28 @@ def chat(config: ServerConfig, body: dict[str, Any], entry: dict[str, Any]) -> t
                 texts.append(str(part.get("text", "")))
             else:
                 audio_parts.append(part)
+    # mistral-common's v7 tokenizer: no system message beside audio in a user turn.
+    with_audio = [
+        i
+        for i, m in enumerate(messages)
+        if m.get("role") == "user"
+        and isinstance(m.get("content"), list)
+        and any(isinstance(p, dict) and p.get("type") != "text" for p in m["content"])
+    ]
+    systems = [i for i, m in enumerate(messages) if m.get("role") == "system"]
+    if with_audio and systems:
+        raise APIError(
+            400,
+            f"Found system messages at indexes {systems} and audio chunks in messages at indexes "
+            f"{with_audio}. This is not allowed prior to the tokenizer version 13.",
+        )
     if len(audio_parts) > config.max_audios:
-        raise APIError(400, f"At most {config.max_audios} audio(s) may be provided in one prompt.")
+        raise APIError(
+            400,
+            f"At most {config.max_audios} audio(s) may be provided in one prompt. Set "
+            "`--limit-mm-per-prompt` to increase this limit. (parameter=audio)",
+            param="audio",
+        )
     max_tokens = _opt_int(body, "max_completion_tokens") or _opt_int(body, "max_tokens")
     entry["max_tokens"] = max_tokens
     prompt = "\n".join(texts)
@@ -563,7 +610,14 @@ def create_app(state: ServerState) -> FastAPI:
         entry: dict[str, Any] = {"endpoint": endpoint}
         try:
             if data is None:
-                raise APIError(400, "file: Field required", param="file")
+                fields = len(params) if params else 0
+                raise APIError(
+                    400,
+                    "1 validation error:\n  {'type': 'missing', 'loc': 'body.file', 'msg': 'Field required', "
+                    f"'input': '<dict of {fields} items>'}}",
+                    kind="Bad Request",
+                    param="body.file",
+                )
             entry["upload_bytes"] = len(data)
             text, response_format, heard = transcribe(config, params, data, entry)
         except APIError as err:
@@ -572,8 +626,8 @@ def create_app(state: ServerState) -> FastAPI:
             return JSONResponse(_error_body(config, err), err.status)
         entry.update(status=200, text_words=len(text.split()))
         state.record(entry)
-        if response_format == "text":
-            return PlainTextResponse(text)
+        if response_format == "text" and config.mode == "mistral":
+            return PlainTextResponse(text)  # vLLM answers JSON even for response_format=text
         body: dict[str, Any] = {
             "text": text,
             "usage": {"type": "duration", "seconds": math.ceil(heard.duration_s)},

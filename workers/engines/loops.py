@@ -9,6 +9,9 @@ silence until it runs out of tokens. Two signals, as Whisper uses them:
 
 A loop is a long run, or a shorter run in text that also compresses too well. A short run alone
 ("no, no, no") is speech, and a high ratio alone (lists of similar words) is not enough.
+
+Text written without spaces (Chinese, Japanese, Thai: "这么这么这么…") is one long "word"; it is
+compared character by character instead (real vLLM serving Voxtral looped exactly so).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 COMPRESSION_RATIO_LIMIT = 2.4
 MIN_CHARS_FOR_RATIO = 200
 MAX_UNIT_WORDS = 30
+SPACELESS_WORD_CHARS = 20  # words longer than this on average: a script without spaces
 LONG_RUN = 20  # repetitions that are a loop whatever the ratio
 SHORT_RUN = 4  # repetitions that are a loop when the ratio is also high...
 SHORT_RUN_SHARE = 0.3  # ...and the run covers this share of the words
@@ -65,9 +69,17 @@ def longest_repeat(words: list[str], max_unit: int = MAX_UNIT_WORDS) -> Repeat:
     return best
 
 
+def units(text: str) -> list[str]:
+    """Words, or characters (spaces dropped) for text in a script written without spaces."""
+    words = text.lower().split()
+    if words and sum(map(len, words)) / len(words) > SPACELESS_WORD_CHARS:
+        return [c for c in "".join(words)]
+    return words
+
+
 def is_loop(text: str) -> bool:
     """True when ``text`` looks like a degenerate repetition rather than a transcript."""
-    words = text.lower().split()
+    words = units(text)
     if len(words) < SHORT_RUN * 2:
         return False
     repeat = longest_repeat(words)
