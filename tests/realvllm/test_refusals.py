@@ -7,7 +7,6 @@ Status, error type, param and message (numbers aside) must match: the stand-in
 from __future__ import annotations
 
 import base64
-import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -126,14 +125,25 @@ CASES = {
 }
 
 
+def _masked(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        return "#"
+    return re.sub(r"\d+(?:\.\d+)?", "#", str(value))
+
+
 def shape(answer: httpx.Response) -> dict[str, Any]:
     """Status and body with every number replaced by #, so 25.63 and 25.6 compare equal."""
     try:
         body: Any = answer.json()
     except ValueError:
         body = answer.text
-    text = re.sub(r"\d+(?:\.\d+)?", "#", json.dumps(body, sort_keys=True))
-    return {"status": answer.status_code, "body": json.loads(text)}
+    return {"status": answer.status_code, "body": _masked(body)}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
