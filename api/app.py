@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from api import health, job_routes, metrics, upload_routes
+from api import health, job_routes, metrics, recording_routes, upload_routes
 from api.job_routes import DocumentNotReady
 from api.upload_stream import UploadTooLarge
 from jobs.errors import InputError, NotFound, PermanentError, TransientError, VoxbatchError
@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_exception_handler(ValueError, _value_error)
     app.include_router(job_routes.router)
     app.include_router(upload_routes.router)
+    app.include_router(recording_routes.router)
     app.include_router(health.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from jobs.errors import InputError, NotFound, StorageUnavailable
-from jobs.storage import _PART, MIB, _check_key, _check_prefix
+from jobs.storage import _PART, CHUNK_BYTES, MIB, _check_key, _check_prefix, _check_range
 
 T = TypeVar("T")
 
@@ -202,6 +202,36 @@ class S3Storage:
         except NotFound:
             return False
         return True
+
+    def size(self, key: str) -> int:
+        head = self._call(key, self.client.head_object, Bucket=self.bucket, Key=self._key(key))
+        return int(head.get("ContentLength", 0))
+
+    def read_range(self, key: str, start: int, stop: int) -> Iterator[bytes]:
+        """The bytes ``[start, stop)``: one GetObject with a Range header, its body read in chunks
+        of at most ``CHUNK_BYTES`` as the caller iterates (the object is never read whole)."""
+        _check_range(start, stop)
+        if start == stop:
+            return iter(())
+        resp = self._call(
+            key,
+            self.client.get_object,
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Range=f"bytes={start}-{stop - 1}",
+        )
+        return self._chunks(key, resp["Body"])
+
+    def _chunks(self, key: str, body: Any) -> Iterator[bytes]:
+        try:
+            chunks = body.iter_chunks(CHUNK_BYTES)
+            while True:
+                chunk = self._call(key, next, chunks, None)
+                if chunk is None:
+                    return
+                yield chunk
+        finally:
+            body.close()
 
     def list(self, prefix: str) -> Iterator[str]:
         """Keys starting with ``prefix`` in lexicographic order, fetched one page (1000 keys) at a

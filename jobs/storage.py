@@ -50,6 +50,21 @@ class MultipartUploads(Protocol):
     def abort_multipart(self, key: str, upload_id: str) -> None: ...
 
 
+@runtime_checkable
+class RangedReads(Protocol):
+    """Reading part of an object without reading the rest: what serving a recording to a media
+    player needs (HTTP Range requests). ``read_range`` yields the bytes ``[start, stop)`` in chunks
+    of at most ``CHUNK_BYTES``; the caller checks the bounds against ``size`` first."""
+
+    def size(self, key: str) -> int: ...
+    def read_range(self, key: str, start: int, stop: int) -> Iterator[bytes]: ...
+
+
+def _check_range(start: int, stop: int, size: int | None = None) -> None:
+    if start < 0 or stop < start or (size is not None and stop > size):
+        raise ValueError(f"bad byte range [{start}, {stop}) for an object of {size} bytes")
+
+
 def put_file(storage: Storage, key: str, path: Path) -> None:
     with path.open("rb") as f:
         storage.put_stream(key, f)
@@ -161,6 +176,34 @@ class LocalStorage:
                 parent.rmdir()
             except OSError:
                 break
+
+    def size(self, key: str) -> int:
+        path = self._path(key)
+        if not path.is_file():
+            raise NotFound(f"no object {key} in {self.url}")
+        return path.stat().st_size
+
+    def read_range(self, key: str, start: int, stop: int) -> Iterator[bytes]:
+        """The bytes ``[start, stop)``: one seek, then reads of at most ``CHUNK_BYTES``."""
+        _check_range(start, stop)
+        path = self._path(key)
+        if not path.is_file():
+            raise NotFound(f"no object {key} in {self.url}")
+        _check_range(start, stop, path.stat().st_size)
+        return self._chunks(path, start, stop)
+
+    @staticmethod
+    def _chunks(path: Path, start: int, stop: int) -> Iterator[bytes]:
+        # A generator of its own: the checks above run at the call, not at the first next().
+        with path.open("rb") as f:
+            f.seek(start)
+            left = stop - start
+            while left > 0:
+                data = f.read(min(CHUNK_BYTES, left))
+                if not data:
+                    return  # the file shrank under us; the caller sees a short read
+                left -= len(data)
+                yield data
 
     def local_path(self, key: str) -> Path:
         return self._path(key)

@@ -21,7 +21,7 @@ import pytest
 
 from jobs.errors import InputError, NotFound, StorageUnavailable
 from jobs.s3 import S3Storage
-from jobs.storage import LocalStorage, Storage, UnsafeKey, put_file
+from jobs.storage import CHUNK_BYTES, LocalStorage, RangedReads, Storage, UnsafeKey, put_file
 from jobs.storage_urls import open_storage
 from tests.fixtures.s3 import MotoS3, free_port
 
@@ -196,6 +196,48 @@ def test_delete_removes_the_object_and_nothing_else(store: Storage) -> None:
     assert list(store.list("uploads/")) == ["uploads/t/u2/b.mp3"]
 
 
+def test_ranged_reads_return_exactly_the_bytes_asked_for(store: Storage) -> None:
+    assert isinstance(store, RangedReads)
+    data = os.urandom(2 * MIB + 123)
+    store.put_bytes("jobs/j1/source/talk.mp3", data)
+    assert store.size("jobs/j1/source/talk.mp3") == len(data)
+    for start, stop in [(0, 1), (0, len(data)), (5, 1000), (MIB - 1, MIB + 1), (len(data) - 1, len(data))]:
+        chunks = list(store.read_range("jobs/j1/source/talk.mp3", start, stop))
+        assert b"".join(chunks) == data[start:stop], (start, stop)
+        assert all(0 < len(c) <= CHUNK_BYTES for c in chunks)
+    assert b"".join(store.read_range("jobs/j1/source/talk.mp3", 7, 7)) == b""
+    store.put_bytes("empty", b"")
+    assert store.size("empty") == 0
+
+
+def test_ranged_reads_of_a_missing_key_are_not_found(store: Storage) -> None:
+    assert isinstance(store, RangedReads)
+    with pytest.raises(NotFound, match="no object jobs/none"):
+        store.size("jobs/none")
+    with pytest.raises(NotFound, match="no object jobs/none"):
+        list(store.read_range("jobs/none", 0, 10))
+    with pytest.raises(UnsafeKey):
+        store.size("../x")
+    with pytest.raises(ValueError):
+        list(store.read_range("jobs/none", 5, 2))
+
+
+def test_a_ranged_read_streams_a_large_object_in_bounded_memory(store: Storage) -> None:
+    store.put_stream("big/recording.bin", as_io(ChunkReader(24 * MIB)))
+    assert isinstance(store, RangedReads)
+    tracemalloc.start()
+    try:
+        digest = hashlib.sha256()
+        for chunk in store.read_range("big/recording.bin", 1, 24 * MIB):
+            digest.update(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    expected = hashlib.sha256(store.get_bytes("big/recording.bin")[1:]).hexdigest()
+    assert digest.hexdigest() == expected
+    assert peak < 6 * MIB, f"reading 24 MiB held {peak / MIB:.1f} MiB at once"
+
+
 # --- local directory only ------------------------------------------------------------------------
 
 
@@ -230,6 +272,14 @@ def test_local_stream_reads_in_bounded_chunks(tmp_path: Path) -> None:
     assert reader.largest_request <= MIB
 
 
+def test_local_ranged_read_past_the_end_is_refused(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    store.put_bytes("a", b"0123456789")
+    with pytest.raises(ValueError, match="bad byte range"):
+        store.read_range("a", 5, 11)
+    assert b"".join(store.read_range("a", 9, 10)) == b"9"
+
+
 # --- S3 only -------------------------------------------------------------------------------------
 
 
@@ -237,6 +287,18 @@ def test_prefix_is_where_objects_land(moto_s3: MotoS3, s3_bucket: str) -> None:
     S3Storage(s3_bucket, "/vb/data/", endpoint_url=moto_s3.endpoint_url).put_bytes("a/b", b"x")
     listed = moto_s3.client().list_objects_v2(Bucket=s3_bucket)
     assert [o["Key"] for o in listed["Contents"]] == ["vb/data/a/b"]
+
+
+def test_s3_ranged_read_asks_for_the_range_only(moto_s3: MotoS3, s3_bucket: str) -> None:
+    store = S3Storage(s3_bucket, "vb", endpoint_url=moto_s3.endpoint_url)
+    store.put_bytes("rec.mp3", bytes(range(256)) * 100)
+    ranges: list[bytes | str | None] = []
+    store.client.meta.events.register(
+        "before-send.s3.GetObject", lambda request, **_: ranges.append(request.headers.get("Range"))
+    )
+    assert b"".join(store.read_range("rec.mp3", 300, 310)) == bytes(range(44, 54))
+    assert b"".join(store.read_range("rec.mp3", 0, 0)) == b""  # no request at all
+    assert ranges == [b"bytes=300-309"]
 
 
 def test_list_pages_past_1000_keys_one_page_at_a_time(moto_s3: MotoS3, s3_bucket: str) -> None:
