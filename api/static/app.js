@@ -110,6 +110,29 @@ function cell(row, text, cls) {
   return td;
 }
 
+// Windows done / total, and segments done / total beside them once the split has counted them.
+function progressCell(td, job) {
+  const progress = job.progress;
+  const bar = document.createElement("progress");
+  const segTotal = progress.segments_total;
+  const fine = segTotal !== null && segTotal !== undefined && segTotal > 0;
+  const total = progress.windows_total;
+  bar.max = fine ? segTotal : total || 1;
+  bar.value = job.status === "succeeded" ? bar.max : fine ? progress.segments_done || 0 : progress.windows_done;
+  const windows = document.createElement("span");
+  windows.className = "windows";
+  windows.title = "windows done / total";
+  windows.textContent = " " + progress.windows_done + "/" + (total === null ? "?" : total);
+  td.append(bar, document.createTextNode(" windows"), windows);
+  if (segTotal !== undefined && (segTotal !== null || progress.segments_done)) {
+    const segments = document.createElement("span");
+    segments.className = "segments";
+    segments.title = "speech segments transcribed / total";
+    segments.textContent = " " + (progress.segments_done || 0) + "/" + (segTotal === null ? "?" : segTotal);
+    td.append(document.createTextNode(" · segments"), segments);
+  }
+}
+
 async function refreshJobs() {
   const resp = await api("/v1/jobs?limit=50");
   if (resp.status === 401) { signOut(); return; }
@@ -124,15 +147,7 @@ async function refreshJobs() {
     cell(tr, job.source_name);
     const status = cell(tr, job.status, "status status-" + job.status);
     if (job.error) status.title = job.error;
-    const p = cell(tr);
-    const bar = document.createElement("progress");
-    const total = job.progress.windows_total;
-    bar.max = total || 1;
-    bar.value = job.status === "succeeded" ? bar.max : job.progress.windows_done;
-    const label = document.createElement("span");
-    label.className = "windows";
-    label.textContent = " " + job.progress.windows_done + "/" + (total === null ? "?" : total);
-    p.append(bar, label);
+    progressCell(cell(tr), job);
     const created = /(Z|[+-]\d\d:\d\d)$/.test(job.created_at) ? job.created_at : job.created_at + "Z";
     cell(tr, new Date(created).toLocaleString());
     const actions = cell(tr);
@@ -212,6 +227,7 @@ function renderMarkdown(md, target) {
 }
 
 async function showDocument(job) {
+  closePlayer();
   openJob = job;
   const resp = await api("/v1/jobs/" + job.id + "/documents/document.md");
   if (!resp.ok) { $("upload-status").textContent = await problem(resp); return; }
@@ -220,8 +236,179 @@ async function showDocument(job) {
   const flower = $("flower-link");
   flower.hidden = !job.links.flower;
   if (job.links.flower) flower.href = job.links.flower;
+  const docs = job.links.documents || {};
+  $("download-srt").hidden = !docs["transcript.srt"];
+  $("download-vtt").hidden = !docs["transcript.vtt"];
   $("document").hidden = false;
   $("document").scrollIntoView();
+  await showPlayer(job);
+}
+
+// --- the player: the recording, its captions, the timed transcript ----------------------------
+//
+// <audio>/<video> and <track> send no Authorization header: the page asks the API for signed links
+// (one hour) and the browser streams the recording with Range requests like any media URL.
+
+let player = null; // { job, media, segments, items, current, expires, refreshing }
+
+function clock(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  const pad = (n) => String(n).padStart(2, "0");
+  return pad(Math.floor(s / 3600)) + ":" + pad(Math.floor((s % 3600) / 60)) + ":" + pad(s % 60);
+}
+
+function closePlayer() {
+  if (player && player.media) {
+    player.media.pause();
+    player.media.removeAttribute("src");
+    player.media.load();
+  }
+  player = null;
+  $("player").replaceChildren();
+  $("player").hidden = true;
+  $("player-status").textContent = "";
+  $("segments").replaceChildren();
+  $("segment-count").textContent = "";
+  $("timed").hidden = true;
+}
+
+async function fetchSegments(job) {
+  const resp = await api("/v1/jobs/" + job.id + "/documents/document.json");
+  if (!resp.ok) return [];
+  try {
+    const doc = await resp.json();
+    return Array.isArray(doc.segments) ? doc.segments : [];
+  } catch (e) {
+    return [];
+  }
+}
+
+async function fetchLink(job) {
+  const resp = await api("/v1/jobs/" + job.id + "/recording/link", { method: "POST" });
+  if (!resp.ok) return { error: await problem(resp) };
+  return resp.json();
+}
+
+async function showPlayer(job) {
+  const [segments, link] = await Promise.all([fetchSegments(job), fetchLink(job)]);
+  if (openJob !== job) return; // another document was opened meanwhile
+  player = { job, media: null, segments, items: [], current: -1, expires: 0, refreshing: false };
+  renderSegments(segments);
+  if (link.error) {
+    $("player-status").textContent = "The recording cannot be played here: " + link.error;
+    return;
+  }
+  const media = document.createElement(link.kind === "video" ? "video" : "audio");
+  media.id = "media";
+  media.controls = true;
+  media.preload = "metadata";
+  media.src = link.recording_url;
+  if (link.captions_url && (segments.length || (job.links.documents || {})["transcript.vtt"])) {
+    const track = document.createElement("track");
+    track.kind = "captions";
+    track.default = true;
+    track.label = "Transcript";
+    if (job.language) track.srclang = job.language;
+    track.src = link.captions_url;
+    track.addEventListener("error", () => {
+      $("player-status").textContent = "The captions could not be loaded.";
+    });
+    media.appendChild(track);
+    // An audio element shows no captions, but its cues still load and follow playback.
+    if (link.kind !== "video") track.track.mode = "hidden";
+  }
+  media.addEventListener("timeupdate", () => highlight(media.currentTime));
+  media.addEventListener("seeked", () => highlight(media.currentTime));
+  media.addEventListener("error", () => refreshLink());
+  player.media = media;
+  player.expires = Date.parse(link.expires_at);
+  $("player").replaceChildren(media);
+  $("player").hidden = false;
+}
+
+// A link that expired while the page was open: ask for a new one and carry on where playback was.
+async function refreshLink() {
+  const p = player;
+  if (!p || p.refreshing) return;
+  if (Date.now() < p.expires - 60000) {
+    $("player-status").textContent = "The recording could not be played in this browser.";
+    return;
+  }
+  p.refreshing = true;
+  const link = await fetchLink(p.job);
+  if (player !== p) return;
+  if (link.error) {
+    $("player-status").textContent = "The recording cannot be played here: " + link.error;
+    return; // stays "refreshing": one new link per expiry, not a loop of failing requests
+  }
+  const at = p.media.currentTime;
+  const playing = !p.media.paused;
+  p.expires = Date.parse(link.expires_at);
+  p.media.src = link.recording_url;
+  p.media.currentTime = at;
+  if (playing) p.media.play().catch(() => {});
+  p.refreshing = false;
+}
+
+function renderSegments(segments) {
+  const list = $("segments");
+  list.replaceChildren();
+  player.items = segments.map((seg, i) => {
+    const li = document.createElement("li");
+    li.className = "segment";
+    li.dataset.index = String(i);
+    const stamp = document.createElement("button");
+    stamp.type = "button";
+    stamp.className = "stamp";
+    stamp.dataset.start = String(seg.start_s);
+    stamp.textContent = clock(seg.start_s);
+    stamp.title = "Play from " + clock(seg.start_s);
+    stamp.addEventListener("click", () => seek(seg.start_s));
+    const text = document.createElement("span");
+    text.className = "text";
+    text.textContent = seg.text;
+    li.append(stamp, text);
+    list.appendChild(li);
+    return li;
+  });
+  $("segment-count").textContent = segments.length ? "(" + segments.length + " segments)" : "";
+  $("timed").hidden = segments.length === 0;
+}
+
+function seek(seconds) {
+  if (!player || !player.media) return;
+  player.media.currentTime = seconds;
+  highlight(seconds);
+  player.media.play().catch(() => {}); // a click is a user gesture: playing is allowed
+}
+
+// The segment under the playhead: the last one starting at or before it, while it lasts.
+function segmentAt(seconds) {
+  const segs = player.segments;
+  let lo = 0;
+  let hi = segs.length - 1;
+  let found = -1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    if (segs[mid].start_s <= seconds) { found = mid; lo = mid + 1; } else { hi = mid - 1; }
+  }
+  return found >= 0 && seconds < segs[found].end_s ? found : -1;
+}
+
+function highlight(seconds) {
+  if (!player) return;
+  const now = segmentAt(seconds);
+  if (now === player.current) return;
+  if (player.current >= 0) {
+    const old = player.items[player.current];
+    old.classList.remove("current");
+    old.removeAttribute("aria-current");
+  }
+  player.current = now;
+  if (now >= 0) {
+    player.items[now].classList.add("current");
+    player.items[now].setAttribute("aria-current", "true");
+  }
 }
 
 async function download(name) {
@@ -256,6 +443,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("download-md").addEventListener("click", () => download("document.md"));
   $("download-json").addEventListener("click", () => download("document.json"));
   $("download-txt").addEventListener("click", () => download("transcript.txt"));
-  $("close-document").addEventListener("click", () => { $("document").hidden = true; openJob = null; });
+  $("download-srt").addEventListener("click", () => download("transcript.srt"));
+  $("download-vtt").addEventListener("click", () => download("transcript.vtt"));
+  $("close-document").addEventListener("click", () => { closePlayer(); $("document").hidden = true; openJob = null; });
   if (apiKey) signIn(apiKey);
 });
