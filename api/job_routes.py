@@ -40,6 +40,8 @@ MEDIA_TYPES = {
     ".md": "text/markdown; charset=utf-8",
     ".json": "application/json",
     ".txt": "text/plain; charset=utf-8",
+    ".srt": "application/x-subrip; charset=utf-8",
+    ".vtt": "text/vtt; charset=utf-8",
 }
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "no API key, or an unknown one"},

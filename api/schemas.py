@@ -18,6 +18,10 @@ from jobs.timings import job_timings
 class Progress(BaseModel):
     windows_done: int = Field(description="windows transcribed and summarised so far")
     windows_total: int | None = Field(description="windows the recording was cut into (null until split)")
+    segments_done: int = Field(default=0, description="speech segments transcribed so far")
+    segments_total: int | None = Field(
+        default=None, description="speech segments found so far (grows as windows are cut into segments)"
+    )
 
 
 class Timings(BaseModel):
@@ -155,7 +159,12 @@ def job_out(job: Job, base_url: str, flower_url: str | None) -> JobOut:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-        progress=Progress(windows_done=job.windows_done, windows_total=job.windows_total),
+        progress=Progress(
+            windows_done=job.windows_done,
+            windows_total=job.windows_total,
+            segments_done=job.segments_done,
+            segments_total=job.segments_total,
+        ),
         timings_s=Timings(**job_timings(job)),
         webhook_url=job.webhook_url,
         webhook_attempts=[WebhookAttempt.model_validate(a) for a in attempts if isinstance(a, dict)],

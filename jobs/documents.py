@@ -1,4 +1,10 @@
-"""Rendering a finished job as document.md (for people), document.json and transcript.txt."""
+"""Rendering a finished job: document.md (for people), document.json, transcript.txt, and the
+captions transcript.srt and transcript.vtt.
+
+Caption and paragraph times are exact at speech-segment edges; inside a segment, cue times are
+spread over the segment's speech (not its pauses) in proportion to the length of the text: they
+are not word alignment.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from jobs.captions import TimedText, build_cues, render_srt, render_vtt, stamped, timed_paragraphs
 from jobs.stitching import WindowResult, clean, stitch
 from jobs.timecodes import hms, span
 
@@ -28,6 +35,36 @@ class Document:
     @property
     def transcript(self) -> str:
         return stitch(self.windows)
+
+    def segments(self) -> list[dict[str, Any]]:
+        """Every speech segment in time order, numbered across the recording."""
+        ordered = [
+            (w.index, seg) for w in sorted(self.windows, key=lambda w: w.start_s) for seg in w.segments
+        ]
+        return [
+            {
+                "index": n,
+                "window": window,
+                "start_s": round(seg["start_s"], 3),
+                "end_s": round(seg["end_s"], 3),
+                "text": clean(seg["text"]).replace("\n", " "),
+            }
+            for n, (window, seg) in enumerate(ordered)
+        ]
+
+    def timed(self, window: WindowResult | None = None) -> list[TimedText]:
+        windows = [window] if window is not None else sorted(self.windows, key=lambda w: w.start_s)
+        return [
+            TimedText(
+                seg["start_s"],
+                seg["end_s"],
+                clean(seg["text"]).replace("\n", " "),
+                tuple(map(tuple, seg.get("speech") or ())),
+            )
+            for w in windows
+            for seg in w.segments
+            if seg["text"].strip()
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +89,7 @@ class Document:
                 }
                 for w in self.windows
             ],
+            "segments": self.segments(),
             "notes": self.notes,
         }
 
@@ -82,15 +120,27 @@ def render_markdown(doc: Document) -> bytes:
         if w.summary:
             out += ["### Summary", "", w.summary.strip(), ""]
         out += ["### Transcript", ""]
-        text = clean(w.transcript)
-        out += [text if text else "_No speech detected in this part._", ""]
+        paragraphs = [stamped(start, text) for start, text in timed_paragraphs(doc.timed(w))]
+        if not paragraphs and clean(w.transcript):
+            paragraphs = [stamped(w.start_s, clean(w.transcript))]  # a result stored before segments
+        out += ["\n\n".join(paragraphs) if paragraphs else "_No speech detected in this part._", ""]
     return ("\n".join(out).rstrip() + "\n").encode()
+
+
+def render_srt_file(doc: Document) -> bytes:
+    return render_srt(build_cues(doc.timed())).encode()
+
+
+def render_vtt_file(doc: Document) -> bytes:
+    return render_vtt(build_cues(doc.timed())).encode()
 
 
 RENDERERS = {
     "document.md": render_markdown,
     "document.json": render_json,
     "transcript.txt": render_text,
+    "transcript.srt": render_srt_file,
+    "transcript.vtt": render_vtt_file,
 }
 # The documents of a finished job, in the order people look for them.
 DOCUMENT_NAMES = tuple(RENDERERS)

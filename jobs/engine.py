@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 
 class Engine(Protocol):
     """An audio language model: transcribe a window, answer a prompt about it, answer text."""
@@ -65,6 +68,10 @@ class WindowAudio:
 class AudioTool(Protocol):
     def probe(self, source: str) -> SourceInfo:
         """Probe a local path or an http(s) URL. Raises InputError naming what is wrong."""
+        ...
+
+    def read_samples(self, path: Path) -> npt.NDArray[np.int16]:
+        """A window file's samples: 16 kHz mono int16 (a 30-minute window is 57.6 MB)."""
         ...
 
     def split(self, source: str, out_dir: Path, max_window_s: float) -> Iterator[WindowAudio]:

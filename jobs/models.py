@@ -64,6 +64,9 @@ class Job(SQLModel, table=True):
     duration_s: float | None = None
     windows_total: int | None = None
     windows_done: int = 0
+    # Speech segments of the windows that have been cut so far (the total grows as windows start).
+    segments_total: int | None = None
+    segments_done: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     reduce_claimed: bool = False
     attempt: int = 0
     webhook_url: str | None = Field(default=None, sa_column=Column(Text))
@@ -94,6 +97,8 @@ class Window(SQLModel, table=True):
     lease_owner: str | None = Field(default=None, max_length=200)
     lease_expires_at: datetime | None = Field(default=None, index=True)
     error: str | None = Field(default=None, sa_column=Column(Text))
+    segments_total: int | None = None
+    segments_done: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     engine_s: float | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     flower_basic_auth: str | None = None
     flower_url: str | None = None
     gpu_concurrency: int = 8
+    # Segment requests in flight per window task (jobs/steps/segments.py): vLLM batches them.
+    segment_concurrency: int = Field(default=32, ge=1, le=1024)
     max_upload_mb: float = 20_000.0
     webhook_allow_private: bool = False
     # Buckets besides the storage bucket that API tenants may name as s3:// sources (comma-separated):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from jobs.errors import PermanentError
 
@@ -24,10 +25,13 @@ class WindowResult:
     end_s: float
     transcript: str
     summary: str | None
-    # When the server refused the window as too long, the pieces it was re-cut into.
+    # When the server refused the window's summary audio as too long, the pieces it was re-cut into.
     pieces: list[dict[str, float]] = field(default_factory=list)
     engine: str = ""
     model: str = ""
+    # Speech segments on the recording's clock: {index, start_s, end_s, text, speech}.
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), ensure_ascii=False, indent=1).encode()

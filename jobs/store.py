@@ -248,6 +248,22 @@ class JobStore:
             finished_at=utcnow(),
         )
 
+    def record_segments(self, window: Window, done: int, total: int) -> None:
+        """A window's segment progress, and the job's sums over its windows."""
+        self._update(Window, [col(Window.id) == window.id], segments_done=done, segments_total=total)
+        mine = select(Window).where(Window.job_id == window.job_id)
+        with self.db.session() as s:
+            rows = list(s.exec(mine))
+            s.execute(
+                update(Job)
+                .where(col(Job.id) == window.job_id)
+                .values(
+                    segments_done=sum(w.segments_done for w in rows),
+                    segments_total=sum(w.segments_total or 0 for w in rows),
+                )
+            )
+            s.commit()
+
     def fail_window(self, window_id: int | None, reason: str) -> None:
         self._update(
             Window, [col(Window.id) == window_id], status=WindowStatus.failed, error=reason, **_NO_LEASE

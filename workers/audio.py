@@ -119,6 +119,24 @@ class FfmpegAudio:
                     end = max(end or 0.0, pts + (length or 0.0))
         return end
 
+    def read_samples(self, path: Path) -> npt.NDArray[np.int16]:
+        """A window file's samples, 16 kHz mono s16 (windows are at most 30 minutes: 57.6 MB)."""
+        target = FfmpegInput.parse(str(path))
+        cmd = [
+            self.ffmpeg,
+            *QUIET_ARGS,
+            *target.input_args(),
+            *SELECT_ARGS,
+            *RESAMPLE_ARGS,
+            "-f",
+            "s16le",
+            "pipe:1",
+        ]
+        done = subprocess.run(cmd, capture_output=True, check=False)
+        if done.returncode != 0:
+            raise target.unreadable(target.scrub(_last_line(done.stderr.decode("utf-8", "replace"))))
+        return np.frombuffer(done.stdout, dtype="<i2")
+
     def split(self, source: str, out_dir: Path, max_window_s: float) -> Iterator[WindowAudio]:
         """Cut the source into 16 kHz mono FLAC windows (``0000.flac``, ...) of at most
         ``max_window_s``, each ending in silence or at the quietest point near the limit, in one

@@ -27,7 +27,12 @@ def job_report(rt: Runtime, job: Job) -> dict[str, Any]:
     windows = rt.store.windows(job.id)
     return {
         **job.model_dump(mode="json"),
-        "progress": {"windows_done": job.windows_done, "windows_total": job.windows_total},
+        "progress": {
+            "windows_done": job.windows_done,
+            "windows_total": job.windows_total,
+            "segments_done": job.segments_done,
+            "segments_total": job.segments_total,
+        },
         "timings_s": job_timings(job),
         "window_engine_s": round(sum(w.engine_s for w in windows if w.engine_s is not None), 3),
         "windows": [
@@ -90,7 +95,11 @@ def status(job_id: str, as_json: bool) -> None:
     total = report["windows_total"]
     click.echo(f"job       {report['id']}  {report['source_name']}")
     click.echo(f"status    {report['status']}")
-    click.echo(f"progress  {report['windows_done']}/{total if total is not None else '?'} windows")
+    segments = report["segments_total"]
+    click.echo(
+        f"progress  {report['windows_done']}/{total if total is not None else '?'} windows, "
+        f"{report['segments_done']}/{segments if segments is not None else '?'} segments"
+    )
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in report["timings_s"].items() if v is not None)
     if stages:
         click.echo(f"timings   {stages}")

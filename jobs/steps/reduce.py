@@ -45,6 +45,7 @@ def reduce_job(rt: Runtime, job_id: str) -> Job:
         notes.append(OFFLINE_NOTE)
     if not any(r.transcript.strip() for r in results):
         notes.append(NO_SPEECH_NOTE)
+    notes += [note for r in results for note in r.notes]
     doc = Document(
         job_id=job.id,
         source=job.source,

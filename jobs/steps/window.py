@@ -1,4 +1,5 @@
-"""One window: claim its lease, transcribe and summarise it, store the result, mark it done.
+"""One window: claim its lease, transcribe its segments and summarise it, store the result, mark it
+done.
 
 Safe to run twice: a window whose result is stored is marked done without calling the engine.
 Permanent errors fail the window and the job; transient ones hand the window back (pending) and
@@ -10,20 +11,26 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from jobs.errors import PermanentError, WindowTooLarge
 from jobs.models import Job, Window
 from jobs.presets import get_preset, merge_prompt, window_prompt
 from jobs.runtime import Runtime
+from jobs.segmenting import SAMPLE_RATE, segment_samples
 from jobs.steps.ending import ensure_running, fail
 from jobs.steps.leases import lease_kept
 from jobs.steps.recut import Recutter
+from jobs.steps.segments import SegmentWork
 from jobs.stitching import WindowResult
 from jobs.timecodes import span
 
 log = logging.getLogger(__name__)
+
+PROGRESS_EVERY = 8
 
 
 def run_window(rt: Runtime, job_id: str, index: int, owner: str = "local") -> bool:
@@ -67,42 +74,79 @@ def _fail_window(rt: Runtime, window: Window, reason: str) -> None:
 
 
 def process_window(rt: Runtime, job: Job, window: Window) -> WindowResult:
+    """The window's segments transcribed in parallel, and its summary (which hears the whole
+    window, as one chat call) alongside them."""
     engine = rt.engine
-    preset = get_preset(job.preset)
-    total = job.windows_total or 1
     with tempfile.TemporaryDirectory(prefix=f"voxbatch-{job.id}-{window.index}-") as tmp_name:
         tmp = Path(tmp_name)
         audio = tmp / "window.flac"
         rt.storage.download(window.audio_key, audio)
-        recut = Recutter(rt, tmp, job.id)
-        length = window.end_s - window.start_s
-        pieces = recut.over(lambda p: engine.transcribe(p, job.language), audio, 0.0, length)
-        transcript = "\n".join(p.text.strip() for p in pieces if p.text.strip())
-        summary: str | None = None
-        # No speech, nothing to summarise: asking anyway invites the model to invent content.
-        if engine.can_summarize and transcript:
-            prompt = window_prompt(
-                preset, job.instructions, window.index, total, span(window.start_s, window.end_s)
-            )
-            parts = recut.over(lambda p: engine.summarize_audio(p, prompt), audio, 0.0, length)
-            said = [
-                (span(window.start_s + p.start_s, window.start_s + p.end_s), p.text.strip())
-                for p in parts
-                if p.text.strip()
-            ]
-            if len(said) == 1:
-                summary = said[0][1]
-            elif said:
-                summary = engine.complete(merge_prompt(said))
+        samples = rt.audio.read_samples(audio)
+        segments = segment_samples(samples, SAMPLE_RATE)
+        done: set[int] = set()
+        lock = threading.Lock()
+
+        def progress(index: int) -> None:
+            with lock:
+                done.add(index)
+                count = len(done)
+            # Every few segments is enough for a progress bar; the last one always counts.
+            if count == len(segments) or count % PROGRESS_EVERY == 0:
+                rt.store.record_segments(window, count, len(segments))
+
+        rt.store.record_segments(window, 0, len(segments))
+        work = SegmentWork(rt, job.id, window.index, window.start_s, samples, tmp, job.language)
+        with ThreadPoolExecutor(max_workers=_parallel(rt), thread_name_prefix=f"seg-{job.id}") as pool:
+            summary_future = pool.submit(_summary, rt, job, window, audio, tmp) if segments else None
+            futures = work.run(segments, pool, progress)
+            results = [f.result() for f in futures]
+            summary, pieces = summary_future.result() if summary_future else (None, [])
+    texts = [r.text for r in results if r.text.strip()]
     return WindowResult(
         index=window.index,
         start_s=window.start_s,
         end_s=window.end_s,
-        transcript=transcript,
-        summary=summary,
-        pieces=[{"start_s": window.start_s + p.start_s, "end_s": window.start_s + p.end_s} for p in pieces]
-        if len(pieces) > 1
-        else [],
+        transcript="\n".join(texts),
+        summary=summary if texts else None,
+        pieces=pieces,
         engine=engine.name,
         model=engine.model,
+        segments=[
+            {"index": r.index, "start_s": r.start_s, "end_s": r.end_s, "text": r.text, "speech": r.speech}
+            for r in results
+        ],
+        notes=[r.note for r in results if r.note],
     )
+
+
+def _parallel(rt: Runtime) -> int:
+    """Segments in flight: the setting for a server that batches, the cores for one that does not."""
+    local = getattr(rt.engine, "local_workers", None)
+    return max(1, int(local) if local else rt.settings.segment_concurrency) + 1  # + the summary
+
+
+def _summary(
+    rt: Runtime, job: Job, window: Window, audio: Path, tmp: Path
+) -> tuple[str | None, list[dict[str, float]]]:
+    """The window's summary from one chat call carrying its audio (cut smaller if refused)."""
+    engine = rt.engine
+    if not engine.can_summarize:
+        return None, []
+    prompt = window_prompt(
+        get_preset(job.preset),
+        job.instructions,
+        window.index,
+        job.windows_total or 1,
+        span(window.start_s, window.end_s),
+    )
+    recut = Recutter(rt, tmp, job.id)
+    parts = recut.over(lambda p: engine.summarize_audio(p, prompt), audio, 0.0, window.end_s - window.start_s)
+    pieces = [{"start_s": window.start_s + p.start_s, "end_s": window.start_s + p.end_s} for p in parts]
+    said = [
+        (span(window.start_s + p.start_s, window.start_s + p.end_s), p.text.strip())
+        for p in parts
+        if p.text.strip()
+    ]
+    if len(said) == 1:
+        return said[0][1], []
+    return (engine.complete(merge_prompt(said)) if said else None), pieces

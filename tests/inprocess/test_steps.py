@@ -44,7 +44,7 @@ def test_a_local_run_goes_through_every_state_and_hears_every_marker_once(
     job = run_local(rt, _job(rt, tones))
     assert job.status == JobStatus.succeeded
     assert job.windows_total == 3 and job.windows_done == 3
-    assert engine.transcribed() == MARKERS
+    assert sorted(engine.transcribed()) == MARKERS  # each heard once (segments run in parallel)
     doc = _document(rt, job.id)
     assert doc["transcript"] == "\n\n".join(w["transcript"] for w in doc["windows"])  # type: ignore[index,union-attr]
     assert " ".join(str(doc["transcript"]).split()) == " ".join(f"marker-{k}" for k in MARKERS)
@@ -57,7 +57,7 @@ def test_a_refused_window_is_cut_smaller_and_nothing_is_lost(
     engine.max_s = 40.0
     job = run_local(rt, _job(rt, tones))
     assert job.status == JobStatus.succeeded
-    assert engine.transcribed() == MARKERS
+    assert sorted(engine.transcribed()) == MARKERS  # each heard once (segments run in parallel)
     windows = _document(rt, job.id)["windows"]
     assert isinstance(windows, list)
     results = [json.loads(rt.storage.get_bytes(f"jobs/{job.id}/windows/{i:04d}.json")) for i in range(3)]
@@ -108,7 +108,9 @@ def test_retry_resumes_and_redoes_only_what_is_missing(
     assert next_steps(rt, job_id) == [Step("window", job_id, 2)]
     job = run_local(rt, job_id)
     assert job.status == JobStatus.succeeded
-    assert engine.transcribed() == [5, 6]  # windows done before were not sent again
+    # Windows done before were not sent again, nor was window 3's stored segment (marker 6); only
+    # the segment the server had refused (marker 5) was asked again.
+    assert sorted(engine.transcribed()) == [5]
     with pytest.raises(PermanentError, match="only failed or cancelled"):
         retry(rt, job_id)
 

@@ -98,10 +98,11 @@ def test_run_makes_the_documents_from_every_window(
     assert len(spans) == len(doc["windows"]) and spans[0][0] == "00:00:00"
     log = standin.stats()["log"]
     transcriptions = [e for e in log if e["endpoint"] == "transcriptions" and e["status"] == 200]
-    assert len(transcriptions) == len(doc["windows"])
+    # One transcription per speech segment (≤ 30 s each), none for the windows' pauses.
+    assert len(transcriptions) == len(doc["segments"]) > len(doc["windows"])
     assert all(e["temperature"] == 0 for e in transcriptions)
-    # Resampled to 16 kHz mono FLAC before upload: 44.1 kHz stereo would be ~10x larger.
-    assert all(e["upload_bytes"] < 60 * 32_000 for e in transcriptions)
+    # 16 kHz mono before upload: 30 s is at most 960 kB; 44.1 kHz stereo would be ~5x larger.
+    assert all(e["upload_bytes"] <= 30 * 32_000 + 1024 for e in transcriptions)
 
 
 def test_a_server_with_default_caps_gets_smaller_pieces(tmp_path: Path, audio_dir: Path) -> None:
@@ -117,11 +118,14 @@ def test_a_server_with_default_caps_gets_smaller_pieces(tmp_path: Path, audio_di
         doc = check_document(out, rec)
         assert len(doc["windows"]) == 1
         ok = [e for e in server.stats()["log"] if e["endpoint"] == "transcriptions" and e["status"] == 200]
-        assert len(ok) >= 2 and all(e["duration_s"] <= 60.0 for e in ok)
-        # The summary went piece by piece too (cut once, reused), then merged by a text-only call.
-        chats = [e for e in server.stats()["log"] if e["endpoint"] == "chat" and e["status"] == 200]
-        with_audio = [e for e in chats if e.get("duration_s")]
-        assert len(with_audio) == len(ok)
+        # Transcripts go segment by segment (≤ 30 s): the cap never bites them.
+        assert len(ok) == len(doc["segments"]) and all(e["duration_s"] <= 30.0 for e in ok)
+        # The summary hears the whole window: refused once, then piece by piece, merged by a
+        # text-only call.
+        chats = [e for e in server.stats()["log"] if e["endpoint"] == "chat"]
+        assert chats[0]["status"] == 400
+        with_audio = [e for e in chats if e.get("duration_s") and e["status"] == 200]
+        assert len(with_audio) >= 2 and all(e["duration_s"] <= 60.0 for e in with_audio)
         summary = doc["windows"][0]["summary"]
         assert summary.startswith("Overall: ")  # the stand-in's answer to a text-only call
         # (the stand-in also echoes the start of the prompt, hence distinct markers)
@@ -198,7 +202,7 @@ def test_an_interrupted_run_resumes_after_the_last_finished_window(
         assert proc.returncode == 130, err
         assert "run the same command again to resume" in err
         assert "Traceback" not in err
-        done_before = {p.name for p in results.glob("*/windows/*.json")}
+        segments_before = len(list(results.glob("*/windows/*/segments/*.json")))
         # The stand-in logs a request when it answers: let the interrupted run's last request,
         # still sleeping its latency there, land before counting from zero.
         time.sleep(3 * server.config.latency_s)
@@ -206,9 +210,10 @@ def test_an_interrupted_run_resumes_after_the_last_finished_window(
         again = voxbatch(args[3:], env, tmp_path)
         assert again.returncode == 0, again.stderr
         assert "resuming job" in again.stderr
-        windows = json.loads((tmp_path / "out" / "document.json").read_text())["windows"]
+        segments = json.loads((tmp_path / "out" / "document.json").read_text())["segments"]
         transcribed = server.stats()["counts"].get("transcriptions", 0)
-        assert transcribed == len(windows) - len(done_before)
+        # Only the segments not stored before the interruption went to the model again.
+        assert segments_before > 0 and transcribed == len(segments) - segments_before
         check_document(tmp_path / "out", marker_recording)
 
 
