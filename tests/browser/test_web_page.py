@@ -104,6 +104,29 @@ def test_upload_follow_and_read_a_document(
     assert "/api/tasks?search=" in (page.get_attribute("#flower-link", "href") or "")
     shot(page, "07-document")
 
+    # The player: the recording through a signed link, the pipeline's transcript.vtt as its captions
+    # (a file Chromium cannot parse leaves the track in readyState 3 and fails here).
+    track = "document.querySelector('#media track')"
+    page.wait_for_function(f"() => {track} && {track}.readyState === 2", timeout=15_000)
+    cues = page.evaluate(
+        "() => Array.from(document.querySelector('#media').textTracks[0].cues).map(c => c.text)"
+    )
+    heard = [w for w in " ".join(cues).split() if w.startswith("marker-")]
+    assert heard == [f"marker-{k}" for k in range(12)], cues
+    said = [
+        w
+        for w in " ".join(page.locator("#segments .text").all_text_contents()).split()
+        if w.startswith("marker-")
+    ]
+    assert said == [f"marker-{k}" for k in range(12)]
+    assert page.locator("#segments .stamp").count() >= 3
+    start = float(page.get_attribute("#segments li[data-index='2'] .stamp", "data-start") or "nan")
+    page.wait_for_function("() => document.querySelector('#media').readyState >= 1", timeout=15_000)
+    page.locator("#segments .stamp").nth(2).click()
+    page.wait_for_function(f"() => Math.abs(document.querySelector('#media').currentTime - {start}) < 1.5")
+    page.wait_for_selector("#segments li.current[data-index='2']")
+    shot(page, "08-player")
+
     with page.expect_download() as info:
         page.click("#download-md")
     saved = tmp_path / "document.md"
