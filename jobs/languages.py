@@ -1,11 +1,12 @@
 """Language codes a user may pass with ``--language`` (ISO 639-1).
 
 Voxtral is strongest in ``NATIVE``. vLLM validates ``language`` as an ISO 639-1 two-letter code
-(mistral-common's ``LanguageAlpha2``), answers 400 for anything else, and accepts the codes outside
-Voxtral's nine with a warning. ``ACCEPTED`` is Whisper's language list restricted to what that
-validation takes: Whisper's ``haw`` and ``yue`` have no two-letter code and its ``jw`` is ISO's
-``jv``; the real server refused all three (tests/realvllm/test_server.py sends every code here).
-We refuse unknown codes before any work starts.
+(mistral-common's ``LanguageAlpha2``), then accepts Voxtral's nine and, with a warning, Whisper's
+other codes; anything else is a 400. ``ACCEPTED`` is therefore Whisper's list restricted to ISO
+639-1: ``haw`` and ``yue`` have no two-letter code and ``jw`` is not ISO's (Javanese is ``jv``,
+which Whisper's list lacks, so vLLM refuses it too). The real server refused all of them;
+tests/realvllm/test_server.py sends it every code here. We refuse unknown codes before any work
+starts.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from jobs.errors import InputError
 
 NATIVE = frozenset({"ar", "nl", "en", "fr", "de", "hi", "it", "pt", "es"})
 
-# Whisper's language codes that are ISO 639-1 (Javanese as jv, not Whisper's jw).
+# Whisper's language codes that are also ISO 639-1 codes.
 ACCEPTED = NATIVE | frozenset(
     [
         "af",
@@ -49,7 +50,6 @@ ACCEPTED = NATIVE | frozenset(
         "id",
         "is",
         "ja",
-        "jv",
         "ka",
         "kk",
         "km",

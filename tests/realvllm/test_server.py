@@ -103,7 +103,7 @@ def test_every_language_voxbatch_accepts_is_accepted(
     refused = [a for a in answers if a[1] != 200]
     assert refused == []
     # ...and what the old list took from Whisper is what the real server refuses.
-    for code in ("jw", "haw", "yue"):
+    for code in ("jw", "haw", "yue", "jv"):
         assert send(code)[1] == 400
 
 

@@ -94,6 +94,12 @@ INVALID_AUDIO = (
     "Invalid or corrupted audio data. Ensure the input is a valid audio or video file "
     "(e.g. a complete WAV, MP3, or MP4)."
 )
+# validate_language then takes Voxtral's nine and (with a warning) Whisper's other codes.
+WHISPER_LANGUAGES = NATIVE_LANGUAGES | frozenset(
+    """af am as az ba be bg bn bo br bs ca cs cy da el et eu fa fi fo gl gu ha haw he hr ht hu hy
+    id is ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my ne nn no oc pa pl ps
+    ro ru sa sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt uk ur uz vi yi yo yue zh""".split()  # noqa: SIM905
+)
 MIB = 1024 * 1024
 MARKER_WORD = re.compile(r"\bmarker-\d+\b")
 
@@ -196,7 +202,7 @@ def hear(data: bytes, config: ServerConfig, max_duration_s: float) -> Heard:
                     f"of {max_duration_s:.0f}s for this model.",
                     kind="invalid_request_error",
                 )
-            # vLLM reads WAV/FLAC/OGG with soundfile (which knows the frame count) and the
+            # vLLM reads WAV/FLAC/OGG/MP3 with soundfile (which knows the frame count) and the
             # rest with PyAV (which reads the container's metadata).
             seen = (
                 f"file contains {duration_s:.1f}s at {native_rate}Hz"
@@ -222,7 +228,7 @@ def hear(data: bytes, config: ServerConfig, max_duration_s: float) -> Heard:
     return Heard(duration_s=len(samples) / SAMPLE_RATE, markers=found, loop=loop)
 
 
-SOUNDFILE_FORMATS = ("wav", "flac", "ogg")
+SOUNDFILE_FORMATS = ("wav", "flac", "ogg", "mp3")  # libsndfile reads MP3 too
 
 
 def _probe(path: Path) -> tuple[float, int, int, str]:
@@ -376,6 +382,9 @@ def transcribe(
             "1 validation error for TranscriptionRequest\nlanguage\n  Invalid language alpha2 code "
             f"[type=language_alpha2, input_value={language!r}, input_type=str]",
         )
+    if language is not None and language not in WHISPER_LANGUAGES:
+        native = ["ar", "nl", "en", "fr", "de", "hi", "it", "pt", "es"]
+        raise APIError(400, f"Unsupported language: {language!r}.  Must be one of {native}.")
     response_format = entry["response_format"]
     if config.mode == "vllm":
         if response_format == "verbose_json":
