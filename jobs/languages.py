@@ -1,8 +1,8 @@
 """Language codes a user may pass with ``--language`` (ISO 639-1).
 
-Voxtral is strongest in ``NATIVE``. vLLM validates ``language`` as an ISO 639-1 two-letter code
-(mistral-common's ``LanguageAlpha2``), then accepts Voxtral's nine and, with a warning, Whisper's
-other codes; anything else is a 400. ``ACCEPTED`` is therefore Whisper's list restricted to ISO
+Voxtral is strongest in ``NATIVE``. vLLM accepts Voxtral's nine and, with a warning, Whisper's other
+codes; then mistral-common validates the code as ISO 639-1 (``LanguageAlpha2``); anything else is a
+400. ``ACCEPTED`` is therefore Whisper's list restricted to ISO
 639-1: ``haw`` and ``yue`` have no two-letter code and ``jw`` is not ISO's (Javanese is ``jv``,
 which Whisper's list lacks, so vLLM refuses it too). The real server refused all of them;
 tests/realvllm/test_server.py sends it every code here. We refuse unknown codes before any work

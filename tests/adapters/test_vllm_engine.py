@@ -67,7 +67,7 @@ def test_unknown_language_is_rejected_with_the_servers_message(
     vllm_server: StandInVLLM, tmp_path: Path
 ) -> None:
     window = write_marker_window(tmp_path / "w.flac", [1])
-    with pytest.raises(EngineRejected, match="Invalid language alpha2 code"):
+    with pytest.raises(EngineRejected, match="Unsupported language: 'xx'"):
         engine_for(vllm_server, tmp_path).transcribe(window, "xx")
 
 

@@ -79,8 +79,7 @@ PROMPT_OVERHEAD_TOKENS = 6  # [INST] [BEGIN_AUDIO] ... [/INST] lang:xx [TRANSCRI
 ECHO_CHARS = 300
 LOOP_WORDS = 1500
 
-# vLLM validates `language` as an ISO 639-1 code (mistral-common's LanguageAlpha2, from pycountry);
-# codes outside Voxtral's nine are accepted with a warning, anything else is a 400.
+# mistral-common then validates `language` as ISO 639-1 (LanguageAlpha2, from pycountry): a 400.
 NATIVE_LANGUAGES = frozenset(["ar", "nl", "en", "fr", "de", "hi", "it", "pt", "es"])
 ISO_639_1 = frozenset(
     """aa ab ae af ak am an ar as av ay az ba be bg bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de
@@ -94,7 +93,7 @@ INVALID_AUDIO = (
     "Invalid or corrupted audio data. Ensure the input is a valid audio or video file "
     "(e.g. a complete WAV, MP3, or MP4)."
 )
-# validate_language then takes Voxtral's nine and (with a warning) Whisper's other codes.
+# vLLM's validate_language runs first: it takes Voxtral's nine and (with a warning) Whisper's other codes.
 WHISPER_LANGUAGES = NATIVE_LANGUAGES | frozenset(
     """af am as az ba be bg bn bo br bs ca cs cy da el et eu fa fi fo gl gu ha haw he hr ht hu hy
     id is ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my ne nn no oc pa pl ps
@@ -375,16 +374,16 @@ def transcribe(
     for name in ("temperature", "frequency_penalty", "presence_penalty", "repetition_penalty"):
         entry[name] = _opt_float(params, name)
     language = params.get("language") or None
+    if language is not None and language not in WHISPER_LANGUAGES:
+        native = ["ar", "nl", "en", "fr", "de", "hi", "it", "pt", "es"]
+        raise APIError(400, f"Unsupported language: {language!r}.  Must be one of {native}.")
     if language is not None and language not in ISO_639_1:
-        # pydantic's rendering of mistral-common's LanguageAlpha2 validation error.
+        # Then mistral-common's request model: pydantic's LanguageAlpha2 error.
         raise APIError(
             400,
             "1 validation error for TranscriptionRequest\nlanguage\n  Invalid language alpha2 code "
             f"[type=language_alpha2, input_value={language!r}, input_type=str]",
         )
-    if language is not None and language not in WHISPER_LANGUAGES:
-        native = ["ar", "nl", "en", "fr", "de", "hi", "it", "pt", "es"]
-        raise APIError(400, f"Unsupported language: {language!r}.  Must be one of {native}.")
     response_format = entry["response_format"]
     if config.mode == "vllm":
         if response_format == "verbose_json":
