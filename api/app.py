@@ -6,16 +6,21 @@ Run it with ``voxbatch api`` (or ``uvicorn api.app:create_app --factory``).
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import health, job_routes, metrics, recording_routes, upload_routes
 from api.job_routes import DocumentNotReady
-from api.upload_stream import UploadTooLarge
-from jobs.errors import InputError, NotFound, PermanentError, TransientError, VoxbatchError
+from api.limits import UploadSlots
+from api.upload_stream import RequestTimedOut, UploadTooLarge
+from jobs.errors import InputError, NotFound, PermanentError, TooBusy, TransientError, VoxbatchError
+from jobs.idempotency import IdempotencyInProgress
 from jobs.runtime import Runtime
 from jobs.settings import Settings, get_settings
 
@@ -40,6 +45,9 @@ is listed in the job's `webhook_attempts`. Webhook hosts must resolve to public 
 # Most specific first: Starlette looks handlers up along the exception's MRO anyway.
 STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
     (UploadTooLarge, 413),
+    (RequestTimedOut, 408),
+    (IdempotencyInProgress, 409),
+    (TooBusy, 429),
     (NotFound, 404),
     (DocumentNotReady, 409),
     (InputError, 422),
@@ -52,8 +60,13 @@ STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
 def _problem(status: int) -> object:
     async def handler(request: Request, exc: Exception) -> JSONResponse:
         if status >= 500:
-            log.warning("%s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+            log.warning("%s %s: %s", request.method, request.url.path[:200], exc)
+        headers = {}
+        if isinstance(exc, TooBusy):
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        if status == 408:
+            headers["Connection"] = "close"
+        return JSONResponse({"detail": str(exc)[:1000]}, status_code=status, headers=headers)
 
     return handler
 
@@ -61,6 +74,33 @@ def _problem(status: int) -> object:
 async def _value_error(request: Request, exc: Exception) -> JSONResponse:
     # e.g. an unsafe storage key built from a path parameter
     return JSONResponse({"detail": str(exc)[:500]}, status_code=422)
+
+
+def _short(value: object, limit: int = 100) -> object:
+    """An echoed value cut to ``limit`` characters (a 5,000-character id is not sent back)."""
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + "…"
+    return value
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            "loc": [_short(str(p), 50) for p in e.get("loc", ())],
+            "msg": _short(str(e.get("msg", "")), 200),
+            "input": _short(e.get("input") if isinstance(e.get("input"), str) else None),
+        }
+        for e in exc.errors()[:5]
+    ]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return JSONResponse(
+        {"detail": _short(str(exc.detail), 300)}, status_code=exc.status_code, headers=exc.headers
+    )
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
@@ -83,6 +123,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     for exc_type, status in STATUS_OF:
         app.add_exception_handler(exc_type, _problem(status))  # type: ignore[arg-type]
     app.add_exception_handler(ValueError, _value_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.state.upload_slots = UploadSlots.from_settings(runtime.settings)
     app.include_router(job_routes.router)
     app.include_router(upload_routes.router)
     app.include_router(recording_routes.router)

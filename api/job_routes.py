@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import anyio
@@ -11,12 +12,13 @@ import anyio.lowlevel
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
-from starlette.requests import ClientDisconnect
 
 from api import staging
 from api.auth import RuntimeDep, TenantDep
+from api.limits import UploadSlots, chunks_with_timeout, read_json_body
 from api.schemas import JobFromSource, JobList, JobOut, Problem, job_out
 from api.upload_stream import FILE_FIELD, StreamingForm, UploadTooLarge
+from jobs import idempotency
 from jobs.documents import DOCUMENT_NAMES
 from jobs.errors import InputError, NotFound, PermanentError
 from jobs.limits import MAX_INSTRUCTIONS_CHARS, MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
@@ -122,28 +124,63 @@ def _options(fields: dict[str, Any]) -> JobOptions:
     },
 )
 async def create_job(request: Request, rt: RuntimeDep, tenant: TenantDep) -> JobOut:
-    """Start a job: upload a recording (multipart `file`) or name one already in storage (JSON)."""
+    """Start a job: upload a recording (multipart `file`) or name one already in storage (JSON).
+
+    With an `Idempotency-Key` header, the same key and request within 24 h answer with the job the
+    first one made (409 while that first request is still running).
+    """
     ctype = request.headers.get("content-type", "").lower()
     if ctype.startswith("multipart/form-data"):
-        job = await _create_from_form(request, rt, tenant)
+        create = _create_from_form
     elif ctype.startswith("application/json"):
-        job = await _create_from_json(request, rt, tenant)
+        create = _create_from_json
     else:
         return Response(  # type: ignore[return-value]
             json.dumps({"detail": "send multipart/form-data with a 'file' field, or JSON with 'source'"}),
             status_code=415,
             media_type="application/json",
         )
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return _out(request, rt, await create(request, rt, tenant, None))
+    digest_of: list[str] = []  # set once this request holds the reservation
+
+    def reserve(digest: str) -> Job | None:
+        job_id = idempotency.reserve(rt.db, tenant, key, digest)
+        if job_id:
+            return rt.store.get(job_id, tenant)
+        digest_of.append(digest)
+        return None
+
+    try:
+        job = await create(request, rt, tenant, reserve)
+    except _Earlier as earlier:
+        return _out(request, rt, earlier.job)
+    except BaseException:
+        if digest_of:
+            await anyio.to_thread.run_sync(lambda: idempotency.release(rt.db, tenant, key))
+        raise
+    if digest_of:
+        await anyio.to_thread.run_sync(lambda: idempotency.complete(rt.db, tenant, key, job.id))
     return _out(request, rt, job)
 
 
-async def _create_from_json(request: Request, rt: Runtime, tenant: str) -> Job:
+# Called with the request's digest before any work; an earlier job for the same key, or None.
+Reserve = Callable[[str], "Job | None"] | None
+
+
+async def _create_from_json(request: Request, rt: Runtime, tenant: str, reserve: Reserve) -> Job:
+    raw = await read_json_body(request, rt.settings)
+    if reserve is not None:
+        earlier = await anyio.to_thread.run_sync(lambda: reserve(idempotency.request_hash(b"json", raw)))
+        if earlier is not None:
+            raise _Earlier(earlier)
     try:
-        body = JobFromSource.model_validate_json(await request.body())
+        body = JobFromSource.model_validate_json(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "body"
-        raise InputError(f"{where}: {first.get('msg', 'invalid')}") from exc
+        raise InputError(f"{where}: {str(first.get('msg', 'invalid'))[:200]}") from exc
     options = _options(body.model_dump())
     if bool(body.source) == bool(body.upload_id):
         raise InputError("give exactly one of 'source' (s3://bucket/key) or 'upload_id'")
@@ -160,7 +197,14 @@ async def _create_from_json(request: Request, rt: Runtime, tenant: str) -> Job:
     return await anyio.to_thread.run_sync(lambda: staging.job_from_source(rt, source, options, tenant))
 
 
-async def _create_from_form(request: Request, rt: Runtime, tenant: str) -> Job:
+class _Earlier(Exception):
+    """Carries the job an earlier request with the same Idempotency-Key made."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+
+async def _create_from_form(request: Request, rt: Runtime, tenant: str, reserve: Reserve) -> Job:
     limit = staging.max_upload_bytes(rt)
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit + 1024 * 1024:
@@ -169,15 +213,20 @@ async def _create_from_form(request: Request, rt: Runtime, tenant: str) -> Job:
             "use POST /v1/uploads (presigned S3 multipart) or raise VOXBATCH_MAX_UPLOAD_MB"
         )
     boundary = _boundary(request.headers.get("content-type", ""))
-    chunks = request.stream().__aiter__()
+    if reserve is not None:
+        # An upload is known by its size: the body is not read twice to compare it.
+        digest = idempotency.request_hash(b"multipart", (length or "").encode())
+        earlier = await anyio.to_thread.run_sync(lambda: reserve(digest))
+        if earlier is not None:
+            raise _Earlier(earlier)
+    slots: UploadSlots = request.app.state.upload_slots
+    chunks = chunks_with_timeout(request, rt.settings.request_read_timeout_s).__aiter__()
 
     async def next_chunk() -> bytes:
         try:
             return await chunks.__anext__()
         except StopAsyncIteration:
             return b""
-        except ClientDisconnect as exc:
-            raise InputError("the upload was interrupted before it finished") from exc
 
     # S3 uploads read the stream from s3transfer's own threads: name the event loop explicitly.
     token = anyio.lowlevel.current_token()
@@ -186,8 +235,8 @@ async def _create_from_form(request: Request, rt: Runtime, tenant: str) -> Job:
         form = StreamingForm(boundary, lambda: anyio.from_thread.run(next_chunk, token=token), limit)
         if not form.to_file():
             raise InputError(f"the form has no '{FILE_FIELD}' field with a recording")
-        # Options sent before the file are checked before a byte is stored.
-        _options(form.fields).validated(rt.settings)
+        # Options sent before the file are checked before a byte is stored (the webhook address too).
+        staging.check_options(rt, _options(form.fields))
         name = form.filename or "recording"
         key = staging.upload_key(tenant, staging.new_upload_id(), name)
         staging.store(rt, key, form)  # type: ignore[arg-type]
@@ -202,7 +251,10 @@ async def _create_from_form(request: Request, rt: Runtime, tenant: str) -> Job:
         log.info("upload %s: %d bytes stored for %s", key, form.file_bytes, tenant)
         return staging.job_from_upload(rt, key, name, options, tenant)
 
-    return await anyio.to_thread.run_sync(work)
+    with slots.take(tenant):
+        # Uploads have their own thread limiter: stalled ones never hold the threads that serve
+        # the other routes.
+        return await anyio.to_thread.run_sync(work, limiter=slots.limiter)
 
 
 def _boundary(content_type: str) -> bytes:

@@ -75,29 +75,58 @@ def discard(storage: Storage, key: str) -> None:
         log.warning("could not delete the refused upload %s", key, exc_info=True)
 
 
+def check_options(rt: Runtime, options: JobOptions) -> JobOptions:
+    """Everything about the options that can be checked before a byte is stored."""
+    options = options.validated(rt.settings)
+    if options.webhook_url:
+        webhooks.check_url(options.webhook_url, rt.settings.webhook_allow_private)
+    return options
+
+
 def job_from_upload(rt: Runtime, key: str, name: str, options: JobOptions, tenant: str) -> Job:
-    """Probe the stored upload, then create its job and enqueue the split (as `submit` does)."""
+    """Probe the stored upload, then create its job and enqueue the split (as `submit` does).
+
+    Whatever refuses it (options, webhook address, not audio, too long, the tenant's limits), the
+    stored upload is deleted: no file is left behind without a job.
+    """
     try:
-        options = options.validated(rt.settings)
-        if options.webhook_url:
-            webhooks.check_url(options.webhook_url, rt.settings.webhook_allow_private)
+        options = check_options(rt, options)
         info = rt.audio.probe(rt.storage.readable_url(key, expires_s=3600))
+        log.info("upload %s: %.1f s of %s audio", key, info.duration_s, info.codec)
+        job = create_job(
+            rt, name, options, source_name=name, source_key=key, tenant=tenant, duration_s=info.duration_s
+        )
     except InputError as exc:
         discard(rt.storage, key)
         # ffprobe names the file by its safe storage name; the user knows it by theirs.
         raise InputError(str(exc).replace(key.rsplit("/", 1)[-1], name, 1)) from exc
-    log.info("upload %s: %.1f s of %s audio", key, info.duration_s, info.codec)
-    job = create_job(rt, name, options, source_name=name, source_key=key, tenant=tenant)
+    except BaseException:
+        discard(rt.storage, key)
+        raise
     submission.enqueue_next(rt, job.id)
     return job
 
 
+def _reserved_prefixes(rt: Runtime, bucket: str) -> list[str]:
+    """Key prefixes of ``bucket`` that no tenant may name as a source: the drop folder's inbox and
+    outbox (other teams' recordings and documents)."""
+    prefixes = []
+    for url in (rt.settings.drop_url, rt.settings.outbox_url):
+        if url and url.startswith("s3://"):
+            b, prefix = parse_s3_url(url)
+            if b == bucket:
+                prefixes.append(prefix)
+    return prefixes
+
+
 def job_from_source(rt: Runtime, source: str, options: JobOptions, tenant: str) -> Job:
-    """A job on an object already in S3 (``s3://bucket/key``)."""
+    """A job on an object already in S3 (``s3://bucket/key``).
+
+    In the storage bucket only the tenant's own uploads are reachable, and nowhere the drop
+    folder's inbox or outbox; a key a tenant may not read answers exactly as a missing one.
+    """
     # Options first: a bad option is the same answer whatever the source.
-    options = options.validated(rt.settings)
-    if options.webhook_url:
-        webhooks.check_url(options.webhook_url, rt.settings.webhook_allow_private)
+    options = check_options(rt, options)
     if not source.startswith("s3://"):
         raise InputError("source must be an s3://bucket/key URL")
     storage = rt.storage
@@ -111,13 +140,12 @@ def job_from_source(rt: Runtime, source: str, options: JobOptions, tenant: str) 
             f"bucket {bucket} is not one this server takes sources from; "
             "the operator lists those in VOXBATCH_SOURCE_BUCKETS"
         )
-    # Our own bucket holds every tenant's uploads and documents: only yours are reachable.
-    if (
-        bucket == own_bucket
-        and key.startswith(own)
-        and not key.startswith(own + f"uploads/{tenant_tag(tenant)}/")
+    # Our own bucket holds every tenant's uploads and documents, and often the drop folder.
+    mine = own + f"uploads/{tenant_tag(tenant)}/"
+    if (bucket == own_bucket and not key.startswith(mine)) or any(
+        key.startswith(p) for p in _reserved_prefixes(rt, bucket)
     ):
-        raise NotFound(f"{source} does not exist or is not readable")
+        raise submission.unreadable(source)
     return submission.submit(rt, source, options, tenant=tenant)
 
 

@@ -25,7 +25,11 @@ MAX_FIELDS = 32
 
 
 class UploadTooLarge(InputError):
-    """The upload is over ``VOXBATCH_MAX_UPLOAD_MB`` (HTTP 413)."""
+    """The upload (or a JSON body) is over its size limit (HTTP 413)."""
+
+
+class RequestTimedOut(InputError):
+    """The client sent nothing for ``VOXBATCH_REQUEST_READ_TIMEOUT_S`` (HTTP 408)."""
 
 
 def display_name(raw: str) -> str:

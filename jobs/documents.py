@@ -103,27 +103,32 @@ def render_text(doc: Document) -> bytes:
     return (text + "\n").encode() if text else b""
 
 
+def _md(text: str) -> str:
+    """Raw HTML from file names, instructions and model output shown as text in any Markdown viewer."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def render_markdown(doc: Document) -> bytes:
-    out: list[str] = [f"# {doc.title}", ""]
+    out: list[str] = [f"# {_md(doc.title)}", ""]
     meta = [f"Duration {hms(doc.duration_s)}", f"engine {doc.engine} ({doc.model})"]
     if doc.language:
         meta.append(f"language {doc.language}")
     meta.append(f"preset {doc.preset}")
     out += ["_" + " · ".join(meta) + "_", ""]
     if doc.instructions:
-        out += [f"> Instructions: {doc.instructions.strip()}", ""]
+        out += [f"> Instructions: {_md(doc.instructions.strip())}", ""]
     for note in doc.notes:
-        out += [f"> **Note:** {note}", ""]
-    out += ["## Summary", "", doc.summary.strip() if doc.summary else "_No summary._", ""]
+        out += [f"> **Note:** {_md(note)}", ""]
+    out += ["## Summary", "", _md(doc.summary.strip()) if doc.summary else "_No summary._", ""]
     for w in doc.windows:
         out += [f"## {span(w.start_s, w.end_s)}", ""]
         if w.summary:
-            out += ["### Summary", "", w.summary.strip(), ""]
+            out += ["### Summary", "", _md(w.summary.strip()), ""]
         out += ["### Transcript", ""]
         paragraphs = [stamped(start, text) for start, text in timed_paragraphs(doc.timed(w))]
         if not paragraphs and clean(w.transcript):
             paragraphs = [stamped(w.start_s, clean(w.transcript))]  # a result stored before segments
-        out += ["\n\n".join(paragraphs) if paragraphs else "_No speech detected in this part._", ""]
+        out += [_md("\n\n".join(paragraphs)) if paragraphs else "_No speech detected in this part._", ""]
     return ("\n".join(out).rstrip() + "\n").encode()
 
 

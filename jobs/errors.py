@@ -10,6 +10,7 @@
     │   └── RepetitionLoop        the transcript degenerated into a loop twice: split and retry
     └── TransientError            a later attempt may succeed (retry with backoff)
         ├── EngineUnavailable     connection errors, timeouts, 5xx, 429
+        ├── TooBusy               a limit on concurrent work was reached (HTTP 429, Retry-After)
         └── StorageUnavailable    object storage did not answer
 
 Every message is one sentence a user can act on: it ends up in a CLI line or a job's ``error``.
@@ -68,3 +69,11 @@ class EngineUnavailable(TransientError):
 
 class StorageUnavailable(TransientError):
     """Object storage did not answer."""
+
+
+class TooBusy(TransientError):
+    """A limit on concurrent work was reached (HTTP 429): try again after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float = 30.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -15,7 +15,13 @@ DATA_DIR = Path("voxbatch-data")
 
 
 # Settings that hold a secret (a password inside the database URL counts).
-PLACEHOLDER_CHECKED = ("database_url", "flower_basic_auth", "vllm_api_key", "mistral_api_key")
+PLACEHOLDER_CHECKED = (
+    "database_url",
+    "flower_basic_auth",
+    "vllm_api_key",
+    "mistral_api_key",
+    "metrics_token",
+)
 
 
 class Settings(BaseSettings):
@@ -68,6 +74,25 @@ class Settings(BaseSettings):
     source_buckets: str = ""
     # First webhook retry waits this long, doubling each time (workers/webhooks.py).
     webhook_backoff_s: float = Field(default=10.0, ge=0)
+    # --- Limits on what a tenant can send (docs/security.md); all checked before work is stored. ---
+    # Longest recording, per job (after ffprobe, before any job row or message).
+    max_duration_hours: float = Field(default=24.0, gt=0)
+    # Largest JSON body of POST /v1/jobs (413 past it, before parsing).
+    max_json_kb: float = Field(default=64.0, gt=0)
+    # Per tenant: jobs not yet ended, and hours of audio in them (429 with Retry-After past them).
+    max_active_jobs_per_tenant: int = Field(default=20, ge=1)
+    max_queued_hours_per_tenant: float = Field(default=100.0, gt=0)
+    # Uploads streaming into one API process at once, in all and per tenant (429 past them).
+    max_uploads: int = Field(default=32, ge=1)
+    max_uploads_per_tenant: int = Field(default=4, ge=1)
+    # A client that sends nothing of its request body for this long is cut (408).
+    request_read_timeout_s: float = Field(default=30.0, gt=0)
+    # Open connections one API process accepts (uvicorn answers 503 past it).
+    max_connections: int = Field(default=1000, ge=1)
+    # Bearer token for /metrics (operators and Prometheus); unset: /metrics answers 401.
+    metrics_token: str | None = None
+    # A message redelivered this many times after its worker died (OOM kill, crash) fails its job.
+    max_redeliveries: int = Field(default=3, ge=1)
 
     @model_validator(mode="after")
     def _no_placeholder_secrets(self) -> Settings:

@@ -88,6 +88,16 @@ class JobStore:
             )
         return rows, int(total)
 
+    def tenant_load(self, tenant: str) -> tuple[int, float]:
+        """A tenant's jobs that have not ended, and the seconds of audio in them (as probed)."""
+        with self.db.session() as s:
+            count, seconds = s.exec(
+                select(func.count(), func.coalesce(func.sum(Job.duration_s), 0.0))
+                .select_from(Job)
+                .where(Job.tenant == tenant, col(Job.status).in_(list(ACTIVE)))
+            ).one()
+        return int(count), float(seconds or 0.0)
+
     def counts_by_status(self) -> dict[str, int]:
         with self.db.session() as s:
             rows = s.exec(select(Job.status, func.count()).group_by(Job.status)).all()

@@ -1,7 +1,7 @@
 """Shared fixtures live in tests/fixtures/, one module per real dependency they start.
 
 Every test is marked with its tier, the folder it lives in (``core``, ``inprocess``, ``pipeline``,
-``adapters``, ``watcher``, ``api``, ``browser``, ``distributed``, ``deploy``, ``realvllm``):
+``adapters``, ``watcher``, ``api``, ``browser``, ``distributed``, ``deploy``, ``realvllm``, ``security``):
 ``pytest -m "core or inprocess"`` is the fast tier ``make fast`` runs.
 """
 
@@ -30,6 +30,7 @@ TIERS = (
     "distributed",
     "deploy",
     "realvllm",
+    "security",
 )
 
 

@@ -1,6 +1,6 @@
 """The drop folder's outbox: where a dropped recording's documents (or the reason it has none) go.
 
-A recording at ``<inbox>/<dir>/<name>.<ext>`` gets its documents under ``<outbox>/<dir>/<name>/``
+A recording at ``<inbox>/<dir>/<name>.<ext>`` gets its documents under ``<outbox>/<dir>/<name>.<ext>/``
 (``document.md``, ``document.json``, ``transcript.txt`` and any other rendering of the job), or
 ``<outbox>/<dir>/<name>/error.json`` when it cannot become a document. The outbox is any storage
 URL (``s3://bucket/outbox/`` or ``file:///dir``); the inbox is only ever read.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+import unicodedata
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from urllib.parse import quote
 
 from sqlmodel import col, select
@@ -60,14 +60,35 @@ class DropFolder:
         return f"s3://{self.bucket}/{quote(key, safe='/')}"
 
     def output_dir(self, key: str) -> str:
-        """``track b/Panel.mp3`` → ``track b/Panel``: the recording's folder in the outbox."""
-        parts = [p for p in PurePosixPath(self.relative(key)).parts if p not in ("", "/")]
-        if not parts:
-            return "_"
-        stem = PurePosixPath(parts[-1]).stem or parts[-1]
-        # A storage key may not climb out of the outbox.
-        safe = ["_" if p in (".", "..") else p for p in [*parts[:-1], stem]]
-        return "/".join(safe)
+        """``track b/Panel.wav`` → ``track b/Panel.wav``: the recording's folder in the outbox.
+
+        One folder per key and one key per folder (injective): the extension is kept, so
+        ``Panel.mp3`` and ``Panel.wav`` differ; ``%`` and control characters are %-escaped; an
+        empty, ``.`` or ``..`` segment (``dup//Panel.mp3``, ``dup/./Panel.mp3``) becomes ``%``,
+        ``%2E`` or ``%2E%2E``, never a folder that is not there or one that climbs out.
+        """
+        return "/".join(_segment(p) for p in self.relative(key).split("/"))
+
+
+def _segment(part: str) -> str:
+    if part == "":
+        return "%"
+    if part in (".", ".."):
+        return "%2E" * len(part)
+    return "".join(_escape(ch) for ch in part)
+
+
+def _escape(ch: str) -> str:
+    if ch == "%" or unicodedata.category(ch).startswith("C"):
+        return "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+    return ch
+
+
+def printable(text: str, limit: int = 300) -> str:
+    """``text`` for a log line: control characters escaped (a key cannot forge a line), cut short."""
+    return "".join(
+        ch if not unicodedata.category(ch).startswith("C") else ascii(ch)[1:-1] for ch in text[:limit]
+    )
 
 
 def open_outbox(folder: DropFolder, settings: Settings) -> Storage:
@@ -94,7 +115,7 @@ def write_error(
         "at": utcnow().isoformat().replace("+00:00", "Z"),
     }
     outbox.put_bytes(dest, json.dumps(body, ensure_ascii=False, indent=2).encode() + b"\n")
-    log.info("drop %s: rejected: %s", key, reason)
+    log.info("drop %s: rejected: %s", printable(key), printable(reason))
     return dest
 
 

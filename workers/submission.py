@@ -60,8 +60,10 @@ def submit(
         bucket, key = parse_s3_url(source)
         if not key or key.endswith("/"):
             raise InputError(f"{source} names a folder, not a recording")
-        if not open_storage(f"s3://{bucket}", rt.settings.s3_endpoint_url).exists(key):
-            raise InputError(f"{source} does not exist or is not readable with these credentials")
+        bucket_storage = open_storage(f"s3://{bucket}", rt.settings.s3_endpoint_url)
+        if not bucket_storage.exists(key):
+            raise unreadable(source)
+        info = rt.audio.probe(bucket_storage.readable_url(key, expires_s=3600))
         job = create_job(
             rt,
             source,
@@ -69,6 +71,7 @@ def submit(
             source_name=name or key.rsplit("/", 1)[-1],
             tenant=tenant,
             fingerprint=fingerprint,
+            duration_s=info.duration_s,
         )
     else:
         path: Path | None = None
@@ -78,7 +81,17 @@ def submit(
                 raise InputError(f"{source} is not a file")
             source = str(path)
         name = name or Path(source).name
-        job = create_job(rt, source, options, source_name=name, tenant=tenant, fingerprint=fingerprint)
+        # A stream (an upload) is probed where it is stored; a file is probed here, before any row.
+        duration_s = rt.audio.probe(str(path)).duration_s if path is not None else None
+        job = create_job(
+            rt,
+            source,
+            options,
+            source_name=name,
+            tenant=tenant,
+            fingerprint=fingerprint,
+            duration_s=duration_s,
+        )
         key = source_key(job.id, name)
         try:
             if stream is not None:
@@ -95,6 +108,11 @@ def submit(
     enqueue_next(rt, job.id)
     log.info("job %s: submitted (%s)", job.id, job.source_name)
     return job
+
+
+def unreadable(source: str) -> InputError:
+    """One answer for a source that is missing and one the caller may not read: no key is confirmed."""
+    return InputError(f"{source[:300]} does not exist or is not readable")
 
 
 def resume(rt: Runtime, job_id: str, tenant: str | None = None) -> Job:

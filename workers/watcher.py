@@ -49,7 +49,7 @@ from workers.drop_ledger import (
     release,
     release_stale_claims,
 )
-from workers.outbox import DropFolder, open_outbox, write_error
+from workers.outbox import DropFolder, open_outbox, printable, write_error
 
 log = logging.getLogger(__name__)
 
@@ -207,13 +207,15 @@ class Watcher:
         except Exception as exc:
             # Broker, database or S3 trouble: nothing was decided about this recording.
             release(self.db, row_id)
-            log.warning("drop %s: not submitted this time, will retry: %s", item.key, exc, exc_info=True)
+            log.warning(
+                "drop %s: not submitted this time, will retry: %s", printable(item.key), exc, exc_info=True
+            )
             report.deferred.append(item.key)
             return
         record_job(self.db, row_id, job_id)
         self._tag(item, job_id)
         report.submitted.append(job_id)
-        log.info("drop %s: job %s", item.key, job_id)
+        log.info("drop %s: job %s", printable(item.key), job_id)
 
     def probe(self, key: str) -> None:
         """Garbage gets its error.json now, instead of a job that fails on a worker later."""
@@ -287,7 +289,7 @@ class Watcher:
                 # PutObjectTagging replaces the whole set: keep the owner's tags.
                 merged = [t for t in tags if t["Key"] != TAG_KEY] + [{"Key": TAG_KEY, "Value": value}]
                 if len(merged) > 10:
-                    log.warning("drop %s: already has 10 tags; not tagging", item.key)
+                    log.warning("drop %s: already has 10 tags; not tagging", printable(item.key))
                     return
                 self.s3.put_object_tagging(Bucket=item.bucket, Key=item.key, Tagging={"TagSet": merged})
 

@@ -68,9 +68,35 @@ def verify(secret: str, body: bytes, header: str) -> bool:
     return hmac.compare_digest(sign(secret, body), header)
 
 
+# IPv6 prefixes that carry an IPv4 address inside them: a packet to one may reach that IPv4 host
+# (NAT64 /96 and its local-use /48: the last 32 bits; 6to4: bits 16-48).
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_6TO4 = ipaddress.ip_network("2002::/16")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+# IETF protocol assignments (192.0.0.192 among them, on some clouds a metadata-like service).
+_EXTRA_FORBIDDEN = (ipaddress.ip_network("192.0.0.0/24"),)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (mapped, compatible, NAT64, 6to4), if any."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in net for net in _NAT64) or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def _forbidden(ip: IPAddress) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = embedded_ipv4(ip)
+        if inner is not None:
+            if ip in _NAT64[1]:  # local-use NAT64 is never global, whatever it embeds
+                return True
+            return _forbidden(inner)
+    if any(ip in net for net in _EXTRA_FORBIDDEN if net.version == ip.version):
+        return True
     # is_global is False for private, loopback, link-local (169.254.169.254 metadata included),
     # shared (100.64/10), reserved and unspecified ranges; multicast is excluded separately.
     return not ip.is_global or ip.is_multicast
@@ -78,7 +104,11 @@ def _forbidden(ip: IPAddress) -> bool:
 
 def check_url(url: str, allow_private: bool = False) -> list[IPAddress]:
     """The addresses ``url`` may be delivered to; InputError naming why it is refused."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (an out-of-range or non-numeric port raises here)
+    except ValueError as exc:  # "http://[::1" and friends
+        raise InputError(f"webhook_url {url[:200]!r} is not a valid URL") from exc
     if parts.scheme not in ("http", "https"):
         raise InputError(f"webhook_url must be an http:// or https:// URL, not {url[:200]!r}")
     host = parts.hostname

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
+import tempfile
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from api.cli.common import job_options, load_settings, one_line_errors
 from jobs.errors import InputError
 from jobs.models import JobStatus
 from jobs.options import JobOptions
+from jobs.settings import Settings
 from jobs.steps.local import copy_documents, job_for_file, run_local
 
 
@@ -44,10 +46,12 @@ def run(
     path = file.expanduser().absolute()
     # Probe before anything is written: bad input leaves no job, no window, no file behind.
     info = FfmpegAudio().probe(str(path))
-    out_dir = output_dir or Path("voxbatch-output") / (path.stem or "document")
+    out_dir = output_dir or default_output_dir(path)
     _check_writable(out_dir)
+    # The per-job limit on length, before the database is even opened.
+    admit_duration(settings, info.duration_s)
     rt = build_runtime(settings)
-    job, resumed = job_for_file(rt, path, options)
+    job, resumed = job_for_file(rt, path, options, info.duration_s)
     if resumed:
         click.echo(f"voxbatch: resuming job {job.id} ({job.windows_done} windows already done)", err=True)
     click.echo(
@@ -74,12 +78,33 @@ def run(
     click.echo(str(copy_documents(rt, job, out_dir).absolute()))
 
 
+def default_output_dir(path: Path) -> Path:
+    """``voxbatch-output/<recording name>``, with control characters (newlines) replaced: the
+    path is printed as the last line."""
+    stem = "".join("_" if unicodedata.category(ch).startswith("C") else ch for ch in path.stem).strip()
+    return Path("voxbatch-output") / (stem or "document")
+
+
+def admit_duration(settings: Settings, duration_s: float) -> None:
+    from jobs.admission import admit_length
+
+    admit_length(settings, duration_s)
+
+
 def _check_writable(out_dir: Path) -> None:
-    """Refuse an output directory that cannot be written before any work is done."""
+    """Refuse an output directory that cannot be written before any work is done: one whose
+    printed path would not be one line, or where a file cannot be created (tried, not guessed from
+    permission bits: root, read-only mounts and ACLs all answer differently)."""
+    shown = repr(str(out_dir))[1:-1][:200]
+    if any(unicodedata.category(ch).startswith("C") for ch in str(out_dir)):
+        raise InputError(f"--output-dir {shown} contains control characters (a newline?)")
     existing = out_dir.absolute()
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise InputError(f"--output-dir {out_dir}: {existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"--output-dir {out_dir} is not writable")
+        raise InputError(f"--output-dir {shown}: {existing} is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise InputError(f"--output-dir {shown} is not writable ({exc.strerror or exc})") from exc

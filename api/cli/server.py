@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from api.cli.common import load_settings, one_line_errors
+from jobs.settings import Settings
+
+
+def uvicorn_limits(settings: Settings) -> dict[str, Any]:
+    """Connection limits for uvicorn (docs/security.md): idle keep-alive connections closed after
+    5 s, at most ``VOXBATCH_MAX_CONNECTIONS`` at once (503 past it), request heads of at most 64 KB."""
+    return {
+        "timeout_keep_alive": 5,
+        "limit_concurrency": settings.max_connections,
+        "h11_max_incomplete_event_size": 64 * 1024,
+    }
 
 
 @click.command()
@@ -17,9 +30,18 @@ def api(host: str, port: int) -> None:
 
     from api.app import create_app
 
-    app = create_app(load_settings())
+    settings = load_settings()
+    app = create_app(settings)
     click.echo(f"voxbatch: API on http://{host}:{port}/ (docs at /docs)", err=True)
-    uvicorn.run(app, host=host, port=port, log_config=None, proxy_headers=True, timeout_graceful_shutdown=10)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        proxy_headers=True,
+        timeout_graceful_shutdown=10,
+        **uvicorn_limits(settings),
+    )
 
 
 @click.group()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from jobs.admission import admit
 from jobs.models import Job
 from jobs.options import JobOptions
 from jobs.runtime import Runtime
@@ -21,14 +22,18 @@ def create_job(
     source_key: str | None = None,
     tenant: str | None = None,
     fingerprint: str | None = None,
+    duration_s: float | None = None,
 ) -> Job:
+    """``duration_s`` (from ffprobe) is checked against the limits before the row is written."""
     opts = options.validated(rt.settings)
+    admit(rt, duration_s, tenant)
     job = Job(
         source=source,
         source_key=source_key,
         source_name=source_name or Path(source).name,
         tenant=tenant,
         fingerprint=fingerprint,
+        duration_s=duration_s,
         instructions=opts.instructions,
         preset=opts.preset or "conference-talk",
         language=opts.language,

@@ -30,22 +30,28 @@ Progress = Callable[[int, int], None]
 
 
 def fingerprint(path: Path, parts: dict[str, Any]) -> str:
-    """Same recording (by content) and same options → same job, so a re-run resumes it."""
+    """Same recording (by content and name) and same options → same job, so a re-run resumes it;
+    a copy under another name is another job, with its own title."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    h.update(json.dumps(parts, sort_keys=True).encode())
+    h.update(json.dumps({**parts, "name": path.name}, sort_keys=True).encode())
     return h.hexdigest()
 
 
-def job_for_file(rt: Runtime, path: Path, options: JobOptions) -> tuple[Job, bool]:
+def job_for_file(
+    rt: Runtime, path: Path, options: JobOptions, duration_s: float | None = None
+) -> tuple[Job, bool]:
     """The job for this recording and options: a new one, or the earlier one to resume (True)."""
     engine = rt.engine
     key = fingerprint(path, {"options": options.__dict__, "engine": engine.name, "model": engine.model})
     job = rt.store.find_resumable(key)
     if job is None:
-        return create_job(rt, str(path), options, source_name=path.name, fingerprint=key), False
+        job = create_job(
+            rt, str(path), options, source_name=path.name, fingerprint=key, duration_s=duration_s
+        )
+        return job, False
     if job.status == JobStatus.succeeded:
         return job, False
     return prepare_rerun(rt, job), True

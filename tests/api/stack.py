@@ -23,6 +23,7 @@ AWS_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 BUCKET = "voxbatch-test"
+METRICS_TOKEN = "operator-token-for-tests"
 
 
 @dataclass
@@ -111,6 +112,7 @@ class StackFactory:
             VOXBATCH_FLOWER_URL="http://flower.invalid:5555",
             VOXBATCH_WEBHOOK_ALLOW_PRIVATE="1",
             VOXBATCH_WEBHOOK_BACKOFF_S="0.3",
+            VOXBATCH_METRICS_TOKEN=METRICS_TOKEN,
         )
         if s3_endpoint:
             environ.update(VOXBATCH_STORAGE_URL=f"s3://{BUCKET}/{name}", VOXBATCH_S3_ENDPOINT_URL=s3_endpoint)

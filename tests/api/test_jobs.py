@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.stack import ApiStack
+from tests.api.stack import METRICS_TOKEN, ApiStack
 from tests.documents import markers_in
 from tests.speech import Recording
 
@@ -243,7 +243,8 @@ def test_health_readiness_and_metrics(local_stack: ApiStack) -> None:
     ready = httpx.get(local_stack.url + "/readyz")
     assert ready.status_code == 200, ready.text
     assert ready.json() == {"status": "ok", "database": "ok", "broker": "ok", "storage": "ok"}
-    text = httpx.get(local_stack.url + "/metrics").text
+    assert httpx.get(local_stack.url + "/metrics").status_code == 401  # every tenant's counts: operators only
+    text = httpx.get(local_stack.url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
     assert 'voxbatch_jobs{state="succeeded"}' in text
     assert 'voxbatch_queue_depth{queue="gpu"}' in text
     assert "voxbatch_window_duration_seconds_bucket" in text

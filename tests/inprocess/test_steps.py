@@ -196,7 +196,7 @@ def test_a_cancelled_drop_folder_job_gets_its_error_json(
         s.add(DropObject(bucket="drops", key="inbox/team/Panel.mp3", etag="e1", size=10, job_id=job_id))
         s.commit()
     cancel(rt, job_id)
-    error = json.loads((outbox / "team" / "Panel" / "error.json").read_text())
+    error = json.loads((outbox / "team" / "Panel.mp3" / "error.json").read_text())
     assert error["job_id"] == job_id and error["reason"] == "cancelled by user"
 
 

@@ -107,19 +107,22 @@ def test_dropped_recordings_come_back_as_documents(
     keys = download_outbox(s3, bucket, out)
     assert keys == sorted(
         [
-            "outbox/notes/error.json",
-            *(f"outbox/track b/Panel/{n}" for n in ("document.json", "document.md", "transcript.txt")),
+            "outbox/notes.txt/error.json",
+            *(f"outbox/track b/Panel.wav/{n}" for n in ("document.json", "document.md", "transcript.txt")),
             *(
-                f"outbox/Ünïcode ☕/deep/Talk + Q&A/{n}"
+                f"outbox/Ünïcode ☕/deep/Talk + Q&A.mp3/{n}"
                 for n in ("document.json", "document.md", "transcript.txt")
             ),
         ]
     )
-    panel = check_document(out / "outbox" / "track b" / "Panel", marker_recording)
+    panel = check_document(out / "outbox" / "track b" / "Panel.wav", marker_recording)
     assert panel["instructions"] == "Name every marker."
     assert panel["source"] == f"s3://{bucket}/inbox/track%20b/Panel.wav"
-    check_document(out / "outbox" / "Ünïcode ☕" / "deep" / "Talk + Q&A", marker_recording_mp3)
-    assert "not an audio or video file" in json.loads((out / "outbox/notes/error.json").read_text())["reason"]
+    check_document(out / "outbox" / "Ünïcode ☕" / "deep" / "Talk + Q&A.mp3", marker_recording_mp3)
+    assert (
+        "not an audio or video file"
+        in json.loads((out / "outbox/notes.txt/error.json").read_text())["reason"]
+    )
 
     # A later scan finds nothing new; the sources are untouched.
     again = cluster.cli("watch", "--once")
@@ -143,7 +146,7 @@ def test_a_recording_that_fails_on_a_worker_gets_error_json(
     assert finished.returncode == 1, finished.stdout
     out = tmp_path / "out"
     keys = wait_until(lambda: download_outbox(s3, bucket, out), 30, "error.json in the outbox")
-    assert keys == ["outbox/gone/Retracted talk/error.json"]
-    error = json.loads((out / "outbox/gone/Retracted talk/error.json").read_text())
+    assert keys == ["outbox/gone/Retracted talk.wav/error.json"]
+    error = json.loads((out / "outbox/gone/Retracted talk.wav/error.json").read_text())
     assert error["job_id"] == job_id
     assert "does not exist or is not readable" in error["reason"]

@@ -77,8 +77,8 @@ def test_scan_ingests_every_recording_once(drop: DropWorld, aws_cp: Any, inbox_d
     assert created["Panel.wav"].language == "en"
     assert created["talk.wav"].instructions is None
     # The text file got error.json (and no job); nothing else is in the outbox.
-    assert drop.outbox_keys() == ["outbox/notes/error.json"]
-    error = json.loads(drop.get("outbox/notes/error.json"))
+    assert drop.outbox_keys() == ["outbox/notes.txt/error.json"]
+    error = json.loads(drop.get("outbox/notes.txt/error.json"))
     assert error["key"] == "inbox/notes.txt"
     assert "not an audio or video file" in error["reason"]
     assert rows["inbox/notes.txt"].job_id is None and rows["inbox/notes.txt"].error
