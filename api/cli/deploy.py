@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 
@@ -78,8 +77,10 @@ def vllm(
     if print_only:
         click.echo(launch.shell_line())
         return
+    # vLLM may live in an environment of its own (it pins its own torch): its executable on PATH
+    # is what counts, not whether this interpreter can import it.
     executable = shutil.which(launch.argv[0])
-    if importlib.util.find_spec("vllm") is None or executable is None:
+    if executable is None:
         fail(GPU_EXTRA_HINT, EXIT_INPUT)
         return
     env = {**os.environ, **launch.env}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
+import os
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -74,6 +75,8 @@ class OfflineEngine:
     name = "offline"
     model = "pocketsphinx-en-us"
     can_summarize = False
+    # pocketsphinx decodes on this machine: one segment per core at a time.
+    local_workers = os.cpu_count() or 1
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
