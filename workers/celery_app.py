@@ -78,9 +78,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
     return {
         "broker_url": settings.broker_url,
         "result_backend": result_backend_url(settings.broker_url),
+        # The visibility timeout is a transport option: a top-level key would be ignored (an
+        # unknown setting; tests/security/test_workers.py checks every key against Celery's own).
         "broker_transport_options": transport,
         "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
-        "visibility_timeout": VISIBILITY_TIMEOUT_S,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         "task_acks_late": True,

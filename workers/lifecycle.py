@@ -15,6 +15,7 @@ from jobs.steps.next import Step
 from workers import celery_app
 from workers.celery_app import CPU_QUEUE
 from workers.dispatch import Dispatcher
+from workers.engines.http import abort_all
 from workers.runtime import built_runtime
 from workers.sweeper import SweepTimer, sweep_period_s
 
@@ -50,6 +51,11 @@ def release_on_shutdown(**_: Any) -> None:
     Celery announces the shutdown."""
     if _timer is not None:
         _timer.stop()
+    # The windows are handed back below: their requests to vLLM must stop now, not at the grace
+    # limit, or the same window runs twice on the GPU.
+    aborted = abort_all()
+    if aborted:
+        log.warning("shutting down: %d request(s) to the model server aborted", aborted)
     rt = built_runtime()
     if rt is None:
         return  # this process ran no task (prefork parent): its children release their own

@@ -83,17 +83,27 @@ def worker_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def flower_argv(address: str, port: int, basic_auth: str | None) -> list[str]:
-    argv = [*CELERY, "flower", f"--address={address}", f"--port={port}"]
+def flower_argv(address: str, port: int) -> list[str]:
+    """Flower's command line: no password in it (argv is visible to every user and in logs)."""
+    return [*CELERY, "flower", f"--address={address}", f"--port={port}"]
+
+
+def flower_env(basic_auth: str | None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Flower's environment: the password goes in FLOWER_BASIC_AUTH, which Flower reads itself."""
+    env = dict(os.environ if base is None else base)
+    env.pop("FLOWER_BASIC_AUTH", None)
     if basic_auth:
-        argv.append(f"--basic-auth={basic_auth}")
-    return argv
+        env["FLOWER_BASIC_AUTH"] = basic_auth
+    return env
 
 
 def check_basic_auth(value: str) -> str:
     user, sep, password = value.partition(":")
     if not sep or not user or not password:
         raise InputError("VOXBATCH_FLOWER_BASIC_AUTH must look like user:password")
+    if "," in value:
+        # Flower splits its basic-auth option on commas (several users): the login would never match.
+        raise InputError("VOXBATCH_FLOWER_BASIC_AUTH must not contain a comma (Flower splits users on it)")
     return value
 
 
@@ -137,7 +147,11 @@ def api_env(options: UpOptions) -> dict[str, str]:
 SERVICES: list[ServiceSpec] = [
     ServiceSpec("cpu-worker", lambda o: worker_argv([CPU_QUEUE], o.cpu_concurrency), lambda _: worker_env()),
     ServiceSpec("gpu-worker", lambda o: worker_argv([GPU_QUEUE], o.gpu_concurrency), lambda _: worker_env()),
-    ServiceSpec("flower", lambda o: flower_argv(o.flower_address, o.flower_port, o.flower_basic_auth)),
+    ServiceSpec(
+        "flower",
+        lambda o: flower_argv(o.flower_address, o.flower_port),
+        lambda o: flower_env(o.flower_basic_auth),
+    ),
     ServiceSpec("watcher", watch_argv),
     ServiceSpec("api", lambda o: [*o.voxbatch_cli, "api", "--port", str(o.api_port)], api_env),
 ]

@@ -24,9 +24,10 @@ from jobs.steps.next import next_steps
 from jobs.steps.reduce import reduce_job
 from jobs.steps.split import split_job
 from jobs.steps.window import run_window
-from workers import celery_app, lifecycle, webhooks
+from workers import celery_app, deliveries, lifecycle, webhooks
 from workers.celery_app import app
 from workers.dispatch import Dispatcher
+from workers.engines.http import EngineAborted
 from workers.runtime import process_runtime
 from workers.sweeper import sweep
 
@@ -44,6 +45,13 @@ class JobTask(Task):
     retry_jitter = True
     max_retries = MAX_RETRIES
     acks_late = True
+
+    def first_deliveries(self, job_id: str) -> bool:
+        """False when this message was redelivered past the cap (the job is failed, the message acked)."""
+        rt = process_runtime()
+        key = f"{self.request.id}:{self.request.retries or 0}"
+        step = self.name.rsplit(".", 1)[-1]
+        return deliveries.allowed(rt, job_id, step, key, deliveries.redis_counter(rt.settings.broker_url))
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         job_id = args[0] if args else kwargs.get("job_id")
@@ -64,6 +72,8 @@ def _enqueue_next(job_id: str, after: str) -> None:
 @app.task(base=JobTask, name=celery_app.SPLIT, bind=True)
 def split(self: JobTask, job_id: str) -> int:
     rt = process_runtime()
+    if not self.first_deliveries(job_id):
+        return 0
     try:
         with job_heartbeat(rt, job_id):
             total = split_job(rt, job_id)
@@ -78,12 +88,17 @@ def split(self: JobTask, job_id: str) -> int:
 def window(self: JobTask, job_id: str, index: int) -> bool:
     rt = process_runtime()
     owner = f"{lifecycle.owner_prefix()}{self.request.id}"
+    if not self.first_deliveries(job_id):
+        return False
     if self.request.delivery_info and self.request.delivery_info.get("redelivered"):
         log.info("job %s: window %d redelivered", job_id, index)
     try:
         all_done = run_window(rt, job_id, index, owner=owner)
     except JobCancelled:
         log.info("job %s: cancelled; window %d skipped", job_id, index)
+        return False
+    except EngineAborted:
+        log.info("job %s: window %d stopped with the worker; it was handed back", job_id, index)
         return False
     if all_done:
         _enqueue_next(job_id, after="window")
@@ -93,6 +108,8 @@ def window(self: JobTask, job_id: str, index: int) -> bool:
 @app.task(base=JobTask, name=celery_app.REDUCE, bind=True)
 def reduce(self: JobTask, job_id: str) -> str:
     rt = process_runtime()
+    if not self.first_deliveries(job_id):
+        return "failed"
     try:
         with job_heartbeat(rt, job_id):
             job = reduce_job(rt, job_id)

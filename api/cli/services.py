@@ -63,21 +63,21 @@ def worker(queues: str, concurrency: int | None, loglevel: str) -> None:
 @one_line_errors
 def flower(port: int, address: str, no_auth: bool) -> None:
     """Flower for this app, with basic auth from VOXBATCH_FLOWER_BASIC_AUTH (user:password)."""
-    from workers.services import check_basic_auth, flower_argv
+    from workers.services import check_basic_auth, flower_argv, flower_env
 
     settings = load_settings()
-    env = dict(os.environ)
     auth: str | None = None
     if settings.flower_basic_auth:
         auth = check_basic_auth(settings.flower_basic_auth)
-    elif no_auth:
+    env = flower_env(auth)
+    if not auth and no_auth:
         # Flower's API answers 401 without auth unless this is set; --no-auth means open.
         env["FLOWER_UNAUTHENTICATED_API"] = "true"
-    else:
+    elif not auth:
         raise InputError(
             "set VOXBATCH_FLOWER_BASIC_AUTH=user:password (or pass --no-auth to run Flower open to anyone)"
         )
-    argv = flower_argv(address, port, auth)
+    argv = flower_argv(address, port)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execvpe(argv[0], argv, env)

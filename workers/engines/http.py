@@ -17,11 +17,16 @@ import logging
 import math
 import random
 import re
+import socket
+import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
+from httpcore import NetworkStream
+from httpcore._backends.sync import SyncBackend, SyncStream
 
 from jobs.errors import EngineRejected, EngineUnavailable, WindowTooLarge
 
@@ -77,6 +82,54 @@ def backoff_s(attempt: int, base_s: float, cap_s: float = 30.0) -> float:
     return random.uniform(0.0, min(cap_s, base_s * 2**attempt))
 
 
+class EngineAborted(Exception):
+    """The worker is stopping: its requests to the model server were aborted (``abort_all``).
+
+    Deliberately not a VoxbatchError: the window was handed back to the queue, so the task must
+    neither retry it nor fail the job."""
+
+
+_aborting = threading.Event()
+_live_sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+
+
+class _TrackedStream(SyncStream):
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        _live_sockets.add(sock)
+
+    def start_tls(self, *args: Any, **kwargs: Any) -> NetworkStream:
+        upgraded = super().start_tls(*args, **kwargs)
+        sock = upgraded.get_extra_info("socket")
+        if isinstance(sock, socket.socket):
+            _live_sockets.add(sock)
+        return upgraded
+
+
+class _TrackingBackend(SyncBackend):
+    """httpcore's blocking backend, remembering its sockets so that ``abort_all`` can shut them
+    down: closing an httpx client does not wake a thread blocked reading from it."""
+
+    def connect_tcp(self, *args: Any, **kwargs: Any) -> NetworkStream:
+        stream = super().connect_tcp(*args, **kwargs)
+        sock = stream.get_extra_info("socket")
+        return _TrackedStream(sock) if isinstance(sock, socket.socket) else stream
+
+
+def abort_all() -> int:
+    """Abort every request in flight to a model server (a stopping worker); returns how many
+    connections were cut. Later requests of this process raise ``EngineAborted`` at once."""
+    _aborting.set()
+    cut = 0
+    for sock in list(_live_sockets):
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+            cut += 1
+        except OSError:
+            pass  # already closed
+    return cut
+
+
 class ApiClient:
     """POSTs JSON or multipart to ``base_url`` and returns the decoded JSON (or text) answer."""
 
@@ -93,10 +146,13 @@ class ApiClient:
         self.server = server
         self.retries = retries
         self.backoff_base_s = backoff_base_s
+        transport = httpx.HTTPTransport()
+        transport._pool._network_backend = _TrackingBackend()  # see abort_all
         self._client = httpx.Client(
             base_url=base_url.rstrip("/") + "/",
             headers=dict(headers or {}),
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+            transport=transport,
         )
 
     def close(self) -> None:
@@ -124,9 +180,13 @@ class ApiClient:
                     last,
                 )
                 time.sleep(delay)
+            if _aborting.is_set():
+                raise EngineAborted(f"the worker is stopping: {path} to {self.server} not sent")
             try:
                 return self._post_once(path, json_body=json_body, data=data, files=files)
             except _Retryable as exc:
+                if _aborting.is_set():
+                    raise EngineAborted(f"the worker is stopping: {path} to {self.server} aborted") from exc
                 last = exc
         raise EngineUnavailable(
             f"{self.server} did not answer after {self.retries + 1} attempts ({last}); "
