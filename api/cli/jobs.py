@@ -141,7 +141,7 @@ def wait(job_id: str, timeout: float | None) -> None:
     "--output-dir",
     type=click.Path(path_type=Path, file_okay=False),
     required=True,
-    help="Where to write document.md, document.json and transcript.txt.",
+    help="Where to write the documents (document.md, document.json, transcript.txt, .srt, .vtt).",
 )
 @one_line_errors
 def fetch(job_id: str, output_dir: Path) -> None:

@@ -25,8 +25,8 @@ from jobs.steps.local import copy_documents, job_for_file, run_local
     "--output-dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Where to write document.md, document.json and transcript.txt "
-    "(default: voxbatch-output/<recording name>/).",
+    help="Where to write the documents (document.md, document.json, transcript.txt, .srt, .vtt; "
+    "default: voxbatch-output/<recording name>/).",
 )
 @one_line_errors
 def run(
