@@ -338,10 +338,14 @@ def test_after_down_and_up_every_job_and_document_is_still_there(
 def test_a_gpu_worker_stopped_mid_window_hands_the_window_to_the_other(
     stack: Stack, api_key: str, marker_recording_mp3: Recording
 ) -> None:
-    names = {}
+    names = {}  # container hostname (the part of a Celery worker's name after "@") -> service
     for service in ("gpu-standin-1", "gpu-standin-2"):
         (cid,) = stack.containers(service)
-        names["celery@" + eng.docker("inspect", "-f", "{{.Config.Hostname}}", cid).stdout.strip()] = service
+        names[eng.docker("inspect", "-f", "{{.Config.Hostname}}", cid).stdout.strip()] = service
+
+    def host(task: dict[str, Any]) -> str:
+        return str(task.get("worker") or "").rpartition("@")[2]
+
     job_id = upload(api_key, marker_recording_mp3.path)
 
     def running_window() -> dict[str, Any] | None:
@@ -350,13 +354,13 @@ def test_a_gpu_worker_stopped_mid_window_hands_the_window_to_the_other(
                 task.get("name") == "voxbatch.window"
                 and task.get("state") == "STARTED"
                 and job_id in str(task.get("args"))
-                and task.get("worker") in names
+                and host(task) in names
             ):
                 return task
         return None
 
     task = wait_until("a window of the new job to start", running_window, every_s=0.3)
-    stopped = names[task["worker"]]
+    stopped = names[host(task)]
     stack.run("stop", stopped)
     body = wait_succeeded(api_key, job_id)
     assert body["progress"]["windows_done"] == body["progress"]["windows_total"]
@@ -369,7 +373,7 @@ def test_a_gpu_worker_stopped_mid_window_hands_the_window_to_the_other(
         if t.get("name") == "voxbatch.window"
         and t.get("args") == task.get("args")
         and t.get("state") == "SUCCESS"
-        and t.get("worker") == other
+        and host(t) == other
     ]
     assert finished_elsewhere, f"window {task.get('args')} did not finish on {other}"
     logs = stack.run("logs", "--no-color", stopped).stdout.decode(errors="replace")
