@@ -7,7 +7,8 @@
     │   ├── EngineRejected        the model server refused a request for a reason other than size
     │   └── JobCancelled          the job was cancelled while a step ran
     ├── WindowTooLarge            the server refused a window as too long or too big: split and retry
-    │   └── RepetitionLoop        the transcript degenerated into a loop twice: split and retry
+    │   ├── RepetitionLoop        the transcript degenerated into a loop twice: split and retry
+    │   └── TranscriptCut         the transcript reached its token cap (words may be missing): split
     └── TransientError            a later attempt may succeed (retry with backoff)
         ├── EngineUnavailable     connection errors, timeouts, 5xx, 429
         ├── TooBusy               a limit on concurrent work was reached (HTTP 429, Retry-After)
@@ -57,6 +58,16 @@ class WindowTooLarge(VoxbatchError):
 
 class RepetitionLoop(WindowTooLarge):
     """The transcript kept repeating itself even with a repetition penalty."""
+
+
+class TranscriptCut(WindowTooLarge):
+    """The transcript reached its token cap, so its end may be missing; shorter audio fits.
+
+    ``text`` is what the model did say, kept when cutting smaller does not help."""
+
+    def __init__(self, message: str, text: str) -> None:
+        super().__init__(message)
+        self.text = text
 
 
 class TransientError(VoxbatchError):

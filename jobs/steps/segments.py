@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from jobs.errors import WindowTooLarge
+from jobs.errors import TranscriptCut, WindowTooLarge
 from jobs.runtime import Runtime
 from jobs.segmenting import SAMPLE_RATE, Segment
 from jobs.timecodes import span
@@ -105,7 +105,7 @@ class SegmentWork:
             SegmentResult.from_json(self.rt.storage.get_bytes(key)) if self.rt.storage.exists(key) else None
         )
         # A segment the server refused last time is asked again: the server may have changed.
-        if stored is not None and stored.note is None:
+        if stored is not None and (stored.note is None or stored.text):
             result = stored
         else:
             result = self._transcribe(segment)
@@ -124,24 +124,29 @@ class SegmentWork:
         except WindowTooLarge as first:
             if segment.end_s - segment.start_s < 2.0:
                 return self._refused(base, first)
-            log.info(
-                "job %s: segment %s refused (%s); trying it in two halves",
-                self.job_id,
-                span(shifted.start_s, shifted.end_s),
-                first,
-            )
+            where = span(shifted.start_s, shifted.end_s)
+            log.info("job %s: segment %s refused (%s); trying it in two halves", self.job_id, where, first)
         middle = self._quietest_point(segment)
-        try:
-            texts = [
-                self._engine_text(segment.start_s, middle, f"{segment.index}a"),
-                self._engine_text(middle, segment.end_s, f"{segment.index}b"),
-            ]
-        except WindowTooLarge as second:
-            return self._refused(base, second)
+        texts: list[str] = []
+        for start, end, name in ((segment.start_s, middle, "a"), (middle, segment.end_s, "b")):
+            try:
+                texts.append(self._engine_text(start, end, f"{segment.index}{name}"))
+            except WindowTooLarge as second:
+                if not isinstance(second, TranscriptCut):
+                    return self._refused(base, second)
+                # Still at the cap in half the audio: keep what was said, and say it may be cut.
+                texts.append(second.text)
+                base.note = (
+                    f"the transcript of {span(base.start_s, base.end_s)} reached the model's token cap"
+                )
         base.text = " ".join(t.strip() for t in texts if t.strip())
         return base
 
     def _refused(self, base: SegmentResult, exc: Exception) -> SegmentResult:
+        if isinstance(exc, TranscriptCut):
+            base.text = exc.text.strip()
+            base.note = f"the transcript of {span(base.start_s, base.end_s)} reached the model's token cap"
+            return base
         base.note = f"the model server refused the segment {span(base.start_s, base.end_s)}: {exc}"
         log.warning("job %s: %s", self.job_id, base.note)
         return base

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from jobs.db import Database
-from jobs.errors import EngineRejected, WindowTooLarge
+from jobs.errors import EngineRejected, TranscriptCut, WindowTooLarge
 from jobs.runtime import Runtime
 from jobs.settings import Settings
 from jobs.steps.next import Step
@@ -38,6 +38,7 @@ class FakeEngine:
     def __init__(self) -> None:
         self.max_s: float | None = None  # refuse longer audio the way vLLM does (WindowTooLarge)
         self.reject_markers: set[int] = set()  # permanent refusal of audio holding these markers
+        self.cut_markers: set[int] = set()  # transcripts of audio holding these reach the token cap
         self.calls: list[tuple[str, list[int]]] = []
         self._lock = threading.Lock()
         self._decoded: dict[tuple[str, int], np.ndarray] = {}
@@ -62,7 +63,10 @@ class FakeEngine:
         return heard
 
     def transcribe(self, audio: Path, language: str | None) -> str:
-        return words(self._hear("transcribe", audio))
+        heard = self._hear("transcribe", audio)
+        if self.cut_markers & set(heard):
+            raise TranscriptCut("the transcript reached its cap of 512 tokens", words(heard))
+        return words(heard)
 
     def summarize_audio(self, audio: Path, prompt: str) -> str:
         return "summary of " + words(self._hear("summarize", audio))

@@ -212,3 +212,37 @@ def test_every_state_change_outside_the_table_raises(rt: Runtime, tones: Recordi
     # Allowed, but the job is not in the source state: no change, no error.
     assert not rt.store.transition(job_id, [JobStatus.reducing], JobStatus.succeeded)
     assert rt.store.get(job_id).status == JobStatus.queued
+
+
+def test_a_transcript_cut_at_its_token_cap_is_kept_and_noted(
+    rt: Runtime, tones: Recording, engine: FakeEngine
+) -> None:
+    engine.cut_markers = {3}
+    job = run_local(rt, _job(rt, tones))
+    assert job.status == JobStatus.succeeded
+    doc = _document(rt, job.id)
+    assert " ".join(str(doc["transcript"]).split()) == " ".join(f"marker-{k}" for k in MARKERS)
+    notes = [n for n in doc["notes"] if "token cap" in n]  # type: ignore[union-attr]
+    assert len(notes) == 1, doc["notes"]
+
+
+def test_the_vllm_client_calls_a_transcript_as_long_as_its_cap_cut(tmp_path: Path) -> None:
+    from jobs.errors import TranscriptCut
+    from jobs.settings import Settings
+    from workers.engines.vllm import VLLMEngine
+
+    engine = VLLMEngine(Settings(engine="vllm", vllm_url="http://127.0.0.1:9/v1"))
+    audio = tmp_path / "a.wav"
+    import numpy as np
+
+    from jobs.steps.segments import wav_bytes
+
+    audio.write_bytes(wav_bytes(np.zeros(16_000 * 5, dtype=np.int16)))
+    rng = np.random.default_rng(1)
+    talk = " ".join("".join(rng.choice(list("abcdefghij"), 6)) for _ in range(400))
+    engine._post = lambda *a, **k: {"text": talk[:300]}  # type: ignore[method-assign]
+    assert engine.transcribe(audio, None) == talk[:300].strip()
+    engine._post = lambda *a, **k: {"text": talk}  # type: ignore[method-assign]
+    with pytest.raises(TranscriptCut) as cut:  # 2,800 characters: past a 512-token cap
+        engine.transcribe(audio, None)
+    assert cut.value.text == talk

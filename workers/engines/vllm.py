@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from jobs.errors import EngineRejected, InputError, RepetitionLoop, WindowTooLarge
+from jobs.errors import EngineRejected, InputError, RepetitionLoop, TranscriptCut, WindowTooLarge
 from jobs.settings import Settings
 from workers.engines import flac
 from workers.engines.http import ApiClient, Refusal, RefusedTooLarge, audio_tokens, longest_audio_s
@@ -35,6 +35,7 @@ MAX_MODEL_LEN = 32_768
 PROMPT_OVERHEAD_TOKENS = 16  # [INST], audio delimiters, "lang:xx[TRANSCRIBE]": a few, counted high
 MIN_OUTPUT_TOKENS = 512  # a window leaving less room than this for the answer is too long
 TRANSCRIPT_TOKENS_PER_S = 6.0  # fast speech is ~4-5 tokens/s; above that is a runaway answer
+CUT_FRACTION = 0.9  # of the token cap: a transcript this long (by the high estimate) was cut
 SUMMARY_MAX_TOKENS = 2048
 COMPLETE_MAX_TOKENS = 4096
 DEFAULT_UPLOAD_CAP_BYTES = 25 * 1024 * 1024  # vLLM's VLLM_MAX_AUDIO_CLIP_FILESIZE_MB default
@@ -102,11 +103,16 @@ class VLLMEngine:
                 data=merged,
                 files=lambda: {"file": (audio.name, audio.open("rb"), _mime(audio))},
             )
-            if isinstance(answer, str):
-                return answer.strip()
-            if not isinstance(answer, dict) or not isinstance(answer.get("text"), str):
+            if isinstance(answer, dict) and isinstance(answer.get("text"), str):
+                answer = answer["text"]
+            if not isinstance(answer, str):
                 raise EngineRejected(f"{self.name} answered a transcription without text")
-            return str(answer["text"]).strip()
+            text = answer.strip()
+            # The JSON answer has no finish_reason: a transcript as long as its cap was cut there.
+            # text_tokens over-counts, so a normal transcript never comes near the cap.
+            if text_tokens(text) >= CUT_FRACTION * max_tokens:
+                raise TranscriptCut(f"the transcript reached its cap of {max_tokens} tokens", text)
+            return text
 
         return self._without_loops(send, self.transcribe_loop_retry, f"transcript of {audio.name}")
 
