@@ -41,6 +41,10 @@ APP_IMAGES = {
     "voxbatch-cpu-worker:latest": "docker/Dockerfile.cpu-worker",
 }
 NAT_TABLES = ("filter", "nat")
+BUILTIN_CHAINS = {
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+}
 
 
 def docker_cli() -> str:
@@ -204,9 +208,11 @@ class Engine:
             saved = self.saved_rules.get(table)
             if saved and "*" + table in saved:
                 subprocess.run(["iptables-restore", "-T", table], input=saved, text=True, check=False)
-            else:
+            else:  # the table had no rules: empty it again, built-in chains back to ACCEPT
                 subprocess.run(["iptables", "-t", table, "-F"], capture_output=True, check=False)
                 subprocess.run(["iptables", "-t", table, "-X"], capture_output=True, check=False)
+                for chain in BUILTIN_CHAINS[table]:
+                    subprocess.run(["iptables", "-t", table, "-P", chain, "ACCEPT"], capture_output=True)
         if self.saved_forward is not None:
             with contextlib.suppress(OSError):
                 Path("/proc/sys/net/ipv4/ip_forward").write_text(self.saved_forward + "\n")
@@ -220,9 +226,11 @@ class Engine:
         if extra:
             problems.append(f"links left: {sorted(extra)}")
         for table in NAT_TABLES:
+            before = self.saved_rules.get(table, "")
             now = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True).stdout
-            if "DOCKER" in now and "DOCKER" not in self.saved_rules.get(table, ""):
-                problems.append(f"DOCKER chains left in {table}")
+            for mark in ("DOCKER", "docker0", ":FORWARD DROP"):
+                if mark in now and mark not in before:
+                    problems.append(f"{mark} left in iptables {table}")
         return problems
 
 

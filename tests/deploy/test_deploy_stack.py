@@ -37,7 +37,9 @@ SOURCE = Path(os.environ.get("VOXBATCH_DEPLOY_SOURCE", ROOT)).resolve()
 PROJECT = "voxbatch-deploytest"
 API = "http://127.0.0.1:8080"
 FLOWER = "http://127.0.0.1:5555"
-LATENCY_S = "3"  # per stand-in vLLM answer: windows slow enough to stop a worker in the middle of one
+# Per stand-in vLLM answer. A window makes two calls, so it lasts well past Celery's 5 s soft shutdown:
+# a worker stopped just after the window started cannot finish it and must hand it back.
+LATENCY_S = "8"
 WAIT_S = 420.0
 INBOX_KEY = "inbox/deploy-test/dropped-talk.wav"
 OUTBOX_PREFIX = "outbox/deploy-test/dropped-talk/"
