@@ -49,7 +49,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "no API key, or an unknown one"},
     404: {"model": Problem, "description": "no such job for this API key"},
 }
-_OPTION_FIELDS = ("instructions", "preset", "language", "window_minutes", "webhook_url")
+_OPTION_FIELDS = ("instructions", "preset", "language", "window_minutes", "webhook_url", "vocabulary")
 
 _CREATE_BODY: dict[str, Any] = {
     "requestBody": {
@@ -70,6 +70,7 @@ _CREATE_BODY: dict[str, Any] = {
                             "maximum": MAX_WINDOW_MINUTES,
                         },
                         "webhook_url": {"type": "string", "format": "uri"},
+                        "vocabulary": {"type": "string", "description": "names and terms, comma-separated"},
                     },
                 },
                 "encoding": {FILE_FIELD: {"contentType": "application/octet-stream"}},
@@ -99,6 +100,8 @@ def _options(fields: dict[str, Any]) -> JobOptions:
             raise InputError(
                 f"window_minutes must be a number of minutes, not {str(minutes)[:50]!r}"
             ) from exc
+    if isinstance(fields.get("vocabulary"), list):  # JSON may send the terms as a list
+        fields = {**fields, "vocabulary": "\n".join(str(term) for term in fields["vocabulary"])}
     text = {
         k: (str(fields[k]).strip() or None) if fields.get(k) is not None else None for k in _OPTION_FIELDS
     }
@@ -108,6 +111,7 @@ def _options(fields: dict[str, Any]) -> JobOptions:
         language=text["language"],
         window_minutes=minutes,
         webhook_url=text["webhook_url"],
+        vocabulary=text["vocabulary"],
     )
 
 

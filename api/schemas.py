@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from jobs.documents import DOCUMENT_NAMES
 from jobs.limits import MAX_INSTRUCTIONS_CHARS, MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
 from jobs.models import Job, JobStatus
+from jobs.options import parse_vocabulary
 from jobs.presets import PRESETS
 from jobs.timings import job_timings
 
@@ -60,6 +61,7 @@ class JobOut(BaseModel):
     language: str | None
     instructions: str | None
     window_minutes: float
+    vocabulary: list[str] = Field(default_factory=list, description="names and terms for the engines")
     duration_s: float | None
     error: str | None = Field(description="why the job failed, in one sentence")
     engine: str | None
@@ -95,6 +97,10 @@ class JobFromSource(BaseModel):
         default=None, description=f"longest window, {MIN_WINDOW_MINUTES}-{MAX_WINDOW_MINUTES} minutes"
     )
     webhook_url: str | None = Field(default=None, description="POSTed the job as JSON when it ends")
+    vocabulary: str | list[str] | None = Field(
+        default=None,
+        description="names and terms said in the recording: a list, or one comma-separated string",
+    )
 
 
 class UploadCreate(BaseModel):
@@ -151,6 +157,7 @@ def job_out(job: Job, base_url: str, flower_url: str | None) -> JobOut:
         language=job.language,
         instructions=job.instructions,
         window_minutes=job.window_minutes,
+        vocabulary=list(parse_vocabulary(job.vocabulary)),
         duration_s=job.duration_s,
         error=job.error,
         engine=job.engine,

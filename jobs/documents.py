@@ -8,6 +8,7 @@ are not word alignment.
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,8 @@ class Document:
                 "start_s": round(seg["start_s"], 3),
                 "end_s": round(seg["end_s"], 3),
                 "text": clean(seg["text"]).replace("\n", " "),
+                # Only from engines that label speakers (per window: jobs/steps/timed.py).
+                **({"speaker": seg["speaker"]} if seg.get("speaker") else {}),
             }
             for n, (window, seg) in enumerate(ordered)
         ]
@@ -60,6 +63,7 @@ class Document:
                 seg["end_s"],
                 clean(seg["text"]).replace("\n", " "),
                 tuple(map(tuple, seg.get("speech") or ())),
+                seg.get("speaker") or None,
             )
             for w in windows
             for seg in w.segments
@@ -125,11 +129,23 @@ def render_markdown(doc: Document) -> bytes:
         if w.summary:
             out += ["### Summary", "", _md(w.summary.strip()), ""]
         out += ["### Transcript", ""]
-        paragraphs = [stamped(start, text) for start, text in timed_paragraphs(doc.timed(w))]
+        paragraphs = _paragraphs(doc.timed(w))
         if not paragraphs and clean(w.transcript):
             paragraphs = [stamped(w.start_s, clean(w.transcript))]  # a result stored before segments
         out += [_md("\n\n".join(paragraphs)) if paragraphs else "_No speech detected in this part._", ""]
     return ("\n".join(out).rstrip() + "\n").encode()
+
+
+def _paragraphs(timed: list[TimedText]) -> list[str]:
+    """Timestamped paragraphs; with speaker labels, a new paragraph whenever the speaker changes,
+    led by the speaker's name in bold."""
+    if not any(t.speaker for t in timed):
+        return [stamped(start, text) for start, text in timed_paragraphs(timed)]
+    out: list[str] = []
+    for speaker, run in itertools.groupby(timed, key=lambda t: t.speaker):
+        who = f"**{speaker}:** " if speaker else ""
+        out += [stamped(start, who + text) for start, text in timed_paragraphs(list(run))]
+    return out
 
 
 def render_srt_file(doc: Document) -> bytes:

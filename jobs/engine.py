@@ -44,6 +44,47 @@ class Engine(Protocol):
 
 
 @dataclass(frozen=True)
+class TimedPiece:
+    """A stretch of a transcript as an engine timed it, on the clock of the audio it was sent."""
+
+    start_s: float
+    end_s: float
+    text: str
+    speaker: str | None = None  # the engine's label ("speaker_1"), consistent within one request
+
+
+@dataclass(frozen=True)
+class Hints:
+    """What a job tells the engine besides the audio: names and terms, and whether to tell speakers
+    apart."""
+
+    language: str | None = None
+    vocabulary: tuple[str, ...] = ()
+    speakers: bool = False
+
+
+class TimedEngine(Engine, Protocol):
+    """An engine whose transcripts carry their own times (and speakers, when asked): the window
+    step sends it the whole window (cut to ``max_audio_s()``) instead of our speech segments."""
+
+    def transcribe_timed(self, audio: Path, hints: Hints) -> list[TimedPiece]: ...
+
+
+def timed_engine(engine: Engine) -> TimedEngine | None:
+    """The engine as a TimedEngine when it gives timestamps for its configured model."""
+    if callable(getattr(engine, "transcribe_timed", None)) and getattr(engine, "gives_timestamps", False):
+        return engine  # type: ignore[return-value]
+    return None
+
+
+def transcribe_with(engine: Engine, audio: Path, hints: Hints) -> str:
+    """``engine.transcribe``, passing the vocabulary to engines that take one (``takes_vocabulary``)."""
+    if hints.vocabulary and getattr(engine, "takes_vocabulary", False):
+        return engine.transcribe(audio, hints.language, vocabulary=hints.vocabulary)  # type: ignore[call-arg]
+    return engine.transcribe(audio, hints.language)
+
+
+@dataclass(frozen=True)
 class SourceInfo:
     """What ffprobe says about a recording."""
 

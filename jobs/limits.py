@@ -8,3 +8,6 @@ MAX_WINDOW_MINUTES = 30
 MIN_WINDOW_MINUTES = 1
 # The instructions go into every window's prompt: 8,000 characters is ~2,000 tokens of 32k.
 MAX_INSTRUCTIONS_CHARS = 8000
+# Names and terms of a job's vocabulary: Mistral's context_bias takes at most 100 entries.
+MAX_VOCABULARY_TERMS = 100
+MAX_VOCABULARY_TERM_CHARS = 100

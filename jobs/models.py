@@ -58,6 +58,8 @@ class Job(SQLModel, table=True):
     instructions: str | None = Field(default=None, sa_column=Column(Text))
     preset: str = Field(default="conference-talk", max_length=64)
     language: str | None = Field(default=None, max_length=16)
+    # Names and terms for the engines (jobs/options.parse_vocabulary), one per line.
+    vocabulary: str | None = Field(default=None, sa_column=Column(Text))
     window_minutes: float = 30.0
     engine: str | None = Field(default=None, max_length=32)
     model: str | None = Field(default=None, max_length=200)

@@ -6,7 +6,13 @@ from dataclasses import dataclass
 
 from jobs.errors import InputError
 from jobs.languages import check_language
-from jobs.limits import MAX_INSTRUCTIONS_CHARS, MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
+from jobs.limits import (
+    MAX_INSTRUCTIONS_CHARS,
+    MAX_VOCABULARY_TERM_CHARS,
+    MAX_VOCABULARY_TERMS,
+    MAX_WINDOW_MINUTES,
+    MIN_WINDOW_MINUTES,
+)
 from jobs.presets import get_preset
 from jobs.settings import Settings
 
@@ -18,6 +24,8 @@ class JobOptions:
     language: str | None = None
     window_minutes: float | None = None
     webhook_url: str | None = None
+    # Names and terms, comma- or newline-separated ("Voxtral, Kubernetes"); stored one per line.
+    vocabulary: str | None = None
 
     def validated(self, settings: Settings) -> JobOptions:
         preset = get_preset(self.preset).name
@@ -36,4 +44,31 @@ class JobOptions:
             language=check_language(self.language),
             window_minutes=float(minutes),
             webhook_url=self.webhook_url,
+            vocabulary=check_vocabulary(self.vocabulary),
         )
+
+
+def parse_vocabulary(text: str | None) -> tuple[str, ...]:
+    """The terms of a vocabulary: split on commas and new lines, spaces collapsed, duplicates and
+    empty entries dropped, order kept."""
+    terms: list[str] = []
+    for raw in (text or "").replace("\n", ",").split(","):
+        term = " ".join(raw.split())
+        if term and term not in terms:
+            terms.append(term)
+    return tuple(terms)
+
+
+def check_vocabulary(text: str | None) -> str | None:
+    """The vocabulary as stored (one term per line), or InputError naming the limit it breaks."""
+    terms = parse_vocabulary(text)
+    if len(terms) > MAX_VOCABULARY_TERMS:
+        raise InputError(f"the vocabulary has {len(terms)} terms; at most {MAX_VOCABULARY_TERMS} are allowed")
+    for term in terms:
+        if len(term) > MAX_VOCABULARY_TERM_CHARS:
+            raise InputError(
+                f"the vocabulary term {term[:40]!r}... is longer than {MAX_VOCABULARY_TERM_CHARS} characters"
+            )
+        if any(ord(c) < 32 or c in "<>" for c in term):
+            raise InputError(f"the vocabulary term {term[:40]!r} holds a control character or < >")
+    return "\n".join(terms) or None

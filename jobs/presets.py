@@ -80,11 +80,22 @@ def get_preset(name: str | None) -> Preset:
         raise InputError(f"unknown preset {key!r}; choose one of: {known}") from None
 
 
-def window_prompt(preset: Preset, instructions: str | None, index: int, total: int, span: str) -> str:
+def window_prompt(
+    preset: Preset,
+    instructions: str | None,
+    index: int,
+    total: int,
+    span: str,
+    vocabulary: tuple[str, ...] = (),
+) -> str:
     parts = [
         f"This audio is part {index + 1} of {total} ({span}) of a longer recording.",
         preset.window,
     ]
+    if vocabulary:
+        parts.append(
+            "Names and terms that may be said, spelled as the user writes them: " + ", ".join(vocabulary)
+        )
     if instructions:
         parts.append(f"Follow these instructions from the user: {instructions.strip()}")
     parts.append("Write only the summary, in the language of the recording unless told otherwise.")

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from jobs.limits import MAX_WINDOW_MINUTES
+from jobs.profiles import get_profile
 
 DATA_DIR = Path("voxbatch-data")
 
@@ -20,6 +21,8 @@ PLACEHOLDER_CHECKED = (
     "flower_basic_auth",
     "vllm_api_key",
     "mistral_api_key",
+    "gemini_api_key",
+    "openai_api_key",
     "metrics_token",
 )
 
@@ -32,10 +35,13 @@ class Settings(BaseSettings):
     broker_url: str = "redis://localhost:6379/0"
     storage_url: str = ""
     s3_endpoint_url: str | None = None
-    engine: Literal["auto", "vllm", "mistral", "offline"] = "auto"
+    engine: Literal["auto", "vllm", "mistral", "gemini", "openai", "offline"] = "auto"
     vllm_url: str | None = None
     vllm_api_key: str | None = None
     model: str = "mistralai/Voxtral-Small-24B-2507"
+    # The model's profile (jobs/profiles.py: voxtral-small, qwen2-audio, ...); unset: matched from
+    # VOXBATCH_MODEL, Voxtral Small's when nothing matches.
+    model_profile: str | None = None
     # A hint for servers whose caps are known; when unset the client learns them from refusals.
     vllm_max_audio_s: float | None = None
     vllm_max_upload_mb: float | None = None
@@ -43,6 +49,18 @@ class Settings(BaseSettings):
     mistral_url: str = "https://api.mistral.ai/v1"
     mistral_transcribe_model: str = "voxtral-mini-latest"
     mistral_chat_model: str = "voxtral-small-latest"
+    # Hosted engines (docs/models.md, "Hosted engines"): keys, base URLs (tests point the vendors'
+    # SDKs at local servers), models. Speaker labels: "auto" asks for them for the panel and
+    # meeting presets, "on" always, "off" never.
+    diarize: Literal["auto", "on", "off"] = "auto"
+    gemini_api_key: str | None = None
+    gemini_url: str | None = None  # default: the SDK's https://generativelanguage.googleapis.com
+    gemini_model: str = "gemini-2.5-flash"
+    openai_api_key: str | None = None
+    openai_url: str | None = None  # default: the SDK's https://api.openai.com/v1
+    openai_transcribe_model: str = "whisper-1"
+    openai_chat_model: str = "gpt-4o-audio-preview"
+    openai_text_model: str = "gpt-4o-mini"
     request_timeout_s: float = 1800.0
     engine_retries: int = 5
     window_minutes: float = MAX_WINDOW_MINUTES
@@ -106,6 +124,13 @@ class Settings(BaseSettings):
                     "set a real secret"
                 )
         return self
+
+    @field_validator("model_profile")
+    @classmethod
+    def _known_profile(cls, value: str | None) -> str | None:
+        if value:
+            get_profile(value)  # UnknownProfile (a ValueError) names the choices
+        return value or None
 
     @field_validator("window_minutes")
     @classmethod

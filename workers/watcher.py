@@ -15,6 +15,7 @@ What is not a recording: keys ending in ``/`` (the zero-byte "folders" consoles 
 sidecars (``*.json``). In-progress multipart uploads are invisible to listings until completed.
 
 Sidecars: ``<name>.json`` next to ``<name>.<ext>`` sets ``instructions``, ``preset``, ``language``,
+``vocabulary`` (comma-separated names and terms),
 ``webhook_url`` (and ``window_minutes``). It is read when its recording is ingested; a sidecar that
 arrives later does not change a job already submitted (upload the sidecar first, or upload the
 recording again: new content, new ETag, new job). The sidecar's preset wins over the prefix's.
@@ -54,7 +55,7 @@ from workers.outbox import DropFolder, open_outbox, printable, write_error
 log = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".json"
-SIDECAR_FIELDS = ("instructions", "preset", "language", "webhook_url", "window_minutes")
+SIDECAR_FIELDS = ("instructions", "preset", "language", "webhook_url", "window_minutes", "vocabulary")
 MAX_SIDECAR_BYTES = 64 * 1024
 PAGE_SIZE = 1000
 TAG_KEY = "voxbatch"
@@ -246,6 +247,7 @@ class Watcher:
             language=fields.get("language"),
             window_minutes=fields.get("window_minutes"),
             webhook_url=fields.get("webhook_url"),
+            vocabulary=fields.get("vocabulary"),
         )
 
     def read_sidecar(self, key: str) -> dict[str, Any]:

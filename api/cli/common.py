@@ -86,4 +86,10 @@ def job_options(fn: F) -> F:
     fn = click.option(
         "--instructions", default=None, help="Your own words on what the summaries should say or look like."
     )(fn)
+    fn = click.option(
+        "--vocabulary",
+        default=None,
+        help='Names and terms said in the recording, comma-separated ("Voxtral, Kubernetes"): '
+        "engines that take a vocabulary spell them this way; summaries use them.",
+    )(fn)
     return fn

@@ -35,6 +35,7 @@ def run(
     preset: str | None,
     language: str | None,
     window_minutes: float | None,
+    vocabulary: str | None,
     output_dir: Path | None,
 ) -> None:
     """Turn FILE into a document on this machine, in this process (no Redis needed)."""
@@ -42,7 +43,9 @@ def run(
     from workers.runtime import build_runtime
 
     settings = load_settings()
-    options = JobOptions(instructions, preset, language, window_minutes).validated(settings)
+    options = JobOptions(instructions, preset, language, window_minutes, vocabulary=vocabulary).validated(
+        settings
+    )
     path = file.expanduser().absolute()
     # Probe before anything is written: bad input leaves no job, no window, no file behind.
     info = FfmpegAudio().probe(str(path))

@@ -64,6 +64,7 @@ function upload() {
   form.append("preset", $("preset").value);
   if ($("language").value.trim()) form.append("language", $("language").value.trim());
   if ($("instructions").value.trim()) form.append("instructions", $("instructions").value.trim());
+  if ($("vocabulary").value.trim()) form.append("vocabulary", $("vocabulary").value.trim());
   form.append("file", chosenFile, chosenFile.name);
 
   const xhr = new XMLHttpRequest();

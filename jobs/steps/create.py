@@ -39,6 +39,7 @@ def create_job(
         language=opts.language,
         window_minutes=opts.window_minutes or rt.settings.window_minutes,
         webhook_url=opts.webhook_url,
+        vocabulary=opts.vocabulary,
     )
     rt.store.add(job)
     log.info("job %s: created for %s", job.id, job.source_name)

@@ -16,6 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from jobs.engine import TimedEngine, timed_engine
 from jobs.errors import PermanentError, WindowTooLarge
 from jobs.models import Job, Window
 from jobs.presets import get_preset, merge_prompt, window_prompt
@@ -23,8 +24,10 @@ from jobs.runtime import Runtime
 from jobs.segmenting import SAMPLE_RATE, segment_samples
 from jobs.steps.ending import ensure_running, fail
 from jobs.steps.leases import lease_kept
+from jobs.steps.profiled import segment_limit_s, summary_from_transcripts, transcript_summary
 from jobs.steps.recut import Recutter
 from jobs.steps.segments import SegmentWork
+from jobs.steps.timed import hints_for, timed_segments, with_vocabulary
 from jobs.stitching import WindowResult
 from jobs.timecodes import span
 
@@ -81,8 +84,11 @@ def process_window(rt: Runtime, job: Job, window: Window) -> WindowResult:
         tmp = Path(tmp_name)
         audio = tmp / "window.flac"
         rt.storage.download(window.audio_key, audio)
+        timed = timed_engine(engine)
+        if timed is not None:
+            return _timed_window(rt, timed, job, window, audio, tmp)
         samples = rt.audio.read_samples(audio)
-        segments = segment_samples(samples, SAMPLE_RATE)
+        segments = segment_samples(samples, SAMPLE_RATE, max_segment_s=segment_limit_s(rt))
         done: set[int] = set()
         lock = threading.Lock()
 
@@ -95,13 +101,24 @@ def process_window(rt: Runtime, job: Job, window: Window) -> WindowResult:
                 rt.store.record_segments(window, count, len(segments))
 
         rt.store.record_segments(window, 0, len(segments))
-        work = SegmentWork(rt, job.id, window.index, window.start_s, samples, tmp, job.language)
+        work = SegmentWork(
+            with_vocabulary(rt, hints_for(rt, job)),
+            job.id,
+            window.index,
+            window.start_s,
+            samples,
+            tmp,
+            job.language,
+        )
         with ThreadPoolExecutor(max_workers=_parallel(rt), thread_name_prefix=f"seg-{job.id}") as pool:
-            summary_future = pool.submit(_summary, rt, job, window, audio, tmp) if segments else None
+            hears = bool(segments) and not summary_from_transcripts(rt)
+            summary_future = pool.submit(_summary, rt, job, window, audio, tmp) if hears else None
             futures = work.run(segments, pool, progress)
             results = [f.result() for f in futures]
             summary, pieces = summary_future.result() if summary_future else (None, [])
     texts = [r.text for r in results if r.text.strip()]
+    if texts and summary_from_transcripts(rt):  # the model cannot hear the whole window
+        summary = transcript_summary(rt, job, window, texts)
     return WindowResult(
         index=window.index,
         start_s=window.start_s,
@@ -116,6 +133,32 @@ def process_window(rt: Runtime, job: Job, window: Window) -> WindowResult:
             for r in results
         ],
         notes=[r.note for r in results if r.note],
+    )
+
+
+def _timed_window(
+    rt: Runtime, engine: TimedEngine, job: Job, window: Window, audio: Path, tmp: Path
+) -> WindowResult:
+    """An engine that times its own transcript hears the whole window (jobs/steps/timed.py)."""
+    rt.store.record_segments(window, 0, 1)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"timed-{job.id}") as pool:
+        summary_future = pool.submit(_summary, rt, job, window, audio, tmp)
+        segments = timed_segments(
+            rt, engine, job.id, window.start_s, audio, window.end_s - window.start_s, tmp, hints_for(rt, job)
+        )
+        summary, pieces = summary_future.result()
+    rt.store.record_segments(window, len(segments), len(segments))
+    texts = [s["text"] for s in segments]
+    return WindowResult(
+        index=window.index,
+        start_s=window.start_s,
+        end_s=window.end_s,
+        transcript="\n".join(texts),
+        summary=summary if texts else None,
+        pieces=pieces,
+        engine=engine.name,
+        model=engine.model,
+        segments=segments,
     )
 
 
@@ -138,6 +181,7 @@ def _summary(
         window.index,
         job.windows_total or 1,
         span(window.start_s, window.end_s),
+        vocabulary=hints_for(rt, job).vocabulary,
     )
     recut = Recutter(rt, tmp, job.id)
     parts = recut.over(lambda p: engine.summarize_audio(p, prompt), audio, 0.0, window.end_s - window.start_s)

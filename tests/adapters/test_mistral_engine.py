@@ -57,18 +57,12 @@ def test_summary_sends_input_audio_as_a_plain_string(mistral_server: StandInVLLM
     assert entry["roles"] == ["user"]
 
 
-def test_vllm_shaped_audio_is_refused_by_the_mistral_standin(
-    mistral_server: StandInVLLM, tmp_path: Path
-) -> None:
+def test_summary_audio_is_a_plain_base64_string(mistral_server: StandInVLLM, tmp_path: Path) -> None:
+    # The SDK's AudioChunk is Mistral's shape; the stand-in answers 422 to vLLM's {"data", "format"}.
     window = write_marker_window(tmp_path / "w.flac", [6])
-    engine = engine_for(mistral_server, tmp_path)
-
-    def vllm_shape(data_b64: str, fmt: str) -> dict[str, object]:
-        return {"type": "input_audio", "input_audio": {"data": data_b64, "format": fmt}}
-
-    engine._audio_part = vllm_shape  # type: ignore[method-assign]
-    with pytest.raises(EngineRejected, match="base64 string"):
-        engine.summarize_audio(window, "Summarize.")
+    engine_for(mistral_server, tmp_path).summarize_audio(window, "Summarize.")
+    [entry] = mistral_server.stats()["log"]
+    assert entry["endpoint"] == "chat"
 
 
 def test_long_window_is_refused_before_upload(mistral_server: StandInVLLM, tmp_path: Path) -> None:

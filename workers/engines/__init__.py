@@ -16,16 +16,22 @@ logger = logging.getLogger(__name__)
 
 
 def build_engine(settings: Settings) -> Engine:
-    """The engine ``settings.engine`` names; ``auto`` picks vllm, then mistral, then offline."""
+    """The engine ``settings.engine`` names; ``auto`` picks vllm (a URL is set), then the hosted
+    engines whose key is set (mistral, gemini, openai, in that order), then offline."""
     choice = settings.engine
     if choice == "auto":
         if settings.vllm_url:
             choice = "vllm"
         elif settings.mistral_api_key:
             choice = "mistral"
+        elif settings.gemini_api_key:
+            choice = "gemini"
+        elif settings.openai_api_key:
+            choice = "openai"
         else:
             logger.warning(
-                "no VOXBATCH_VLLM_URL and no VOXBATCH_MISTRAL_API_KEY: using the offline engine "
+                "no VOXBATCH_VLLM_URL and no hosted API key (VOXBATCH_MISTRAL_API_KEY, "
+                "VOXBATCH_GEMINI_API_KEY, VOXBATCH_OPENAI_API_KEY): using the offline engine "
                 "(pocketsphinx, English only, low accuracy, no summaries)"
             )
             choice = "offline"
@@ -43,9 +49,23 @@ def build_engine(settings: Settings) -> Engine:
         from workers.engines.mistral import MistralEngine
 
         return MistralEngine(settings)
+    if choice == "gemini":
+        if not settings.gemini_api_key:
+            raise InputError("VOXBATCH_ENGINE=gemini needs VOXBATCH_GEMINI_API_KEY")
+        from workers.engines.gemini import GeminiEngine
+
+        return GeminiEngine(settings)
+    if choice == "openai":
+        if not settings.openai_api_key:
+            raise InputError("VOXBATCH_ENGINE=openai needs VOXBATCH_OPENAI_API_KEY")
+        from workers.engines.openai import OpenAIEngine
+
+        return OpenAIEngine(settings)
     if choice == "offline":
         from workers.engines.offline import OfflineEngine
 
         engine: Engine = OfflineEngine(settings)
         return engine
-    raise InputError(f"unknown engine {settings.engine!r}; use auto, vllm, mistral or offline")
+    raise InputError(
+        f"unknown engine {settings.engine!r}; use auto, vllm, mistral, gemini, openai or offline"
+    )

@@ -1,0 +1,170 @@
+"""What the hosted engines (Mistral, Gemini, OpenAI) share: their answers as voxbatch errors, the caps
+they learn from refusals, the retry hints of their 429 answers, and MP3 for APIs that take no FLAC.
+
+Each engine talks to its vendor through the vendor's own SDK; the SDKs of Mistral and OpenAI retry
+429 and 5xx themselves and honour ``Retry-After`` (and ``retry-after-ms``); google-genai does not
+read Google's ``RetryInfo``, so the Gemini engine retries with ``retry_delay_s`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+from jobs.errors import EngineRejected, EngineUnavailable, InputError, WindowTooLarge
+from workers.engines import flac
+from workers.engines.http import Refusal
+
+MIB = 1024 * 1024
+_GOOGLE_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
+
+
+def vendor_message(body: str | bytes | None) -> str:
+    """The message of an error body in OpenAI's, Mistral's or Google's shapes, else the text."""
+    if body is None:
+        return ""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        return text.strip()[:500]
+    if isinstance(answer, dict):
+        err = answer.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        for key in ("message", "detail", "error"):
+            if answer.get(key):
+                return str(answer[key])
+    return str(answer)[:500]
+
+
+def as_error(server: str, status: int | None, message: str) -> Exception:
+    """A vendor's HTTP answer (or a failed connection, ``status`` None) as a voxbatch error."""
+    if status is None or status == 429 or status >= 500 or status == 408:
+        what = f"HTTP {status}" if status else "no answer"
+        return EngineUnavailable(f"{server} did not answer usefully ({what}: {message}); try again later")
+    if status in (401, 403):
+        return EngineRejected(f"{server} refused the API key: {message}")
+    refusal = Refusal(status, message)
+    if status in (400, 413, 422) and refusal.too_large:
+        return WindowTooLarge(
+            f"{server} refused the audio as too large: {message}", max_duration_s=refusal.max_duration_s
+        )
+    return EngineRejected(f"{server} refused the request: {message}")
+
+
+def retry_delay_s(headers: Mapping[str, str] | None, body: Any) -> float | None:
+    """The wait a 429 (or 503) asks for: ``retry-after-ms``, ``Retry-After`` (seconds or a date), or
+    Google's ``google.rpc.RetryInfo`` detail (``"retryDelay": "7s"``) in the error body."""
+    if headers:
+        lowered = {k.lower(): v for k, v in headers.items()}
+        if "retry-after-ms" in lowered:
+            try:
+                return max(0.0, float(lowered["retry-after-ms"]) / 1000)
+            except ValueError:
+                pass
+        if "retry-after" in lowered:
+            value = lowered["retry-after"]
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                try:
+                    from datetime import UTC, datetime
+
+                    return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+                except (TypeError, ValueError):
+                    pass
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return None
+    error = body.get("error", body) if isinstance(body, dict) else None
+    details = error.get("details") if isinstance(error, dict) else None
+    for detail in details if isinstance(details, list) else []:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            match = _GOOGLE_DELAY.match(str(detail.get("retryDelay", "")))
+            if match:
+                return float(match.group(1))
+    return None
+
+
+class Caps:
+    """The longest audio per request: known up front, lowered by what refusals reveal."""
+
+    def __init__(self, name: str, max_s: float | None, max_bytes: float | None = None) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._max_s = max_s
+        self.max_bytes = max_bytes
+
+    def max_audio_s(self) -> float | None:
+        with self._lock:
+            return self._max_s
+
+    def learn(self, exc: Exception) -> None:
+        if isinstance(exc, WindowTooLarge) and exc.max_duration_s:
+            with self._lock:
+                self._max_s = (
+                    exc.max_duration_s if self._max_s is None else min(self._max_s, exc.max_duration_s)
+                )
+
+    def admit(self, audio: Path) -> float:
+        """Refuse before uploading what the vendor is known to refuse; return the duration."""
+        if not audio.is_file():
+            raise InputError(f"window audio {audio} does not exist")
+        duration = flac.duration_s(audio)
+        cap = self.max_audio_s()
+        if cap is not None and duration > cap + 0.5:
+            raise WindowTooLarge(
+                f"the audio lasts {duration:.0f} s, over {self.name}'s limit of {cap:.0f} s",
+                max_duration_s=cap,
+            )
+        size = audio.stat().st_size
+        if self.max_bytes is not None and size > self.max_bytes:
+            fitting = float(int(duration * self.max_bytes / size * 0.9))
+            raise WindowTooLarge(
+                f"the audio is {size / MIB:.1f} MB, over {self.name}'s upload limit of "
+                f"{self.max_bytes / MIB:.0f} MB",
+                max_duration_s=fitting,
+            )
+        return duration
+
+
+def mp3_bytes(audio: Path, bitrate: str = "48k") -> bytes:
+    """The audio as mono MP3 (for chat APIs that take only WAV or MP3): 30 min is about 11 MB."""
+    done = subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-protocol_whitelist",
+            "file",
+            "-i",
+            str(audio),
+            "-ac",
+            "1",
+            "-b:a",
+            bitrate,
+            "-f",
+            "mp3",
+            "-",
+        ],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise InputError(f"ffmpeg could not encode {audio.name} as MP3: {done.stderr.decode()[-300:]}")
+    return done.stdout
+
+
+def mime_type(audio: Path) -> str:
+    fmt = audio.suffix.lower().lstrip(".") or "flac"
+    return {"mp3": "audio/mpeg", "wav": "audio/wav", "ogg": "audio/ogg"}.get(fmt, f"audio/{fmt}")
