@@ -13,14 +13,22 @@ Why each piece is there (shared/reference/voxtral-vllm.md, sections 1.2 and 3):
 - ``VLLM_MAX_AUDIO_CLIP_FILESIZE_MB``: the 25 MB default is below a 30-minute 16 kHz mono FLAC (~30 MB).
 - ``VLLM_MAX_AUDIO_DECODE_BYTES``: float32 PCM after decoding at the file's own rate; sized here for
   16 kHz mono (what the splitter sends), never below vLLM's own default.
+
+Other models (jobs/profiles.py, chosen from the model name or ``--profile``) get their own flags:
+their format and trust-remote-code flags, their ``--max-model-len``, and ``--limit-mm-per-prompt``
+set to the audio items voxbatch sends in one request (image and video off for the Omni thinkers).
+Voxtral's command line is unchanged.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+from jobs.profiles import ModelProfile, profile_for
 
 VOXTRAL_CONTEXT_TOKENS = 32768
 # 40 min: Voxtral's "understanding" ceiling (30,000 audio tokens); 30-min windows plus any re-cut margin.
@@ -64,6 +72,10 @@ class VllmOptions:
     max_num_seqs: int | None = None
     api_key: str | None = None
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    profile: str | None = None  # VOXBATCH_MODEL_PROFILE; unset: matched from the model name
+
+    def model_profile(self) -> ModelProfile:
+        return profile_for(self.model, self.profile)
 
     def check(self) -> None:
         """Raise ValueError with one sentence for a value vLLM would reject later, after a long load."""
@@ -111,6 +123,7 @@ def decode_bytes(max_audio_s: float) -> int:
 def build_vllm_launch(options: VllmOptions, base_env: Mapping[str, str] | None = None) -> VllmLaunch:
     """The ``vllm serve`` argv and the environment to run it with (base_env plus the audio caps)."""
     options.check()
+    profile = options.model_profile()
     argv: list[str] = [
         "vllm",
         "serve",
@@ -119,19 +132,18 @@ def build_vllm_launch(options: VllmOptions, base_env: Mapping[str, str] | None =
         options.host,
         "--port",
         str(options.port),
-        "--tokenizer-mode",
-        "mistral",
-        "--config-format",
-        "mistral",
-        "--load-format",
-        "mistral",
+        *profile.serve_args,
         "--max-model-len",
-        str(VOXTRAL_CONTEXT_TOKENS),
+        str(profile.context_tokens),
         "--limit-mm-per-prompt",
-        '{"audio": 1}',
+        json.dumps(profile.mm_limits()),
         "--gpu-memory-utilization",
         f"{options.gpu_memory_utilization:g}",
     ]
+    if profile.lora_module:
+        # A LoRA served beside the base model (Phi-4's speech adapter): NAME=<model dir>/<subfolder>.
+        name, _, subfolder = profile.lora_module.partition("=")
+        argv += ["--lora-modules", f"{name}={options.model.rstrip('/')}/{subfolder}"]
     if options.tensor_parallel_size > 1:
         argv += ["--tensor-parallel-size", str(options.tensor_parallel_size)]
     if options.data_parallel_size > 1:

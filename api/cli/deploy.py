@@ -21,6 +21,11 @@ GPU_EXTRA_HINT = "vLLM is not installed here; on the GPU machine run: pip instal
 
 @click.command("vllm", context_settings={"ignore_unknown_options": True})
 @click.option("--model", default=None, help="Model to serve (default: VOXBATCH_MODEL).")
+@click.option(
+    "--profile",
+    default=None,
+    help="Model profile (default: VOXBATCH_MODEL_PROFILE, else matched from the model name; docs/models.md).",
+)
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address vLLM listens on.")
 @click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="Port vLLM listens on.")
 @click.option("--tensor-parallel-size", type=int, default=1, show_default=True, help="GPUs per replica.")
@@ -49,6 +54,7 @@ GPU_EXTRA_HINT = "vLLM is not installed here; on the GPU machine run: pip instal
 @one_line_errors
 def vllm(
     model: str | None,
+    profile: str | None,
     host: str,
     port: int,
     tensor_parallel_size: int,
@@ -72,6 +78,7 @@ def vllm(
         max_num_seqs=max_num_seqs,
         api_key=settings.vllm_api_key,
         extra_args=extra_args,
+        profile=profile or settings.model_profile,
     )
     launch = build_vllm_launch(options)
     if print_only:

@@ -14,6 +14,7 @@ from jobs.errors import InputError
 from jobs.models import Job, JobStatus, Window, utcnow, window_audio_key
 from jobs.runtime import Runtime
 from jobs.steps.ending import ensure_running
+from jobs.steps.profiled import window_limit_s
 from jobs.storage import put_file
 from jobs.storage_urls import open_storage, parse_s3_url
 
@@ -52,10 +53,11 @@ def split_job(rt: Runtime, job_id: str) -> int:
         ensure_running(rt.store.get(job_id))
     src = source_for_ffmpeg(rt, job)
     # split() probes the source itself (and refuses what is not audio): no second ffprobe here.
-    log.info("job %s: splitting into windows of ≤ %g min", job_id, job.window_minutes)
+    max_window_s = window_limit_s(rt, job)  # the job's length, or less where the model hears less
+    log.info("job %s: splitting into windows of ≤ %g s", job_id, max_window_s)
     rows: list[Window] = []
     with tempfile.TemporaryDirectory(prefix=f"voxbatch-split-{job_id}-") as tmp:
-        for w in rt.audio.split(src, Path(tmp), job.window_minutes * 60.0):
+        for w in rt.audio.split(src, Path(tmp), max_window_s):
             put_file(rt.storage, window_audio_key(job_id, w.index), w.path)
             w.path.unlink(missing_ok=True)
             rows.append(Window(job_id=job_id, index=w.index, start_s=w.start_s, end_s=w.end_s))

@@ -11,22 +11,32 @@ What vLLM does with Voxtral (shared/reference/voxtral-vllm.md) shapes every requ
   is remembered, so ``max_audio_s()`` reports it and later windows are refused before upload;
 - Voxtral can loop on music or silence: a looping answer is asked again once with a penalty,
   then raised as RepetitionLoop so the pipeline splits the window.
+
+Other models are driven by their profile (jobs/profiles.py, ``VOXBATCH_MODEL``/``_PROFILE``): its
+audio tokens per second and context size every request; a model without vLLM's transcription
+endpoint transcribes through a chat request carrying the segment and the profile's verbatim prompt;
+a window longer than the model's longest item goes as several items of one chat request; a system
+message is sent only where the model allows one beside audio.
 """
 
 from __future__ import annotations
 
 import base64
+import io
+import itertools
 import logging
 import math
 import threading
+import wave
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from jobs.errors import EngineRejected, InputError, RepetitionLoop, TranscriptCut, WindowTooLarge
+from jobs.profiles import DEFAULT_PROFILE, ModelProfile, profile_for
 from jobs.settings import Settings
 from workers.engines import flac
-from workers.engines.http import ApiClient, Refusal, RefusedTooLarge, audio_tokens, longest_audio_s
+from workers.engines.http import ApiClient, Refusal, RefusedTooLarge
 from workers.engines.loops import is_loop
 
 logger = logging.getLogger(__name__)
@@ -53,6 +63,7 @@ class VLLMEngine:
 
     name = "vllm"
     can_summarize = True
+    profile: ModelProfile = DEFAULT_PROFILE  # Voxtral Small's, unless the settings name another
     # Sampling changes for the one retry after a looping answer.
     transcribe_loop_retry: Mapping[str, Any] = {"temperature": 0.2, "frequency_penalty": 0.5}
     chat_loop_retry: Mapping[str, Any] = {"temperature": 0.3, "frequency_penalty": 0.5}
@@ -61,6 +72,7 @@ class VLLMEngine:
         if not settings.vllm_url:
             raise InputError("the vllm engine needs VOXBATCH_VLLM_URL (for example http://gpu-host:8000/v1)")
         headers = {"Authorization": f"Bearer {settings.vllm_api_key}"} if settings.vllm_api_key else {}
+        self.profile = profile_for(settings.model, settings.model_profile)
         self.model = settings.model
         self.transcribe_model = settings.model
         self._api = ApiClient(
@@ -80,17 +92,30 @@ class VLLMEngine:
         self._lock = threading.Lock()
         self._max_s = max_s
         self._max_upload_bytes = max_upload_bytes
-        self._context = MAX_MODEL_LEN  # lowered when a server started with a smaller one says so
+        # Lowered when a server started with a smaller one says so.
+        self._context = min(MAX_MODEL_LEN, self.profile.context_tokens)
 
     # --- the Engine protocol ---------------------------------------------------------------
 
     def max_audio_s(self) -> float | None:
         with self._lock:
-            return self._max_s
+            learned = self._max_s
+        heard = self._chat_audio_cap()
+        if heard is None:
+            return learned
+        return heard if learned is None else min(learned, heard)
+
+    def _chat_audio_cap(self) -> float | None:
+        """What one chat request can carry for this model (None: only the context limits it)."""
+        if self.profile.max_item_s is None:
+            return None
+        return self.profile.chat_audio_s()
 
     def transcribe(self, audio: Path, language: str | None) -> str:
+        if not self.profile.transcription_endpoint:
+            return self._transcribe_by_chat(audio, language)
         duration, size = self._admit(audio, prompt_tokens=0)
-        room = self._context - audio_tokens(duration) - PROMPT_OVERHEAD_TOKENS
+        room = self._context - self._audio_tokens(duration) - PROMPT_OVERHEAD_TOKENS
         max_tokens = min(room, max(MIN_OUTPUT_TOKENS, math.ceil(duration * TRANSCRIPT_TOKENS_PER_S)))
         fields = self._transcription_fields(language, max_tokens)
 
@@ -117,13 +142,68 @@ class VLLMEngine:
         return self._without_loops(send, self.transcribe_loop_retry, f"transcript of {audio.name}")
 
     def summarize_audio(self, audio: Path, prompt: str) -> str:
+        item_s = self.profile.max_item_s
+        if item_s is not None and flac.duration_s(audio) > item_s + 0.5:
+            return self._summarize_items(audio, prompt, item_s)
         prompt_tokens = text_tokens(prompt)
         duration, size = self._admit(audio, prompt_tokens=prompt_tokens)
-        room = self._context - audio_tokens(duration) - prompt_tokens - PROMPT_OVERHEAD_TOKENS
+        room = self._context - self._audio_tokens(duration) - prompt_tokens - PROMPT_OVERHEAD_TOKENS
         data = base64.b64encode(audio.read_bytes()).decode("ascii")
         # Instructions ride in the user turn: Voxtral has no system prompt.
         content = [self._audio_part(data, _format(audio)), {"type": "text", "text": prompt}]
         return self._chat(content, min(room, SUMMARY_MAX_TOKENS), duration, size, f"summary of {audio.name}")
+
+    def _summarize_items(self, audio: Path, prompt: str, item_s: float) -> str:
+        """A window longer than the model's longest item: equal consecutive items, one request."""
+        cap = self.max_audio_s()
+        duration = flac.duration_s(audio)
+        if cap is not None and duration > cap + 0.5:
+            raise WindowTooLarge(
+                f"the window lasts {duration:.0f} s, over the {cap:.0f} s {self.model} hears in one request",
+                max_duration_s=cap,
+            )
+        items = _cut_items(audio, math.ceil(duration / item_s))
+        prompt_tokens = text_tokens(prompt)
+        tokens = sum(self._audio_tokens(len(pcm) / 2 / _ITEM_RATE) for pcm in items)
+        room = self._context - tokens - prompt_tokens - PROMPT_OVERHEAD_TOKENS * (len(items) + 1)
+        if room < MIN_OUTPUT_TOKENS:
+            raise WindowTooLarge(
+                f"the window lasts {duration:.0f} s: its audio leaves no room for an answer in the "
+                f"{self._context}-token context",
+                max_duration_s=self._longest_audio_s(self._context - prompt_tokens - MIN_OUTPUT_TOKENS),
+            )
+        content: list[dict[str, Any]] = [
+            self._audio_part(base64.b64encode(_wav(pcm)).decode("ascii"), "wav") for pcm in items
+        ]
+        content.append(
+            {"type": "text", "text": f"The {len(items)} audio clips above are consecutive parts.\n\n{prompt}"}
+        )
+        size = sum(len(pcm) for pcm in items)
+        return self._chat(content, min(room, SUMMARY_MAX_TOKENS), duration, size, f"summary of {audio.name}")
+
+    def _transcribe_by_chat(self, audio: Path, language: str | None) -> str:
+        """Models without vLLM's transcription endpoint: the segment and a verbatim prompt in a chat."""
+        prompt = self.profile.transcribe_prompt
+        if language:
+            prompt += f" The speech is in the language with ISO code '{language}'."
+        prompt_tokens = text_tokens(prompt)
+        duration, size = self._admit(audio, prompt_tokens=prompt_tokens)
+        room = self._context - self._audio_tokens(duration) - prompt_tokens - PROMPT_OVERHEAD_TOKENS
+        max_tokens = min(room, max(MIN_OUTPUT_TOKENS, math.ceil(duration * TRANSCRIPT_TOKENS_PER_S)))
+        data = base64.b64encode(audio.read_bytes()).decode("ascii")
+        content = [self._audio_part(data, _format(audio)), {"type": "text", "text": prompt}]
+        text = self._chat(
+            content,
+            max_tokens,
+            duration,
+            size,
+            f"transcript of {audio.name}",
+            sampling={"temperature": 0.0},
+            loop_retry=self.transcribe_loop_retry,
+        )
+        if text_tokens(text) >= CUT_FRACTION * max_tokens:
+            raise TranscriptCut(f"the transcript reached its cap of {max_tokens} tokens", text)
+        return text
 
     def complete(self, prompt: str) -> str:
         room = self._context - text_tokens(prompt) - PROMPT_OVERHEAD_TOKENS
@@ -157,6 +237,26 @@ class VLLMEngine:
 
     # --- shared machinery --------------------------------------------------------------------
 
+    def _audio_tokens(self, duration_s: float) -> int:
+        return self.profile.audio_tokens(duration_s)
+
+    def _longest_audio_s(self, token_budget: int) -> float:
+        """The longest single item whose tokens fit in ``token_budget``."""
+        pad = self.profile.pad_item_to_s
+        if pad:
+            per_pad = self.profile.audio_tokens(pad)
+            return max(0, token_budget // per_pad) * pad
+        return float(max(0, math.floor(token_budget / self.profile.audio_tokens_per_s)))
+
+    def _messages(self, content: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The user turn, after the profile's system message where the model takes one beside audio."""
+        messages: list[dict[str, Any]] = []
+        system = self.profile.system_prompt
+        if system and self.profile.system_with_audio:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": content})
+        return messages
+
     def _chat(
         self,
         content: list[dict[str, Any]],
@@ -164,13 +264,17 @@ class VLLMEngine:
         duration: float,
         size: int,
         what: str,
+        *,
+        sampling: Mapping[str, Any] | None = None,
+        loop_retry: Mapping[str, Any] | None = None,
     ) -> str:
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [{"role": "user", "content": content}],
+            "messages": self._messages(content),
             "temperature": 0.2,
             "top_p": 0.95,
             "max_tokens": max_tokens,
+            **(sampling or {}),
         }
 
         def send(retry: Mapping[str, Any]) -> str:
@@ -186,7 +290,7 @@ class VLLMEngine:
                 logger.warning("%s: the %s was cut at %d tokens", self.name, what, max_tokens)
             return text.strip()
 
-        return self._without_loops(send, self.chat_loop_retry, what)
+        return self._without_loops(send, self.chat_loop_retry if loop_retry is None else loop_retry, what)
 
     def _without_loops(
         self, send: Callable[[Mapping[str, Any]], str], retry: Mapping[str, Any], what: str
@@ -236,11 +340,11 @@ class VLLMEngine:
                 max_duration_s=_fitting_duration(duration, size, upload_cap),
             )
         budget = self._context - PROMPT_OVERHEAD_TOKENS - prompt_tokens - MIN_OUTPUT_TOKENS
-        if audio_tokens(duration) > budget:
+        if self._audio_tokens(duration) > budget:
             raise WindowTooLarge(
-                f"the window lasts {duration:.0f} s: its {audio_tokens(duration)} audio tokens "
+                f"the window lasts {duration:.0f} s: its {self._audio_tokens(duration)} audio tokens "
                 f"leave no room for an answer in the {self._context}-token context",
-                max_duration_s=longest_audio_s(budget),
+                max_duration_s=self._longest_audio_s(budget),
             )
         return duration, size
 
@@ -253,7 +357,7 @@ class VLLMEngine:
             with self._lock:
                 self._context = min(self._context, refusal.max_model_len)
             budget = refusal.max_model_len - PROMPT_OVERHEAD_TOKENS - MIN_OUTPUT_TOKENS
-            limit = longest_audio_s(budget)
+            limit = self._longest_audio_s(budget)
         elif refusal.about_size and size:
             with self._lock:
                 known = self._max_upload_bytes
@@ -267,6 +371,28 @@ class VLLMEngine:
                 self._max_s = limit if self._max_s is None else min(self._max_s, limit)
             logger.warning("%s: learned a limit of %.0f s per request: %s", self.name, limit, refusal.message)
         return limit
+
+
+_ITEM_RATE = 16_000
+
+
+def _cut_items(audio: Path, count: int) -> list[bytes]:
+    """The audio as ``count`` equal consecutive pieces of 16 kHz mono s16 PCM."""
+    from workers.audio import FfmpegAudio  # ffmpeg, only for models that take several items
+
+    samples = FfmpegAudio().read_samples(audio)
+    bounds = [round(i * len(samples) / count) for i in range(count + 1)]
+    return [samples[a:b].astype("<i2").tobytes() for a, b in itertools.pairwise(bounds)]
+
+
+def _wav(pcm: bytes) -> bytes:
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(_ITEM_RATE)
+        w.writeframes(pcm)
+    return out.getvalue()
 
 
 def _fitting_duration(duration: float, size: int, upload_cap: float) -> float:

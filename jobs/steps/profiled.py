@@ -1,0 +1,57 @@
+"""Sizes and summary sources the steps take from the model's profile (jobs/profiles.py).
+
+Only a vLLM-served model has a profile (``Runtime.model_profile``); other engines (hosted APIs,
+offline) keep the defaults: 30-s segments, the job's window length, a summary that hears the window.
+"""
+
+from __future__ import annotations
+
+from jobs.models import Job, Window
+from jobs.presets import get_preset, window_prompt
+from jobs.profiles import MAX_SEGMENT_S, ModelProfile, profile_for
+from jobs.runtime import Runtime
+from jobs.timecodes import span
+
+
+def model_profile(rt: Runtime) -> ModelProfile | None:
+    """The profile of the model the vllm engine serves, or None when another engine does."""
+    s = rt.settings
+    if s.engine == "vllm" or (s.engine == "auto" and s.vllm_url):
+        return profile_for(s.model, s.model_profile)
+    return None
+
+
+def window_limit_s(rt: Runtime, job: Job) -> float:
+    """The job's window length, cut to what the model's summary request can take."""
+    limit = job.window_minutes * 60.0
+    profile = model_profile(rt)
+    return min(limit, profile.max_window_s()) if profile else limit
+
+
+def segment_limit_s(rt: Runtime) -> float:
+    profile = model_profile(rt)
+    return profile.segment_s() if profile else MAX_SEGMENT_S
+
+
+def summary_from_transcripts(rt: Runtime) -> bool:
+    """True when the model cannot hear a window in one request: the summary reads its transcript."""
+    profile = model_profile(rt)
+    return profile is not None and rt.engine.can_summarize and profile.summary_source() == "transcripts"
+
+
+def transcript_summary(rt: Runtime, job: Job, window: Window, texts: list[str]) -> str | None:
+    """The window's summary from its segment transcripts, in one text-only request."""
+    prompt = window_prompt(
+        get_preset(job.preset),
+        job.instructions,
+        window.index,
+        job.windows_total or 1,
+        span(window.start_s, window.end_s),
+    )
+    transcript = "\n".join(t.strip() for t in texts if t.strip())
+    if not transcript:
+        return None
+    text = (
+        f"{prompt}\n\nThe model cannot listen to this part; here is its verbatim transcript:\n\n{transcript}"
+    )
+    return rt.engine.complete(text).strip() or None
