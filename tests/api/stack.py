@@ -22,6 +22,7 @@ AWS_ENV = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+SHARED_BUCKET = "shared-recordings"  # a bucket the operator opens to tenants as sources
 BUCKET = "voxbatch-test"
 METRICS_TOKEN = "operator-token-for-tests"
 
@@ -115,7 +116,11 @@ class StackFactory:
             VOXBATCH_METRICS_TOKEN=METRICS_TOKEN,
         )
         if s3_endpoint:
-            environ.update(VOXBATCH_STORAGE_URL=f"s3://{BUCKET}/{name}", VOXBATCH_S3_ENDPOINT_URL=s3_endpoint)
+            environ.update(
+                VOXBATCH_STORAGE_URL=f"s3://{BUCKET}/{name}",
+                VOXBATCH_S3_ENDPOINT_URL=s3_endpoint,
+                VOXBATCH_SOURCE_BUCKETS=SHARED_BUCKET,
+            )
         environ.update(env)
         cluster = Cluster(tmp, environ)
         cluster.start_worker("cpu,gpu", concurrency=2)

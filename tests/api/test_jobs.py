@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from jobs.documents import DOCUMENT_NAMES
 from tests.api.stack import METRICS_TOKEN, ApiStack
 from tests.documents import markers_in
 from tests.speech import Recording
@@ -38,7 +39,8 @@ def test_curl_upload_runs_to_a_document(local_stack: ApiStack, marker_recording:
         assert final["status"] == "succeeded", final["error"]
         assert final["progress"]["windows_done"] == final["progress"]["windows_total"] >= 1
         assert final["timings_s"]["total"] > 0
-        assert set(final["links"]["documents"]) == {"document.md", "document.json", "transcript.txt"}
+        assert set(final["links"]["documents"]) == set(DOCUMENT_NAMES)
+        assert {"transcript.srt", "transcript.vtt"} <= set(DOCUMENT_NAMES)
         assert final["links"]["flower"].endswith(f"/api/tasks?search={job['id']}")
         doc = client.get(final["links"]["documents"]["document.json"]).json()
         assert markers_in(doc["transcript"]) == [m.k for m in marker_recording.markers]
@@ -183,7 +185,7 @@ def test_tenants_see_only_their_own_jobs(local_stack: ApiStack, short_speech: Pa
         assert bob.get(f"/v1/jobs/{jid}").status_code == 404
         assert bob.post(f"/v1/jobs/{jid}/cancel").status_code == 404
         assert bob.post(f"/v1/jobs/{jid}/retry").status_code == 404
-        for name in ("document.md", "document.json", "transcript.txt"):
+        for name in DOCUMENT_NAMES:
             assert bob.get(f"/v1/jobs/{jid}/documents/{name}").status_code == 404
             assert alice.get(f"/v1/jobs/{jid}/documents/{name}").status_code == 200
         assert jid not in [j["id"] for j in bob.get("/v1/jobs").json()["jobs"]]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.api.stack import BUCKET, ApiStack, s3_client
+from tests.api.stack import BUCKET, SHARED_BUCKET, ApiStack, s3_client
 from tests.documents import markers_in
 from tests.speech import Recording
 
@@ -64,19 +64,28 @@ def test_presigned_multipart_flow(s3_stack: ApiStack, marker_recording: Recordin
 
 def test_job_on_an_existing_object(s3_stack: ApiStack, marker_recording_mp3: Recording) -> None:
     s3 = s3_client(s3_stack.s3_endpoint)
+    if SHARED_BUCKET not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket=SHARED_BUCKET)
+    s3.upload_file(str(marker_recording_mp3.path), SHARED_BUCKET, "talks/existing.mp3")
+    # The service's own bucket is not a place for tenants' sources, even outside its prefix.
     s3.upload_file(str(marker_recording_mp3.path), BUCKET, "inbox/existing.mp3")
     with s3_stack.client("alice") as client:
-        r = client.post("/v1/jobs", json={"source": f"s3://{BUCKET}/inbox/existing.mp3"})
+        r = client.post("/v1/jobs", json={"source": f"s3://{SHARED_BUCKET}/talks/existing.mp3"})
         assert r.status_code == 202, r.text
         assert s3_stack.wait_finished(client, r.json()["id"])["status"] == "succeeded"
-        missing = client.post("/v1/jobs", json={"source": f"s3://{BUCKET}/inbox/missing.mp3"})
+        missing = client.post("/v1/jobs", json={"source": f"s3://{SHARED_BUCKET}/talks/missing.mp3"})
         assert missing.status_code == 422
-        # Other tenants' objects in the service's own prefix are out of reach.
+        hidden = client.post("/v1/jobs", json={"source": f"s3://{BUCKET}/inbox/existing.mp3"})
+        assert hidden.status_code == 422
+        assert hidden.json()["detail"].replace("inbox/existing", "x") == missing.json()["detail"].replace(
+            f"{SHARED_BUCKET}/talks/missing", f"{BUCKET}/x"
+        )
+        # Other tenants' objects in the service's own prefix are out of reach, answered as missing.
         assert (
             client.post(
                 "/v1/jobs", json={"source": f"s3://{BUCKET}/s3/jobs/x/output/document.md"}
             ).status_code
-            == 404
+            == 422
         )
         # A bucket the server's credentials can read but the operator did not open to tenants.
         s3.create_bucket(Bucket="someone-elses")

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from jobs.documents import DOCUMENT_NAMES
 from jobs.models import JobStatus, WindowStatus
 from tests.distributed.conftest import Stack
 from tests.documents import check_document
@@ -223,7 +224,8 @@ def test_a_window_delivered_twice_calls_the_engine_once_and_writes_the_same_byte
 
     def snapshot() -> dict[str, str]:
         keys = [w.result_key for w in rt.store.windows(job_id)]
-        keys += [f"jobs/{job_id}/output/{n}" for n in ("document.md", "document.json", "transcript.txt")]
+        keys += [f"jobs/{job_id}/output/{n}" for n in DOCUMENT_NAMES]
+        keys += list(rt.storage.list(f"jobs/{job_id}/windows/"))
         return {k: hashlib.sha256(rt.storage.get_bytes(k)).hexdigest() for k in keys}
 
     before, posts = snapshot(), stack.vllm.stats()["posts"]
