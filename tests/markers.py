@@ -91,3 +91,35 @@ def detect(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> tuple[list[in
 
 def words(markers: list[int]) -> str:
     return " ".join(f"marker-{k}" for k in markers)
+
+
+def detect_spans(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> list[tuple[int, float, float]]:
+    """Markers heard in ``samples`` with where they sound: ``(k, start_s, end_s)`` in order.
+
+    The same frames as ``detect``; a marker's span runs from the first frame that hears it to the
+    end of the last, so it holds the whole tone (frames overlap its edges by at most a hop)."""
+    frame = int(0.5 * sample_rate)
+    hop = frame // 2
+    spans: list[tuple[int, float, float]] = []
+    window = np.hanning(frame)
+    freqs = np.fft.rfftfreq(frame, 1.0 / sample_rate)
+    last: int | None = None
+    for start in range(0, max(0, len(samples) - frame + 1), hop):
+        chunk = samples[start : start + frame].astype(np.float64)
+        k: int | None = None
+        if float(np.sqrt(np.mean(chunk**2))) >= 0.05:
+            spectrum = np.abs(np.fft.rfft(chunk * window)) ** 2
+            peak = int(np.argmax(spectrum))
+            lo, hi = max(0, peak - 6), peak + 7
+            hz = float(freqs[peak])
+            if spectrum[lo:hi].sum() >= 0.8 * spectrum.sum() and abs(hz - LOOP_HZ) >= STEP_HZ / 2:
+                guess = round((hz - BASE_HZ) / STEP_HZ)
+                if 0 <= guess < MAX_MARKERS and abs(hz - marker_hz(guess)) < STEP_HZ / 3:
+                    k = guess
+        t0, t1 = start / sample_rate, (start + frame) / sample_rate
+        if k is not None and k == last:
+            spans[-1] = (k, spans[-1][1], t1)
+        elif k is not None:
+            spans.append((k, t0, t1))
+        last = k
+    return spans

@@ -72,6 +72,7 @@ class GeminiEngine:
         self._server = f"Gemini API at {settings.gemini_url or 'generativelanguage.googleapis.com'}"
         options = types.HttpOptions(
             base_url=settings.gemini_url or None,
+            api_version="v1beta",  # the Files API and audio understanding live there
             timeout=int(settings.request_timeout_s * 1000),
             retry_options=types.HttpRetryOptions(attempts=1),  # retried here, with the server's hints
         )
