@@ -38,9 +38,13 @@ class Document:
         return stitch(self.windows)
 
     def segments(self) -> list[dict[str, Any]]:
-        """Every speech segment in time order, numbered across the recording."""
+        """Every speech segment in time order, numbered across the recording. Segments the model
+        heard no words in (music, noise) are left out: there is nothing to show or caption."""
         ordered = [
-            (w.index, seg) for w in sorted(self.windows, key=lambda w: w.start_s) for seg in w.segments
+            (w.index, seg)
+            for w in sorted(self.windows, key=lambda w: w.start_s)
+            for seg in w.segments
+            if clean(seg["text"])
         ]
         return [
             {

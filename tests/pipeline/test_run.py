@@ -21,7 +21,7 @@ import pytest
 
 from jobs.documents import DOCUMENT_NAMES
 from tests.documents import check_document, markers_in
-from tests.speech import Marker, Recording, Silence, Speech, build_recording, marker_talk
+from tests.speech import Marker, Recording, Silence, Speech, Tone, build_recording, marker_talk
 from tests.standins.vllm_server import StandInVLLM
 
 VOXBATCH = [sys.executable, "-m", "api.cli"]
@@ -312,3 +312,27 @@ def test_an_engine_refusal_fails_with_the_servers_reason(
     assert len(done.stderr.strip().splitlines()) <= 3, done.stderr
     assert "window 1 (00:00:00 – " in done.stderr and "Voxtral-Mini-3B-2507" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        pytest.param([Silence(70.0)], id="silence"),
+        pytest.param(
+            [Tone(220.0, 20.0, noise=0.05), Tone(330.0, 20.0, noise=0.05), Tone(247.0, 25.0, noise=0.05)],
+            id="music",
+        ),
+    ],
+)
+def test_a_recording_without_speech_gives_a_document_with_no_segments_and_a_note(
+    tmp_path: Path, standin: StandInVLLM, parts: list[Silence | Tone]
+) -> None:
+    rec = build_recording(parts, tmp_path / "no-speech.flac")
+    out = tmp_path / "out"
+    done = voxbatch(["run", str(rec.path), "--output-dir", str(out)], vllm_env(tmp_path, standin), tmp_path)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads((out / "document.json").read_text())
+    assert doc["segments"] == [] and doc["transcript"] == ""
+    assert "No speech was detected in this recording." in doc["notes"]
+    assert (out / "transcript.vtt").read_text().startswith("WEBVTT")
+    assert (out / "transcript.srt").read_text() == ""
