@@ -4,6 +4,7 @@ Files API, error bodies, and 429 answers whose retry hints the clients honour.""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,7 @@ def test_429_retry_hint_is_waited_out(vendor: str, servers: dict[str, Any], tmp_
     calls = [e for e in server.log if e["endpoint"] not in ("upload", "delete")]
     assert [e["limited"] for e in calls] == [True, True, False]
     # The client's own backoff would be ~0.01 s here: each wait of a second is the server's hint.
-    for before, after in zip(calls, calls[1:], strict=False):
+    for before, after in itertools.pairwise(calls):
         assert after["at"] - before["at"] >= 0.95
 
 
