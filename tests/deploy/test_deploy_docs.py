@@ -44,7 +44,7 @@ def test_the_compose_section_lists_the_steps_the_deploy_test_runs() -> None:
         "s3://voxbatch/inbox/",
         "/api/tasks",
         "down`, then `$COMPOSE up -d`",
-        "stop gpu-worker",
+        "stop --timeout 10 gpu-worker",
         "--secret id=pip_ca",
         "tests/deploy/stack/compose.test.yaml",
     ):
