@@ -66,6 +66,7 @@ class ModelProfile:
     system_prompt: str | None = None  # sent only where system_with_audio
     mm_limits_extra: Mapping[str, int] = field(default_factory=dict)  # e.g. {"image": 0}
     lora_module: str | None = None  # "NAME=subfolder" of the model's snapshot, served as a LoRA
+    truncates_items: bool = False  # vLLM's processor silently drops audio past max_item_s
     notes: str = ""
 
     # --- sizes ----------------------------------------------------------------------------
@@ -195,6 +196,7 @@ QWEN2_AUDIO = ModelProfile(
     context_tokens=8192,
     languages=frozenset(["en", "zh", "yue", "fr", "de", "it", "es", "ja"]),
     system_prompt="You are a helpful assistant.",
+    truncates_items=True,
     notes="audio over 30 s per item is cut off silently",
 )
 PHI4_MULTIMODAL = ModelProfile(
@@ -261,6 +263,7 @@ QWEN2_5_OMNI = ModelProfile(
     match=("qwen2.5-omni",),
     transcription_endpoint=False,
     max_item_s=300.0,  # chunk_length 300 in preprocessor_config.json; padded and truncated to it
+    truncates_items=True,
     items_per_prompt=4,
     vllm_item_limit=None,
     system_with_audio=True,

@@ -29,6 +29,15 @@ of every request (endpoint, status, audio duration, markers, sampling parameters
 string, a Bearer key is required, model ids are ``voxtral-*-latest`` and duration limits are the
 hosted ones (15 min transcription, 20 min chat).
 
+``profile="qwen2-audio"`` (``--profile``; any name in jobs/profiles.py) serves that model instead of
+Voxtral, with the rules vLLM 0.32 applies to it (docs/models.md cites the source): no
+``/v1/audio/transcriptions`` route for a model that does not implement ``SupportsTranscription``
+(FastAPI's 404), at most the profile's ``items_per_prompt`` audios per chat (vLLM's
+``--limit-mm-per-prompt`` refusal), items cut short where the model's processor truncates them
+(Qwen2-Audio 30 s, Qwen2.5-Omni 300 s: the rest is not heard), system messages beside audio
+accepted where the chat template takes them, the profile's context and audio tokens per second.
+The default (no profile) is the Voxtral behaviour above, unchanged.
+
 Run it as a process::
 
     .venv/bin/python -m tests.standins.vllm_server --port 8000 [--max-duration-s 600]
@@ -66,6 +75,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from jobs.profiles import ModelProfile, get_profile
 from tests import markers
 from tests.standins.gpu_model import BatchEngine, GpuFigures, GpuModel, GpuRequest
 
@@ -120,6 +130,18 @@ class ServerConfig:
     fail_every: int = 0
     error_200_every: int = 0
     latency_s: float = 0.0
+    profile: str | None = None  # a jobs/profiles.py name: that model's rules instead of Voxtral's
+
+    def __post_init__(self) -> None:
+        served = self.model_profile()
+        if served is not None:
+            if self.model == VOXTRAL_SMALL:
+                self.model = served.repos[0]
+            self.max_model_len = served.context_tokens
+            self.max_audios = served.items_per_prompt
+
+    def model_profile(self) -> ModelProfile | None:
+        return get_profile(self.profile) if self.profile else None
 
 
 class APIError(Exception):
@@ -179,8 +201,9 @@ class ServerState:
 # --- audio ---------------------------------------------------------------------------------
 
 
-def hear(data: bytes, config: ServerConfig, max_duration_s: float) -> Heard:
-    """Check an audio item against the caps, decode it to 16 kHz mono and detect its markers."""
+def hear(data: bytes, config: ServerConfig, max_duration_s: float, keep_s: float | None = None) -> Heard:
+    """Check an audio item against the caps, decode it to 16 kHz mono and detect its markers
+    (only in its first ``keep_s`` seconds when the model's processor truncates items)."""
     size_mb = len(data) / MIB
     if len(data) > int(config.max_file_mb * MIB):
         # vLLM's VLLMValidationError renders its parameter and value after the message.
@@ -223,6 +246,8 @@ def hear(data: bytes, config: ServerConfig, max_duration_s: float) -> Heard:
                 "limit. Set VLLM_MAX_AUDIO_DECODE_BYTES to increase this limit.",
             )
         samples = _decode(Path(tmp.name))
+    if keep_s is not None:
+        samples = samples[: int(keep_s * SAMPLE_RATE)]
     found, loop = markers.detect(samples, SAMPLE_RATE)
     return Heard(duration_s=len(samples) / SAMPLE_RATE, markers=found, loop=loop)
 
@@ -285,6 +310,17 @@ def _decode(path: Path) -> np.ndarray:
 def audio_tokens(duration_s: float) -> int:
     """Voxtral pads audio to the next 30-s chunk and spends 375 tokens per chunk."""
     return max(1, math.ceil(duration_s / CHUNK_S)) * TOKENS_PER_CHUNK
+
+
+def _item_tokens(config: ServerConfig, duration_s: float) -> int:
+    served = config.model_profile()
+    return served.audio_tokens(duration_s) if served else audio_tokens(duration_s)
+
+
+def _kept_s(config: ServerConfig) -> float | None:
+    """How much of each chat audio item the model's processor keeps (None: all of it)."""
+    served = config.model_profile()
+    return served.max_item_s if served is not None and served.truncates_items else None
 
 
 def text_tokens(text: str) -> int:
@@ -398,7 +434,7 @@ def transcribe(
     cap = config.mistral_transcribe_max_s if config.mode == "mistral" else config.max_duration_s
     heard = hear(data, config, cap)
     entry.update(duration_s=heard.duration_s, markers=heard.markers, loop=heard.loop)
-    prompt_tokens = audio_tokens(heard.duration_s) + PROMPT_OVERHEAD_TOKENS
+    prompt_tokens = _item_tokens(config, heard.duration_s) + PROMPT_OVERHEAD_TOKENS
     budget = _check_context(config, prompt_tokens, max_tokens)
     text = markers.words(heard.markers)
     if heard.loop and not _penalized(params):
@@ -470,7 +506,8 @@ def chat(config: ServerConfig, body: dict[str, Any], entry: dict[str, Any]) -> t
         and any(isinstance(p, dict) and p.get("type") != "text" for p in m["content"])
     ]
     systems = [i for i, m in enumerate(messages) if m.get("role") == "system"]
-    if with_audio and systems:
+    served = config.model_profile()
+    if with_audio and systems and (served is None or not served.system_with_audio):
         raise APIError(
             400,
             f"Found system messages at indexes {systems} and audio chunks in messages at indexes "
@@ -488,7 +525,7 @@ def chat(config: ServerConfig, body: dict[str, Any], entry: dict[str, Any]) -> t
     prompt = "\n".join(texts)
     entry["prompt"] = prompt
     cap = config.mistral_chat_max_s if config.mode == "mistral" else config.max_duration_s
-    heard = [hear(_audio_bytes(config, p), config, cap) for p in audio_parts]
+    heard = [hear(_audio_bytes(config, p), config, cap, _kept_s(config)) for p in audio_parts]
     entry.update(
         duration_s=sum(h.duration_s for h in heard),
         markers=[k for h in heard for k in h.markers],
@@ -496,7 +533,7 @@ def chat(config: ServerConfig, body: dict[str, Any], entry: dict[str, Any]) -> t
         audios=len(heard),
     )
     prompt_tokens = (
-        sum(audio_tokens(h.duration_s) for h in heard)
+        sum(_item_tokens(config, h.duration_s) for h in heard)
         + text_tokens(prompt)
         + PROMPT_OVERHEAD_TOKENS * len(messages)
     )
@@ -601,6 +638,11 @@ def create_app(state: ServerState) -> FastAPI:
     async def transcriptions(request: Request) -> Response:
         # Read the whole body before refusing anything: closing early would look like a network
         # failure to the client instead of the 400 vLLM answers.
+        served = config.model_profile()
+        if served is not None and not served.transcription_endpoint:
+            # vLLM registers the route only for SupportsTranscription models: FastAPI's 404.
+            state.record({"endpoint": "transcriptions", "status": 404, "error": "Not Found"})
+            return JSONResponse({"detail": "Not Found"}, 404)
         form = await request.form()
         if not authorized(request):
             return unauthorized()
@@ -932,6 +974,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model", default=VOXTRAL_SMALL)
     parser.add_argument("--mode", choices=("vllm", "mistral"), default="vllm")
+    parser.add_argument("--profile", default=None, help="serve this jobs/profiles.py model's rules")
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--max-model-len", type=int, default=32_768)
     parser.add_argument("--max-duration-s", type=float, default=600.0)
@@ -956,6 +999,7 @@ def main(argv: list[str] | None = None) -> None:
         fail_every=args.fail_every,
         error_200_every=args.error_200_every,
         latency_s=args.latency,
+        profile=args.profile,
     )
     gpu = GpuFigures(max_sequences=args.gpu_max_seqs) if args.gpu else False
     state = make_state(config, gpu, args.gpu_time_scale, args.gpu_speech_fraction)
