@@ -11,7 +11,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Engine as SAEngine
 from sqlmodel import Session, create_engine
 
-from jobs import idempotency, models  # noqa: F401  (register their tables on SQLModel.metadata)
+from jobs import models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from jobs.migrations_runner import upgrade
 
 

@@ -15,24 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Field, SQLModel, col
+from sqlmodel import col
 
 from jobs.errors import InputError, TooBusy
-from jobs.models import utcnow
+from jobs.models import MAX_IDEMPOTENCY_KEY_CHARS, IdempotencyKey, utcnow
 
 if TYPE_CHECKING:
     from jobs.db import Database
 
 KEEP = timedelta(hours=24)
-MAX_KEY_CHARS = 200
-
-
-class IdempotencyKey(SQLModel, table=True):
-    tenant: str = Field(primary_key=True, max_length=200)
-    key: str = Field(primary_key=True, max_length=MAX_KEY_CHARS)
-    request_hash: str = Field(max_length=64)
-    job_id: str | None = Field(default=None, max_length=32)
-    created_at: datetime = Field(default_factory=utcnow, index=True)
+MAX_KEY_CHARS = MAX_IDEMPOTENCY_KEY_CHARS
 
 
 class IdempotencyInProgress(TooBusy):

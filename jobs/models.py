@@ -156,3 +156,16 @@ class DropObject(SQLModel, table=True):
     job_id: str | None = Field(default=None, index=True, max_length=32)
     error: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow)
+
+
+MAX_IDEMPOTENCY_KEY_CHARS = 200
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A POST /v1/jobs Idempotency-Key and the job it made (owned by ``jobs.idempotency``)."""
+
+    tenant: str = Field(primary_key=True, max_length=200)
+    key: str = Field(primary_key=True, max_length=MAX_IDEMPOTENCY_KEY_CHARS)
+    request_hash: str = Field(max_length=64)
+    job_id: str | None = Field(default=None, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, index=True)

@@ -159,6 +159,16 @@ class JobStore:
         with self.db.session() as s:
             return list(s.exec(select(Window).where(Window.job_id == job_id).order_by(col(Window.index))))
 
+    def add_window(self, row: Window) -> None:
+        """Register one window while the split goes on, so it can run before the split ends."""
+        with self.db.session() as s:
+            exists = s.exec(
+                select(Window.id).where(Window.job_id == row.job_id).where(Window.index == row.index)
+            ).first()
+            if exists is None:
+                s.add(Window(job_id=row.job_id, index=row.index, start_s=row.start_s, end_s=row.end_s))
+                s.commit()
+
     def add_windows(self, job_id: str, rows: list[Window], duration_s: float) -> bool:
         """Store the split's windows and move the job on to ``transcribing`` in one transaction."""
         check_transition([JobStatus.splitting], JobStatus.transcribing)

@@ -20,7 +20,7 @@ from celery import Task
 from jobs.errors import JobCancelled, TransientError
 from jobs.steps.ending import fail, failure_reason
 from jobs.steps.leases import job_heartbeat
-from jobs.steps.next import next_steps
+from jobs.steps.next import Step, next_steps
 from jobs.steps.reduce import reduce_job
 from jobs.steps.split import split_job
 from jobs.steps.window import run_window
@@ -74,13 +74,22 @@ def split(self: JobTask, job_id: str) -> int:
     rt = process_runtime()
     if not self.first_deliveries(job_id):
         return 0
+    dispatcher = Dispatcher(rt.settings)
+    sent: set[int] = set()
+
+    def send_window(index: int) -> None:
+        # Each window goes to the gpu queue as soon as it is cut: the model works while we split.
+        dispatcher.send(Step("window", job_id, index))
+        sent.add(index)
+
     try:
         with job_heartbeat(rt, job_id):
-            total = split_job(rt, job_id)
+            total = split_job(rt, job_id, on_window=send_window)
     except JobCancelled:
         log.info("job %s: cancelled; split stopped", job_id)
         return 0
-    _enqueue_next(job_id, after="split")
+    due = next_steps(rt, job_id, after="split")
+    dispatcher.send_all([s for s in due if s.kind != "window" or s.index not in sent])
     return total
 
 

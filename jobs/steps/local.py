@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,7 +81,7 @@ def _drive(rt: Runtime, job_id: str, progress: Progress | None) -> None:
         previous = steps
         for step in steps:
             if step.kind == "split":
-                split_job(rt, job_id)
+                _split_while_windows_run(rt, job_id)
             elif step.kind == "window":
                 assert step.index is not None
                 run_window(rt, job_id, step.index)
@@ -89,6 +91,33 @@ def _drive(rt: Runtime, job_id: str, progress: Progress | None) -> None:
                 job = rt.store.get(job_id)
                 if job.windows_total is not None:
                     progress(job.windows_done, job.windows_total)
+
+
+def _split_while_windows_run(rt: Runtime, job_id: str) -> None:
+    """The split in this thread; each window it cuts goes to the model in another at once, so the
+    decode and the model overlap (the windows left when the split ends run in ``_drive``)."""
+    ready: queue.Queue[int | None] = queue.Queue()
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        while (index := ready.get()) is not None:
+            if not failures:
+                try:
+                    run_window(rt, job_id, index)
+                except BaseException as exc:
+                    failures.append(exc)
+
+    worker = threading.Thread(target=work, name=f"windows-{job_id}", daemon=True)
+    worker.start()
+    try:
+        split_job(rt, job_id, on_window=ready.put)
+    except BaseException:
+        ready.put(None)  # not joined: a Ctrl-C must not wait for a window in the model
+        raise
+    ready.put(None)
+    worker.join()
+    if failures:
+        raise failures[0]
 
 
 def copy_documents(rt: Runtime, job: Job, out_dir: Path) -> Path:

@@ -1,13 +1,16 @@
 """The split: probe the source, cut it into windows in one decode pass, store them.
 
-Idempotent: a job whose windows exist is not split again. A cancel that lands while the split
-runs stops it at the next window (``JobCancelled``); windows already stored stay, unregistered.
+Idempotent: a job whose windows are all registered is not split again. Windows are registered one
+by one as they are cut, so they can run while the split goes on (the job stays ``splitting`` until
+the last one; the reduce barrier waits for the total). A cancel that lands while the split runs
+stops it at the next window (``JobCancelled``); windows already stored stay.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from jobs.errors import InputError
@@ -36,8 +39,12 @@ def source_for_ffmpeg(rt: Runtime, job: Job) -> str:
     return str(Path(job.source))
 
 
-def split_job(rt: Runtime, job_id: str) -> int:
-    """Cut the job's recording into windows; returns their count."""
+def split_job(rt: Runtime, job_id: str, on_window: Callable[[int], None] | None = None) -> int:
+    """Cut the job's recording into windows; returns their count.
+
+    Each window is stored and registered as soon as it is cut, and ``on_window`` is told its
+    index, so the model can work on it while the split goes on.
+    """
     job = rt.store.get(job_id)
     ensure_running(job)
     if job.windows_total is not None:
@@ -63,6 +70,9 @@ def split_job(rt: Runtime, job_id: str) -> int:
             rows.append(Window(job_id=job_id, index=w.index, start_s=w.start_s, end_s=w.end_s))
             # A cancel stops the split between windows, not after the whole recording.
             ensure_running(rt.store.get(job_id))
+            rt.store.add_window(rows[-1])
+            if on_window is not None:
+                on_window(w.index)
     if not rows:
         raise InputError(f"{job.source_name} contains no audio")
     if not rt.store.add_windows(job_id, rows, duration_s=rows[-1].end_s):

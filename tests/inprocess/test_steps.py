@@ -180,7 +180,9 @@ def test_cancel_during_the_split_stops_it(rt: Runtime, tones: Recording) -> None
         split_job(rt, job_id)
     job = rt.store.get(job_id)
     assert job.status == JobStatus.cancelled and job.windows_total is None
-    assert rt.store.windows(job_id) == []
+    # Only the window cut before the cancel was registered; nothing is due any more.
+    assert [w.index for w in rt.store.windows(job_id)] == [0]
+    assert next_steps(rt, job_id) == []
 
 
 def test_a_cancelled_drop_folder_job_gets_its_error_json(
@@ -246,3 +248,18 @@ def test_the_vllm_client_calls_a_transcript_as_long_as_its_cap_cut(tmp_path: Pat
     with pytest.raises(TranscriptCut) as cut:  # 2,800 characters: past a 512-token cap
         engine.transcribe(audio, None)
     assert cut.value.text == talk
+
+
+def test_windows_run_while_the_split_goes_on(rt: Runtime, tones: Recording, engine: FakeEngine) -> None:
+    job_id = _job(rt, tones)
+    statuses: list[str] = []
+    real = rt.engine.transcribe
+
+    def transcribe(audio: Path, language: str | None) -> str:
+        statuses.append(str(rt.store.get(job_id).status))
+        return real(audio, language)
+
+    engine.transcribe = transcribe  # type: ignore[method-assign]
+    assert run_local(rt, job_id).status == JobStatus.succeeded
+    assert "splitting" in statuses  # the model heard a window before the split had finished
+    assert sorted(engine.transcribed()) == MARKERS

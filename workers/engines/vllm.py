@@ -134,8 +134,9 @@ class VLLMEngine:
                 raise EngineRejected(f"{self.name} answered a transcription without text")
             text = answer.strip()
             # The JSON answer has no finish_reason: a transcript as long as its cap was cut there.
-            # text_tokens over-counts, so a normal transcript never comes near the cap.
-            if text_tokens(text) >= CUT_FRACTION * max_tokens:
+            # text_tokens over-counts, so a normal transcript never comes near the cap. A loop is
+            # long too, but it is the loop guard's to retry.
+            if text_tokens(text) >= CUT_FRACTION * max_tokens and not is_loop(text):
                 raise TranscriptCut(f"the transcript reached its cap of {max_tokens} tokens", text)
             return text
 
@@ -201,7 +202,7 @@ class VLLMEngine:
             sampling={"temperature": 0.0},
             loop_retry=self.transcribe_loop_retry,
         )
-        if text_tokens(text) >= CUT_FRACTION * max_tokens:
+        if text_tokens(text) >= CUT_FRACTION * max_tokens and not is_loop(text):
             raise TranscriptCut(f"the transcript reached its cap of {max_tokens} tokens", text)
         return text
 
