@@ -22,12 +22,9 @@ message is sent only where the model allows one beside audio.
 from __future__ import annotations
 
 import base64
-import io
-import itertools
 import logging
 import math
 import threading
-import wave
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +33,7 @@ from jobs.errors import EngineRejected, InputError, RepetitionLoop, TranscriptCu
 from jobs.profiles import DEFAULT_PROFILE, ModelProfile, profile_for
 from jobs.settings import Settings
 from workers.engines import flac
+from workers.engines.audio_parts import audio_format, audio_mime, cut_items
 from workers.engines.http import ApiClient, Refusal, RefusedTooLarge
 from workers.engines.loops import is_loop
 
@@ -126,7 +124,7 @@ class VLLMEngine:
                 duration,
                 size,
                 data=merged,
-                files=lambda: {"file": (audio.name, audio.open("rb"), _mime(audio))},
+                files=lambda: {"file": (audio.name, audio.open("rb"), audio_mime(audio))},
             )
             if isinstance(answer, dict) and isinstance(answer.get("text"), str):
                 answer = answer["text"]
@@ -151,7 +149,7 @@ class VLLMEngine:
         room = self._context - self._audio_tokens(duration) - prompt_tokens - PROMPT_OVERHEAD_TOKENS
         data = base64.b64encode(audio.read_bytes()).decode("ascii")
         # Instructions ride in the user turn: Voxtral has no system prompt.
-        content = [self._audio_part(data, _format(audio)), {"type": "text", "text": prompt}]
+        content = [self._audio_part(data, audio_format(audio)), {"type": "text", "text": prompt}]
         return self._chat(content, min(room, SUMMARY_MAX_TOKENS), duration, size, f"summary of {audio.name}")
 
     def _summarize_items(self, audio: Path, prompt: str, item_s: float) -> str:
@@ -163,9 +161,9 @@ class VLLMEngine:
                 f"the window lasts {duration:.0f} s, over the {cap:.0f} s {self.model} hears in one request",
                 max_duration_s=cap,
             )
-        items = _cut_items(audio, math.ceil(duration / item_s))
+        items = cut_items(audio, math.ceil(duration / item_s))
         prompt_tokens = text_tokens(prompt)
-        tokens = sum(self._audio_tokens(len(pcm) / 2 / _ITEM_RATE) for pcm in items)
+        tokens = sum(self._audio_tokens(seconds) for _, seconds in items)
         room = self._context - tokens - prompt_tokens - PROMPT_OVERHEAD_TOKENS * (len(items) + 1)
         if room < MIN_OUTPUT_TOKENS:
             raise WindowTooLarge(
@@ -174,7 +172,7 @@ class VLLMEngine:
                 max_duration_s=self._longest_audio_s(self._context - prompt_tokens - MIN_OUTPUT_TOKENS),
             )
         content: list[dict[str, Any]] = [
-            self._audio_part(base64.b64encode(_wav(pcm)).decode("ascii"), "wav") for pcm in items
+            self._audio_part(base64.b64encode(wav).decode("ascii"), "wav") for wav, _ in items
         ]
         content.append(
             {"type": "text", "text": f"The {len(items)} audio clips above are consecutive parts.\n\n{prompt}"}
@@ -192,7 +190,7 @@ class VLLMEngine:
         room = self._context - self._audio_tokens(duration) - prompt_tokens - PROMPT_OVERHEAD_TOKENS
         max_tokens = min(room, max(MIN_OUTPUT_TOKENS, math.ceil(duration * TRANSCRIPT_TOKENS_PER_S)))
         data = base64.b64encode(audio.read_bytes()).decode("ascii")
-        content = [self._audio_part(data, _format(audio)), {"type": "text", "text": prompt}]
+        content = [self._audio_part(data, audio_format(audio)), {"type": "text", "text": prompt}]
         text = self._chat(
             content,
             max_tokens,
@@ -374,37 +372,6 @@ class VLLMEngine:
         return limit
 
 
-_ITEM_RATE = 16_000
-
-
-def _cut_items(audio: Path, count: int) -> list[bytes]:
-    """The audio as ``count`` equal consecutive pieces of 16 kHz mono s16 PCM."""
-    from workers.audio import FfmpegAudio  # ffmpeg, only for models that take several items
-
-    samples = FfmpegAudio().read_samples(audio)
-    bounds = [round(i * len(samples) / count) for i in range(count + 1)]
-    return [samples[a:b].astype("<i2").tobytes() for a, b in itertools.pairwise(bounds)]
-
-
-def _wav(pcm: bytes) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(_ITEM_RATE)
-        w.writeframes(pcm)
-    return out.getvalue()
-
-
 def _fitting_duration(duration: float, size: int, upload_cap: float) -> float:
     """The duration whose file should fit ``upload_cap`` at this file's bitrate, rounded down."""
     return float(math.floor(duration * upload_cap / size * SIZE_SAFETY))
-
-
-def _format(audio: Path) -> str:
-    return audio.suffix.lower().lstrip(".") or "flac"
-
-
-def _mime(audio: Path) -> str:
-    fmt = _format(audio)
-    return {"mp3": "audio/mpeg", "ogg": "audio/ogg", "wav": "audio/wav"}.get(fmt, f"audio/{fmt}")
