@@ -12,8 +12,8 @@ lattice is ever held whole. Silence never reaches the decoder.
 from __future__ import annotations
 
 import logging
-import re
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
