@@ -41,6 +41,8 @@ APP_IMAGES = {
     "voxbatch-cpu-worker:latest": "docker/Dockerfile.cpu-worker",
 }
 NAT_TABLES = ("filter", "nat")
+LOCK = Path(tempfile.gettempdir()) / "voxbatch-deploy-test.lock"
+LOCK_WAIT_S = 1800.0
 BUILTIN_CHAINS = {
     "filter": ("INPUT", "FORWARD", "OUTPUT"),
     "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
@@ -135,6 +137,7 @@ class Engine:
         self.saved_links: set[str] = set()
 
     def __enter__(self) -> Engine:
+        self._lock()
         if shutil.which("debootstrap") is None or shutil.which("docker-compose") is None:
             self._install(["debootstrap", "docker-compose"])
         if engine_answers():
@@ -154,13 +157,35 @@ class Engine:
         deadline = time.monotonic() + 90
         while not engine_answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.__exit__(None, None, None)
+                self._stop()
                 tail = (self.workdir / "dockerd.log").read_text(errors="replace")[-2000:]
                 pytest.fail(f"dockerd did not start:\n{tail}")
             time.sleep(0.5)
         return self
 
+    def _lock(self) -> None:
+        """One deploy run per machine at a time: they share the engine, the project name and the ports."""
+        import fcntl
+
+        self.lock_file = LOCK.open("a")
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self.lock_file.close()
+                    pytest.skip(f"another deploy test held {LOCK} for {LOCK_WAIT_S:.0f} s")
+                time.sleep(2)
+
     def __exit__(self, *exc: object) -> None:
+        try:
+            self._stop()
+        finally:
+            self.lock_file.close()  # releases the lock
+
+    def _stop(self) -> None:
         if not self.started or self.proc is None:
             return
         if self.proc.poll() is None:

@@ -43,7 +43,8 @@ LATENCY_S = "8"
 STOP_GRACE_S = "10"
 WAIT_S = 420.0
 INBOX_KEY = "inbox/deploy-test/dropped-talk.wav"
-OUTBOX_PREFIX = "outbox/deploy-test/dropped-talk/"
+# The outbox folder is named after the recording (with or without its extension, as the watcher names it).
+OUTBOX_PREFIX = "outbox/deploy-test/dropped-talk"
 T = TypeVar("T")
 
 
