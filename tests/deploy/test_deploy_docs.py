@@ -12,11 +12,15 @@ from tests.deploy import engine
 from tests.deploy.deployfiles import ROOT
 
 OPERATIONS = ROOT / "docs" / "operations.md"
+# The deployment's files and its guide (other guides in docs/ belong to their own tiers).
 OWN_FILES = sorted(
-    p
-    for folder in ("docker", "infra", "docs")
-    for p in (ROOT / folder).rglob("*")
-    if p.is_file() and "__pycache__" not in p.parts
+    [
+        p
+        for folder in ("docker", "infra")
+        for p in (ROOT / folder).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    ]
+    + [OPERATIONS]
 )
 
 
