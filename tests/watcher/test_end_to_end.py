@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from jobs.documents import DOCUMENT_NAMES
 from tests.documents import check_document
 from tests.fixtures.services import VOXBATCH, Cluster, Postgres, RedisServer, wait_until
 from tests.speech import Recording
@@ -103,16 +104,15 @@ def test_dropped_recordings_come_back_as_documents(
     out = tmp_path / "out"
     # The documents are written by the reduce task before the job is marked done; the outbox
     # copy follows right after it in the same task.
-    wait_until(lambda: len(download_outbox(s3, bucket, out)) == 7, 30, "the outbox to fill")
+    # Every document of two jobs, and one error.json.
+    expected = 2 * len(DOCUMENT_NAMES) + 1
+    wait_until(lambda: len(download_outbox(s3, bucket, out)) == expected, 30, "the outbox to fill")
     keys = download_outbox(s3, bucket, out)
     assert keys == sorted(
         [
             "outbox/notes.txt/error.json",
-            *(f"outbox/track b/Panel.wav/{n}" for n in ("document.json", "document.md", "transcript.txt")),
-            *(
-                f"outbox/Ünïcode ☕/deep/Talk + Q&A.mp3/{n}"
-                for n in ("document.json", "document.md", "transcript.txt")
-            ),
+            *(f"outbox/track b/Panel.wav/{n}" for n in DOCUMENT_NAMES),
+            *(f"outbox/Ünïcode ☕/deep/Talk + Q&A.mp3/{n}" for n in DOCUMENT_NAMES),
         ]
     )
     panel = check_document(out / "outbox" / "track b" / "Panel.wav", marker_recording)

@@ -177,14 +177,14 @@ def test_a_bad_sidecar_rejects_its_recording(
     report = drop.watcher().scan()
     assert report.rejected == ["inbox/q/talk.mp3"]
     assert len(report.submitted) == 1
-    assert reason in json.loads(drop.get("outbox/q/talk/error.json"))["reason"]
+    assert reason in json.loads(drop.get("outbox/q/talk.mp3/error.json"))["reason"]
 
 
 def test_empty_object_is_rejected_without_a_probe(drop: DropWorld) -> None:
     drop.s3.put_object(Bucket=drop.bucket, Key="inbox/silent.mp3", Body=b"")
     report = drop.watcher().scan()
     assert report.rejected == ["inbox/silent.mp3"]
-    assert "empty" in json.loads(drop.get("outbox/silent/error.json"))["reason"]
+    assert "empty" in json.loads(drop.get("outbox/silent.mp3/error.json"))["reason"]
     assert jobs(drop) == []
 
 
