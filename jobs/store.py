@@ -15,7 +15,7 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import case, func, or_, update
 from sqlmodel import col, select
 
 from jobs.db import Database
@@ -271,18 +271,11 @@ class JobStore:
     def record_segments(self, window: Window, done: int, total: int) -> None:
         """A window's segment progress, and the job's sums over its windows."""
         self._update(Window, [col(Window.id) == window.id], segments_done=done, segments_total=total)
-        mine = select(Window).where(Window.job_id == window.job_id)
+        mine = col(Window.job_id) == window.job_id
+        sums = select(func.coalesce(func.sum(Window.segments_done), 0), func.sum(Window.segments_total))
         with self.db.session() as s:
-            rows = list(s.exec(mine))
-            s.execute(
-                update(Job)
-                .where(col(Job.id) == window.job_id)
-                .values(
-                    segments_done=sum(w.segments_done for w in rows),
-                    segments_total=sum(w.segments_total or 0 for w in rows),
-                )
-            )
-            s.commit()
+            done_all, total_all = s.exec(sums.where(mine)).one()
+        self._update(Job, [col(Job.id) == window.job_id], segments_done=done_all, segments_total=total_all)
 
     def fail_window(self, window_id: int | None, reason: str) -> None:
         self._update(
@@ -390,8 +383,6 @@ class JobStore:
 
     def window_durations(self, buckets: tuple[float, ...]) -> tuple[int, float, list[int]]:
         """Finished windows' engine seconds: how many, their sum, and how many are ≤ each bucket."""
-        from sqlalchemy import case
-
         done = (col(Window.status) == WindowStatus.done) & col(Window.engine_s).is_not(None)
         columns = [func.count(case((col(Window.engine_s) <= b, 1))) for b in buckets]
         with self.db.session() as s:
