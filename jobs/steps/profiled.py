@@ -7,6 +7,7 @@ offline) keep the defaults: 30-s segments, the job's window length, a summary th
 from __future__ import annotations
 
 from jobs.models import Job, Window
+from jobs.options import parse_vocabulary
 from jobs.presets import get_preset, window_prompt
 from jobs.profiles import MAX_SEGMENT_S, ModelProfile, profile_for
 from jobs.runtime import Runtime
@@ -39,15 +40,21 @@ def summary_from_transcripts(rt: Runtime) -> bool:
     return profile is not None and rt.engine.can_summarize and profile.summary_source() == "transcripts"
 
 
-def transcript_summary(rt: Runtime, job: Job, window: Window, texts: list[str]) -> str | None:
-    """The window's summary from its segment transcripts, in one text-only request."""
-    prompt = window_prompt(
+def window_prompt_for(job: Job, window: Window) -> str:
+    """What the window's summary is asked for: the preset, the user's instructions, the vocabulary."""
+    return window_prompt(
         get_preset(job.preset),
         job.instructions,
         window.index,
         job.windows_total or 1,
         span(window.start_s, window.end_s),
+        vocabulary=parse_vocabulary(job.vocabulary),
     )
+
+
+def transcript_summary(rt: Runtime, job: Job, window: Window, texts: list[str]) -> str | None:
+    """The window's summary from its segment transcripts, in one text-only request."""
+    prompt = window_prompt_for(job, window)
     transcript = "\n".join(t.strip() for t in texts if t.strip())
     if not transcript:
         return None

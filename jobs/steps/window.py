@@ -15,16 +15,22 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from jobs.engine import TimedEngine, timed_engine
 from jobs.errors import PermanentError, WindowTooLarge
 from jobs.models import Job, Window
-from jobs.presets import get_preset, merge_prompt, window_prompt
+from jobs.presets import merge_prompt
 from jobs.runtime import Runtime
 from jobs.segmenting import SAMPLE_RATE, segment_samples
 from jobs.steps.ending import ensure_running, fail
 from jobs.steps.leases import lease_kept
-from jobs.steps.profiled import segment_limit_s, summary_from_transcripts, transcript_summary
+from jobs.steps.profiled import (
+    segment_limit_s,
+    summary_from_transcripts,
+    transcript_summary,
+    window_prompt_for,
+)
 from jobs.steps.recut import Recutter
 from jobs.steps.segments import SegmentWork
 from jobs.steps.timed import hints_for, timed_segments, with_vocabulary
@@ -119,21 +125,11 @@ def process_window(rt: Runtime, job: Job, window: Window) -> WindowResult:
     texts = [r.text for r in results if r.text.strip()]
     if texts and summary_from_transcripts(rt):  # the model cannot hear the whole window
         summary = transcript_summary(rt, job, window, texts)
-    return WindowResult(
-        index=window.index,
-        start_s=window.start_s,
-        end_s=window.end_s,
-        transcript="\n".join(texts),
-        summary=summary if texts else None,
-        pieces=pieces,
-        engine=engine.name,
-        model=engine.model,
-        segments=[
-            {"index": r.index, "start_s": r.start_s, "end_s": r.end_s, "text": r.text, "speech": r.speech}
-            for r in results
-        ],
-        notes=[r.note for r in results if r.note],
-    )
+    stored = [
+        {"index": r.index, "start_s": r.start_s, "end_s": r.end_s, "text": r.text, "speech": r.speech}
+        for r in results
+    ]
+    return _result(rt, window, stored, summary, pieces, [r.note for r in results if r.note])
 
 
 def _timed_window(
@@ -148,17 +144,29 @@ def _timed_window(
         )
         summary, pieces = summary_future.result()
     rt.store.record_segments(window, len(segments), len(segments))
-    texts = [s["text"] for s in segments]
+    return _result(rt, window, segments, summary, pieces, [])
+
+
+def _result(
+    rt: Runtime,
+    window: Window,
+    segments: list[dict[str, Any]],
+    summary: str | None,
+    pieces: list[dict[str, float]],
+    notes: list[str],
+) -> WindowResult:
+    texts = [s["text"] for s in segments if s["text"].strip()]
     return WindowResult(
         index=window.index,
         start_s=window.start_s,
         end_s=window.end_s,
         transcript="\n".join(texts),
-        summary=summary if texts else None,
+        summary=summary if texts else None,  # nothing said, nothing to summarise
         pieces=pieces,
-        engine=engine.name,
-        model=engine.model,
+        engine=rt.engine.name,
+        model=rt.engine.model,
         segments=segments,
+        notes=notes,
     )
 
 
@@ -175,14 +183,7 @@ def _summary(
     engine = rt.engine
     if not engine.can_summarize:
         return None, []
-    prompt = window_prompt(
-        get_preset(job.preset),
-        job.instructions,
-        window.index,
-        job.windows_total or 1,
-        span(window.start_s, window.end_s),
-        vocabulary=hints_for(rt, job).vocabulary,
-    )
+    prompt = window_prompt_for(job, window)
     recut = Recutter(rt, tmp, job.id)
     parts = recut.over(lambda p: engine.summarize_audio(p, prompt), audio, 0.0, window.end_s - window.start_s)
     pieces = [{"start_s": window.start_s + p.start_s, "end_s": window.start_s + p.end_s} for p in parts]
