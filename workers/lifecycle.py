@@ -51,23 +51,22 @@ def release_on_shutdown(**_: Any) -> None:
     Celery announces the shutdown."""
     if _timer is not None:
         _timer.stop()
-    # The windows are handed back below: their requests to vLLM must stop now, not at the grace
-    # limit, or the same window runs twice on the GPU.
+    rt = built_runtime()
+    if rt is not None:  # a prefork parent runs no task: its children release their own
+        try:
+            # Celery's threads pool cannot cancel a running task in a cold shutdown, so it would
+            # wait for the window to finish; enqueue it again now so another worker takes it at once.
+            dispatcher = Dispatcher(rt.settings)
+            for job_id, index in rt.store.release_leases(owner_prefix()):
+                dispatcher.send(Step("window", job_id, index))
+                log.warning("job %s: shutting down: window %d handed back to the queue", job_id, index)
+        except Exception:
+            log.exception("shutting down: could not hand back running windows")
+    # Only after the hand-back (an aborted window would otherwise hand itself back as pending with
+    # no message): its requests to vLLM stop now, not at the grace limit, or it runs twice on the GPU.
     aborted = abort_all()
     if aborted:
         log.warning("shutting down: %d request(s) to the model server aborted", aborted)
-    rt = built_runtime()
-    if rt is None:
-        return  # this process ran no task (prefork parent): its children release their own
-    try:
-        # Celery's threads pool cannot cancel a running task in a cold shutdown, so it would wait
-        # for the window to finish; enqueue it again now so another worker takes it at once.
-        dispatcher = Dispatcher(rt.settings)
-        for job_id, index in rt.store.release_leases(owner_prefix()):
-            dispatcher.send(Step("window", job_id, index))
-            log.warning("job %s: shutting down: window %d handed back to the queue", job_id, index)
-    except Exception:
-        log.exception("shutting down: could not hand back running windows")
 
 
 celery_app.STOP_HOOKS.append(release_on_shutdown)
