@@ -125,7 +125,8 @@ class SegmentWork:
             if segment.end_s - segment.start_s < 2.0:
                 return self._refused(base, first)
             where = span(shifted.start_s, shifted.end_s)
-            log.info("job %s: segment %s refused (%s); trying it in two halves", self.job_id, where, first)
+            why = "was cut at its token cap" if isinstance(first, TranscriptCut) else f"was refused ({first})"
+            log.info("job %s: segment %s %s; trying it in two halves", self.job_id, where, why)
         middle = self._quietest_point(segment)
         texts: list[str] = []
         for start, end, name in ((segment.start_s, middle, "a"), (middle, segment.end_s, "b")):
