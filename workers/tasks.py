@@ -107,7 +107,11 @@ def window(self: JobTask, job_id: str, index: int) -> bool:
         log.info("job %s: cancelled; window %d skipped", job_id, index)
         return False
     except EngineAborted:
-        log.info("job %s: window %d stopped with the worker; it was handed back", job_id, index)
+        # The worker is stopping: the window is pending again (ours or the shutdown hook's doing).
+        # Send it once more ourselves: the hook may have run before this window was claimed, and
+        # a second message for a window is harmless (the claim decides).
+        Dispatcher(rt.settings).send(Step("window", job_id, index))
+        log.info("job %s: window %d stopped with the worker; handed back to the queue", job_id, index)
         return False
     if all_done:
         _enqueue_next(job_id, after="window")
