@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import io
 import json
 import math
 import re
@@ -63,6 +64,7 @@ import tempfile
 import threading
 import time
 import uuid
+import wave
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -215,7 +217,11 @@ def hear(data: bytes, config: ServerConfig, max_duration_s: float, keep_s: float
     with tempfile.NamedTemporaryFile(suffix=".audio") as tmp:
         tmp.write(data)
         tmp.flush()
-        duration_s, native_rate, channels, container = _probe(Path(tmp.name))
+        pcm = _pcm16_mono_wav(data)
+        if pcm is not None:  # what voxbatch sends as segments: read without two subprocesses
+            duration_s, native_rate, channels, container = len(pcm) / SAMPLE_RATE, SAMPLE_RATE, 1, "wav"
+        else:
+            duration_s, native_rate, channels, container = _probe(Path(tmp.name))
         if duration_s > max_duration_s:
             if config.mode == "mistral":
                 raise APIError(
@@ -245,7 +251,7 @@ def hear(data: bytes, config: ServerConfig, max_duration_s: float, keep_s: float
                 f"{channels} channels x 4B), exceeding the {config.max_decode_bytes / MIB:.0f} MiB "
                 "limit. Set VLLM_MAX_AUDIO_DECODE_BYTES to increase this limit.",
             )
-        samples = _decode(Path(tmp.name))
+        samples = pcm if pcm is not None else _decode(Path(tmp.name))
     if keep_s is not None:
         samples = samples[: int(keep_s * SAMPLE_RATE)]
     found, loop = markers.detect(samples, SAMPLE_RATE)
@@ -253,6 +259,20 @@ def hear(data: bytes, config: ServerConfig, max_duration_s: float, keep_s: float
 
 
 SOUNDFILE_FORMATS = ("wav", "flac", "ogg", "mp3")  # libsndfile reads MP3 too
+
+
+def _pcm16_mono_wav(data: bytes) -> np.ndarray | None:
+    """16 kHz mono 16-bit PCM WAV as float samples; None for anything else (ffmpeg decodes it)."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    try:
+        with wave.open(io.BytesIO(data), "rb") as w:
+            if (w.getframerate(), w.getnchannels(), w.getsampwidth()) != (SAMPLE_RATE, 1, 2):
+                return None
+            frames = w.readframes(w.getnframes())
+    except (wave.Error, EOFError):
+        return None
+    return np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0
 
 
 def _probe(path: Path) -> tuple[float, int, int, str]:
