@@ -58,8 +58,12 @@ class SegmentResult:
         return cls(**raw)
 
 
+def segments_prefix(job_id: str, window_index: int) -> str:
+    return f"jobs/{job_id}/windows/{window_index:04d}/segments/"
+
+
 def segment_key(job_id: str, window_index: int, segment_index: int) -> str:
-    return f"jobs/{job_id}/windows/{window_index:04d}/segments/{segment_index:04d}.json"
+    return f"{segments_prefix(job_id, window_index)}{segment_index:04d}.json"
 
 
 def wav_bytes(samples: npt.NDArray[np.int16]) -> bytes:
@@ -93,17 +97,18 @@ class SegmentWork:
         self.samples = samples
         self.tmp = tmp
         self.language = language
+        self._stored: set[str] = set()
 
     def run(
         self, segments: list[Segment], pool: ThreadPoolExecutor, on_done: Callable[[int], None]
     ) -> list[Future[SegmentResult]]:
+        # One listing of what is stored, not a HEAD request per segment (dozens per window on S3).
+        self._stored = set(self.rt.storage.list(segments_prefix(self.job_id, self.window_index)))
         return [pool.submit(self._one, segment, on_done) for segment in segments]
 
     def _one(self, segment: Segment, on_done: Callable[[int], None]) -> SegmentResult:
         key = segment_key(self.job_id, self.window_index, segment.index)
-        stored = (
-            SegmentResult.from_json(self.rt.storage.get_bytes(key)) if self.rt.storage.exists(key) else None
-        )
+        stored = SegmentResult.from_json(self.rt.storage.get_bytes(key)) if key in self._stored else None
         # A segment the server refused last time is asked again: the server may have changed.
         if stored is not None and (stored.note is None or stored.text):
             result = stored

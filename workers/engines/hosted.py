@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.errors import EngineRejected, EngineUnavailable, InputError, WindowTooLarge
-from workers.engines import flac
+from workers.engines import durations
 from workers.engines.http import Refusal
 
 MIB = 1024 * 1024
@@ -119,7 +119,7 @@ class Caps:
         """Refuse before uploading what the vendor is known to refuse; return the duration."""
         if not audio.is_file():
             raise InputError(f"window audio {audio} does not exist")
-        duration = flac.duration_s(audio)
+        duration = durations.duration_s(audio)
         cap = self.max_audio_s()
         if cap is not None and duration > cap + 0.5:
             raise WindowTooLarge(

@@ -32,7 +32,7 @@ from typing import Any
 from jobs.errors import EngineRejected, InputError, RepetitionLoop, TranscriptCut, WindowTooLarge
 from jobs.profiles import DEFAULT_PROFILE, ModelProfile, profile_for
 from jobs.settings import Settings
-from workers.engines import flac
+from workers.engines import durations
 from workers.engines.audio_parts import audio_format, audio_mime, cut_items
 from workers.engines.http import ApiClient, Refusal, RefusedTooLarge
 from workers.engines.loops import is_loop
@@ -142,7 +142,7 @@ class VLLMEngine:
 
     def summarize_audio(self, audio: Path, prompt: str) -> str:
         item_s = self.profile.max_item_s
-        if item_s is not None and flac.duration_s(audio) > item_s + 0.5:
+        if item_s is not None and durations.duration_s(audio) > item_s + 0.5:
             return self._summarize_items(audio, prompt, item_s)
         prompt_tokens = text_tokens(prompt)
         duration, size = self._admit(audio, prompt_tokens=prompt_tokens)
@@ -155,7 +155,7 @@ class VLLMEngine:
     def _summarize_items(self, audio: Path, prompt: str, item_s: float) -> str:
         """A window longer than the model's longest item: equal consecutive items, one request."""
         cap = self.max_audio_s()
-        duration = flac.duration_s(audio)
+        duration = durations.duration_s(audio)
         if cap is not None and duration > cap + 0.5:
             raise WindowTooLarge(
                 f"the window lasts {duration:.0f} s, over the {cap:.0f} s {self.model} hears in one request",
@@ -322,7 +322,7 @@ class VLLMEngine:
         """Refuse before uploading what the server is known to refuse; return (seconds, bytes)."""
         if not audio.is_file():
             raise InputError(f"window audio {audio} does not exist")
-        duration = flac.duration_s(audio)
+        duration = durations.duration_s(audio)
         size = audio.stat().st_size
         cap = self.max_audio_s()
         if cap is not None and duration > cap:
