@@ -48,7 +48,7 @@ def one_line_errors(fn: F) -> F:
         except VoxbatchError as exc:
             fail(f"failed: {exc}", EXIT_FAILED)
         except ValueError as exc:  # pydantic settings validation and the like
-            fail(f"error: {exc}", EXIT_INPUT)
+            fail(f"error: {one_line(exc)}", EXIT_INPUT)
 
     return wrapper  # type: ignore[return-value]
 
@@ -60,12 +60,24 @@ def runtime() -> Runtime:
     return build_runtime(load_settings())
 
 
+def one_line(exc: Exception) -> str:
+    """The reason in one line: a settings error names the variable and what is wrong with it."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError) and exc.errors():
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        name = f"VOXBATCH_{where.upper()}: " if where else ""
+        message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        return f"bad VOXBATCH_ setting: {name}{message}"
+    return " ".join(str(exc).split())
+
+
 def load_settings() -> Settings:
     try:
         return get_settings()
-    except Exception as exc:  # pydantic's ValidationError names the variable
-        first = str(exc).splitlines()
-        raise InputError("bad VOXBATCH_ setting: " + " ".join(first[:3])) from exc
+    except ValueError as exc:  # pydantic's ValidationError names the variable
+        raise InputError(one_line(exc)) from exc
 
 
 def job_options(fn: F) -> F:

@@ -336,3 +336,21 @@ def test_a_recording_without_speech_gives_a_document_with_no_segments_and_a_note
     assert "No speech was detected in this recording." in doc["notes"]
     assert (out / "transcript.vtt").read_text().startswith("WEBVTT")
     assert (out / "transcript.srt").read_text() == ""
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("VOXBATCH_MODEL_PROFILE", "nonesuch", "VOXBATCH_MODEL_PROFILE"),
+        ("VOXBATCH_WINDOW_MINUTES", "99", "VOXBATCH_WINDOW_MINUTES"),
+        ("VOXBATCH_FLOWER_BASIC_AUTH", "admin:change-me-flower", "VOXBATCH_FLOWER_BASIC_AUTH"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_the_variable(
+    tmp_path: Path, marker_recording: Recording, variable: str, value: str, named: str
+) -> None:
+    env = {**os.environ, "VOXBATCH_DATA_DIR": str(tmp_path / "data"), variable: value}
+    done = voxbatch(["run", str(marker_recording.path)], env, tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and named in done.stderr, done.stderr
+    assert not (tmp_path / "data").exists() and not (tmp_path / "voxbatch-output").exists()
