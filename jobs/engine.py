@@ -7,7 +7,7 @@ The pipeline's steps (``jobs.steps``) only see these protocols; ``workers.engine
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -84,6 +84,9 @@ def transcribe_with(engine: Engine, audio: Path, hints: Hints) -> str:
     return engine.transcribe(audio, hints.language)
 
 
+Samples = npt.NDArray[np.int16]  # 16 kHz mono audio, as windows are cut and segments sent
+
+
 @dataclass(frozen=True)
 class SourceInfo:
     """What ffprobe says about a recording."""
@@ -104,6 +107,9 @@ class WindowAudio:
     start_s: float
     end_s: float
     path: Path
+    # The window's 16 kHz mono samples, when the split was asked to keep them: a caller that
+    # transcribes the window in the same process need not decode its FLAC again.
+    samples: Samples | None = field(default=None, compare=False, repr=False)
 
 
 class AudioTool(Protocol):
@@ -115,8 +121,11 @@ class AudioTool(Protocol):
         """A window file's samples: 16 kHz mono int16 (a 30-minute window is 57.6 MB)."""
         ...
 
-    def split(self, source: str, out_dir: Path, max_window_s: float) -> Iterator[WindowAudio]:
+    def split(
+        self, source: str, out_dir: Path, max_window_s: float, keep_samples: bool = False
+    ) -> Iterator[WindowAudio]:
         """Cut the source into 16 kHz mono FLAC windows of at most ``max_window_s`` in one decode
         pass, each ending in silence (or at the quietest point near the limit). Windows are
-        yielded as soon as each is complete; together they cover the source in order, no gap."""
+        yielded as soon as each is complete; together they cover the source in order, no gap.
+        With ``keep_samples`` each window also carries its samples (memory: one window)."""
         ...

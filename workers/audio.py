@@ -137,10 +137,13 @@ class FfmpegAudio:
             raise target.unreadable(target.scrub(_last_line(done.stderr.decode("utf-8", "replace"))))
         return np.frombuffer(done.stdout, dtype="<i2")
 
-    def split(self, source: str, out_dir: Path, max_window_s: float) -> Iterator[WindowAudio]:
+    def split(
+        self, source: str, out_dir: Path, max_window_s: float, keep_samples: bool = False
+    ) -> Iterator[WindowAudio]:
         """Cut the source into 16 kHz mono FLAC windows (``0000.flac``, ...) of at most
         ``max_window_s``, each ending in silence or at the quietest point near the limit, in one
-        decode pass. Each window is yielded as soon as its file is complete."""
+        decode pass. Each window is yielded as soon as its file is complete; with
+        ``keep_samples`` it also carries the samples that went into its FLAC."""
         if max_window_s < MIN_WINDOW_S:
             raise ValueError(f"max_window_s must be at least {MIN_WINDOW_S} s, got {max_window_s}")
         target = FfmpegInput.parse(source)
@@ -149,14 +152,15 @@ class FfmpegAudio:
             # A window re-split into its own directory would overwrite itself.
             raise ValueError(f"out_dir {out_dir} holds the source; split into another directory")
         info = self.probe(source)
-        return self._split(target, out_dir, max_window_s, info)
+        return self._split(target, out_dir, max_window_s, info, keep_samples)
 
     def _split(
-        self, target: FfmpegInput, out_dir: Path, max_window_s: float, info: SourceInfo
+        self, target: FfmpegInput, out_dir: Path, max_window_s: float, info: SourceInfo, keep: bool
     ) -> Iterator[WindowAudio]:
         decoders = self._decoders(target, info.sample_rate)
         last = decoders[-1]
         planner = WindowPlanner(max_window_s, SAMPLE_RATE)
+        kept = math.ceil(max_window_s * SAMPLE_RATE) if keep else 0  # samples held per window
         encoder: _Encoder | None = None
         count = 0
         try:
@@ -171,7 +175,7 @@ class FfmpegAudio:
                     else:
                         if encoder is None:
                             out_dir.mkdir(parents=True, exist_ok=True)
-                            encoder = _Encoder(self.ffmpeg, out_dir, planner.index, planner.start)
+                            encoder = _Encoder(self.ffmpeg, out_dir, planner.index, planner.start, kept)
                         encoder.write(event)
             for process in decoders:
                 rc = process.proc.wait()
@@ -190,7 +194,7 @@ class FfmpegAudio:
             rest = planner.flush()
             if len(rest):
                 if encoder is None:
-                    encoder = _Encoder(self.ffmpeg, out_dir, planner.index, planner.start)
+                    encoder = _Encoder(self.ffmpeg, out_dir, planner.index, planner.start, kept)
                 encoder.write(rest)
             if encoder is not None:
                 yield encoder.finish(end_sample=planner.position)
@@ -282,7 +286,11 @@ class _Process:
 class _Encoder:
     """One window's FLAC encoder, fed raw samples on stdin; renamed into place when complete."""
 
-    def __init__(self, ffmpeg: str, out_dir: Path, index: int, start_sample: int) -> None:
+    def __init__(
+        self, ffmpeg: str, out_dir: Path, index: int, start_sample: int, keep_within: int = 0
+    ) -> None:
+        """``keep_within``: keep the window's samples too, in one buffer of that many samples (the
+        window's longest), so handing them on costs no copy and no growth."""
         self.index = index
         self.start_sample = start_sample
         self.path = out_dir / f"{index:04d}.flac"
@@ -290,6 +298,8 @@ class _Encoder:
         self.process = _Process(
             [ffmpeg, *QUIET_ARGS, "-y", *ENCODE_ARGS, str(self.part)], stdin=subprocess.PIPE
         )
+        self._kept = np.empty(keep_within, np.int16) if keep_within else None
+        self._written = 0
 
     def write(self, samples: npt.NDArray[np.int16]) -> None:
         assert self.process.proc.stdin is not None
@@ -297,6 +307,12 @@ class _Encoder:
             self.process.proc.stdin.write(np.ascontiguousarray(samples).data.cast("B"))
         except BrokenPipeError as exc:
             raise RuntimeError(f"the FLAC encoder stopped: {self.process.last_error()}") from exc
+        if self._kept is not None:
+            end = self._written + len(samples)
+            if end > len(self._kept):  # the planner never exceeds the limit; if it did, grow
+                self._kept = np.resize(self._kept, max(end, 2 * len(self._kept)))
+            self._kept[self._written : end] = samples
+        self._written += len(samples)
 
     def finish(self, end_sample: int) -> WindowAudio:
         assert self.process.proc.stdin is not None
@@ -311,6 +327,7 @@ class _Encoder:
             start_s=self.start_sample / SAMPLE_RATE,
             end_s=end_sample / SAMPLE_RATE,
             path=self.path,
+            samples=None if self._kept is None else self._kept[: self._written],
         )
         log.debug("window %d: %.3f–%.3f s", window.index, window.start_s, window.end_s)
         return window

@@ -77,7 +77,7 @@ def split(self: JobTask, job_id: str) -> int:
     dispatcher = Dispatcher(rt.settings)
     sent: set[int] = set()
 
-    def send_window(index: int) -> None:
+    def send_window(index: int, _samples: object) -> None:
         # Each window goes to the gpu queue as soon as it is cut: the model works while we split.
         dispatcher.send(Step("window", job_id, index))
         sent.add(index)

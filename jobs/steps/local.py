@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.documents import DOCUMENT_NAMES
+from jobs.engine import Samples
 from jobs.errors import JobCancelled, PermanentError
 from jobs.models import Job, JobStatus
 from jobs.options import JobOptions
@@ -95,22 +96,37 @@ def _drive(rt: Runtime, job_id: str, progress: Progress | None) -> None:
 
 def _split_while_windows_run(rt: Runtime, job_id: str) -> None:
     """The split in this thread; each window it cuts goes to the model in another at once, so the
-    decode and the model overlap (the windows left when the split ends run in ``_drive``)."""
-    ready: queue.Queue[int | None] = queue.Queue()
+    decode and the model overlap (the windows left when the split ends run in ``_drive``).
+
+    A window cut while the other thread waits for work is handed over with its samples, so it is
+    not decoded again from its FLAC; one cut while that thread is busy is not, so at most two
+    windows' samples (one being cut, one being transcribed) are in memory whatever the length.
+    """
+    ready: queue.Queue[tuple[int, Samples | None] | None] = queue.Queue()
+    waiting = threading.Event()
     failures: list[BaseException] = []
 
     def work() -> None:
-        while (index := ready.get()) is not None:
+        while True:
+            waiting.set()
+            item = ready.get()
+            waiting.clear()
+            if item is None:
+                return
             if not failures:
                 try:
-                    run_window(rt, job_id, index)
+                    run_window(rt, job_id, item[0], samples=item[1])
                 except BaseException as exc:
                     failures.append(exc)
+            del item  # its samples, before waiting for the next window
+
+    def cut(index: int, samples: Samples | None) -> None:
+        ready.put((index, samples if waiting.is_set() and ready.empty() else None))
 
     worker = threading.Thread(target=work, name=f"windows-{job_id}", daemon=True)
     worker.start()
     try:
-        split_job(rt, job_id, on_window=ready.put)
+        split_job(rt, job_id, on_window=cut, keep_samples=True)
     except BaseException:
         ready.put(None)  # not joined: a Ctrl-C must not wait for a window in the model
         raise

@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from jobs.engine import Samples
 from jobs.errors import InputError
 from jobs.models import Job, JobStatus, Window, utcnow, window_audio_key
 from jobs.runtime import Runtime
@@ -39,11 +40,17 @@ def source_for_ffmpeg(rt: Runtime, job: Job) -> str:
     return str(Path(job.source))
 
 
-def split_job(rt: Runtime, job_id: str, on_window: Callable[[int], None] | None = None) -> int:
+WindowStored = Callable[[int, Samples | None], None]
+
+
+def split_job(
+    rt: Runtime, job_id: str, on_window: WindowStored | None = None, keep_samples: bool = False
+) -> int:
     """Cut the job's recording into windows; returns their count.
 
     Each window is stored and registered as soon as it is cut, and ``on_window`` is told its
-    index, so the model can work on it while the split goes on.
+    index, so the model can work on it while the split goes on; with ``keep_samples`` it is also
+    handed the window's samples (else None), for a caller that transcribes in this process.
     """
     job = rt.store.get(job_id)
     ensure_running(job)
@@ -64,7 +71,7 @@ def split_job(rt: Runtime, job_id: str, on_window: Callable[[int], None] | None 
     log.info("job %s: splitting into windows of ≤ %g s", job_id, max_window_s)
     rows: list[Window] = []
     with tempfile.TemporaryDirectory(prefix=f"voxbatch-split-{job_id}-") as tmp:
-        for w in rt.audio.split(src, Path(tmp), max_window_s):
+        for w in rt.audio.split(src, Path(tmp), max_window_s, keep_samples):
             put_file(rt.storage, window_audio_key(job_id, w.index), w.path)
             w.path.unlink(missing_ok=True)
             rows.append(Window(job_id=job_id, index=w.index, start_s=w.start_s, end_s=w.end_s))
@@ -72,7 +79,8 @@ def split_job(rt: Runtime, job_id: str, on_window: Callable[[int], None] | None 
             ensure_running(rt.store.get(job_id))
             rt.store.add_window(rows[-1])
             if on_window is not None:
-                on_window(w.index)
+                on_window(w.index, w.samples)
+            del w  # else its samples stay alive while the next window is cut
     if not rows:
         raise InputError(f"{job.source_name} contains no audio")
     if not rt.store.add_windows(job_id, rows, duration_s=rows[-1].end_s):

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from jobs.engine import TimedEngine, timed_engine
+from jobs.engine import Samples, TimedEngine, timed_engine
 from jobs.errors import PermanentError, WindowTooLarge
 from jobs.models import Job, Window
 from jobs.presets import merge_prompt
@@ -42,8 +42,13 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY = 8
 
 
-def run_window(rt: Runtime, job_id: str, index: int, owner: str = "local") -> bool:
-    """Transcribe and summarise one window. Returns True when every window of the job is done."""
+def run_window(
+    rt: Runtime, job_id: str, index: int, owner: str = "local", samples: Samples | None = None
+) -> bool:
+    """Transcribe and summarise one window. Returns True when every window of the job is done.
+
+    ``samples``: the window's audio as the split cut it, when the caller has it; else its FLAC
+    is read back from storage."""
     job = rt.store.get(job_id)
     ensure_running(job)
     window = rt.store.claim_window(job_id, index, owner, rt.settings.lease_seconds)
@@ -60,7 +65,7 @@ def run_window(rt: Runtime, job_id: str, index: int, owner: str = "local") -> bo
     try:
         with lease_kept(rt, window, owner):
             if not rt.storage.exists(window.result_key):
-                result = process_window(rt, job, window)
+                result = process_window(rt, job, window, samples)
                 rt.storage.put_bytes(window.result_key, result.to_json())
     except (PermanentError, WindowTooLarge) as exc:
         reason = f"{where} failed: {exc}"
@@ -82,7 +87,7 @@ def _fail_window(rt: Runtime, window: Window, reason: str) -> None:
     fail(rt, window.job_id, reason)
 
 
-def process_window(rt: Runtime, job: Job, window: Window) -> WindowResult:
+def process_window(rt: Runtime, job: Job, window: Window, samples: Samples | None = None) -> WindowResult:
     """The window's segments transcribed in parallel, and its summary (which hears the whole
     window, as one chat call) alongside them."""
     engine = rt.engine
@@ -93,7 +98,8 @@ def process_window(rt: Runtime, job: Job, window: Window) -> WindowResult:
         timed = timed_engine(engine)
         if timed is not None:
             return _timed_window(rt, timed, job, window, audio, tmp)
-        samples = rt.audio.read_samples(audio)
+        if samples is None:
+            samples = rt.audio.read_samples(audio)
         segments = segment_samples(samples, SAMPLE_RATE, max_segment_s=segment_limit_s(rt))
         done: set[int] = set()
         lock = threading.Lock()

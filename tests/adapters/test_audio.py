@@ -192,6 +192,22 @@ def test_split_cuts_in_silence_and_keeps_every_marker_whole(
     assert _sha256(recording.path) == before
 
 
+def test_kept_samples_are_exactly_what_each_window_file_holds(
+    marker_recording_mp3: Recording, tmp_path: Path
+) -> None:
+    # `voxbatch run` transcribes the kept samples instead of decoding the FLAC again; a resumed
+    # run decodes the FLAC. Both must see the same audio, or a re-run would not be byte-identical.
+    kept = list(audio.split(str(marker_recording_mp3.path), tmp_path / "kept", 20.0, keep_samples=True))
+    plain = list(audio.split(str(marker_recording_mp3.path), tmp_path / "plain", 20.0))
+    assert len(kept) == len(plain) >= 3
+    for w, p in zip(kept, plain, strict=True):
+        assert w.samples is not None and p.samples is None
+        assert (w.start_s, w.end_s) == (p.start_s, p.end_s)
+        assert len(w.samples) == round((w.end_s - w.start_s) * SAMPLE_RATE)
+        assert np.array_equal(w.samples, audio.read_samples(w.path))
+        assert _sha256(w.path) == _sha256(p.path)
+
+
 def test_a_window_can_be_split_again_smaller(marker_recording: Recording, tmp_path: Path) -> None:
     first = list(audio.split(str(marker_recording.path), tmp_path / "a", 40.0))[1]
     again = list(audio.split(str(first.path), tmp_path / "b", 12.0))

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jobs.errors import JobCancelled, PermanentError
@@ -21,6 +22,7 @@ from jobs.steps.create import create_job
 from jobs.steps.ending import cancel
 from jobs.steps.local import run_local
 from jobs.steps.next import Step, next_steps
+from jobs.steps.reduce import reduce_job
 from jobs.steps.split import split_job
 from jobs.steps.window import run_window
 from tests.inprocess.conftest import MARKERS, FakeEngine, RecordingDispatcher
@@ -263,3 +265,34 @@ def test_windows_run_while_the_split_goes_on(rt: Runtime, tones: Recording, engi
     assert run_local(rt, job_id).status == JobStatus.succeeded
     assert "splitting" in statuses  # the model heard a window before the split had finished
     assert sorted(engine.transcribed()) == MARKERS
+
+
+def test_windows_handed_over_by_the_split_are_not_decoded_again_and_match_those_that_are(
+    rt: Runtime, tones: Recording, engine: FakeEngine
+) -> None:
+    decoded: list[Path] = []
+    read = rt.audio.read_samples
+
+    def read_samples(path: Path) -> np.ndarray:
+        decoded.append(path)
+        return read(path)
+
+    rt.audio.read_samples = read_samples  # type: ignore[method-assign]
+    handed = run_local(rt, _job(rt, tones))
+    # The windows thread waits for each window here (the fake engine is fast), so every window
+    # arrives with its samples; the FLAC is read back only where the thread was busy.
+    assert len(decoded) < 3
+    # The same recording as another job, every window read back from its stored FLAC, as a
+    # resumed run or a gpu worker does: the same segments and documents, byte for byte.
+    decoded.clear()
+    stored = create_job(rt, str(tones.path), JobOptions())
+    split_job(rt, stored.id)
+    for index in range(3):
+        run_window(rt, stored.id, index)
+    reduce_job(rt, stored.id)
+    assert len(decoded) == 3
+    for name in ("transcript.srt", "transcript.vtt", "transcript.txt"):
+        assert rt.storage.get_bytes(f"jobs/{handed.id}/output/{name}") == rt.storage.get_bytes(
+            f"jobs/{stored.id}/output/{name}"
+        )
+    assert _document(rt, handed.id)["segments"] == _document(rt, stored.id)["segments"]
