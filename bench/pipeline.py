@@ -3,8 +3,10 @@
     .venv/bin/python -m bench.pipeline [--hours 3] [--memory-hours 3,10]
 
 The engine answers at once, so what is measured is everything voxbatch itself does for a
-recording: probe, the single-pass split, storing windows, the database rows, reading each window
-back for the engine, window results, the reduce and the three documents. The physical limit is one
+recording: probe, the single-pass split, storing windows, the database rows, finding each
+window's speech segments (from the samples the split hands over, or its FLAC read back when the
+model thread was busy), one WAV and one stored result per segment, window results, the reduce and
+the documents. The physical limit is one
 bare ``ffmpeg -i FILE -f null -`` decode of the same file in the same run (goal: ratio ≤ 1.3).
 Peak memory is the RSS of the whole process tree (python and its ffmpeg children), polled from
 /proc while a child process runs the pipeline on 3 h and 10 h inputs (goal: flat, under 300 MB).
