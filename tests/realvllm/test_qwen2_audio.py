@@ -30,7 +30,7 @@ from tests.documents import check_document
 from tests.realvllm import server as rv
 from tests.speech import PARAGRAPHS, Recording, Silence, Speech, Tone, build_recording
 from workers.engines.vllm import VLLMEngine
-from workers.vllm_launch import flag_values
+from workers.vllm_launch import REQUIRED_ENV, flag_values
 
 PROMPT = "Transcribe the audio."
 # What the real server answered when asked for one item more than --limit-mm-per-prompt allows.
@@ -127,10 +127,17 @@ def test_the_server_runs_the_flags_voxbatch_vllm_prints_for_the_profile(qwen2_au
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     words = shlex.split(printed)
-    argv = [w for w in words if not ("=" in w and w[0].isupper())]
+    env = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-") and w[0].isupper())
+    argv = words[len(env) :]
+    # `voxbatch vllm` exec'd vllm: the server process is that command, in that environment.
     cmdline = Path(f"/proc/{qwen2_audio.proc.pid}/cmdline").read_bytes().decode().split("\0")[:-1]
     assert cmdline[1] == str(rv.VLLM_BIN)
     assert cmdline[2:] == argv[1:]
+    environ = Path(f"/proc/{qwen2_audio.proc.pid}/environ").read_bytes().decode().split("\0")
+    assert set(REQUIRED_ENV) <= env.keys()
+    assert {k: v for k, v in (e.split("=", 1) for e in environ if e) if k in REQUIRED_ENV} == {
+        k: env[k] for k in REQUIRED_ENV
+    }
     flags = flag_values(argv)
     assert flags["--max-model-len"] == str(QWEN2_AUDIO.context_tokens)
     assert json.loads(flags["--limit-mm-per-prompt"]) == {"audio": QWEN2_AUDIO.items_per_prompt}
