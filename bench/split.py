@@ -6,7 +6,7 @@ Builds (and caches under bench/.cache/) a 44.1 kHz stereo 128 kbps MP3 of N hour
 few minutes of generated speech, then:
 
 1. the physical limit: one bare ``ffmpeg -i FILE -f null -`` decode of it (best of two);
-2. ``FfmpegAudio.split`` with 30-min windows (one decode pass plus the FLAC encoders), and the
+2. ``FfmpegAudio.split`` with 30-min windows (one decode pass plus the FLAC encoding), and the
    ratio split / bare decode (goal ≤ 1.3);
 3. for each ``--memory-hours`` length, the peak RSS of the whole splitting process tree (python
    plus its ffmpeg children), polled from /proc while a child process splits (goal: flat, under
