@@ -80,7 +80,7 @@ def bare_decode(path: Path) -> tuple[float, float]:
 
 def split_once(path: Path, window_s: float) -> tuple[float, float, int]:
     """Wall and CPU seconds (python and ffmpeg children) of one split, and the window count."""
-    from jobs.planning import check_coverage
+    from tests.tiling import check_coverage
     from workers.audio import FfmpegAudio
 
     with tempfile.TemporaryDirectory(dir=CACHE) as out:
@@ -96,7 +96,7 @@ def split_once(path: Path, window_s: float) -> tuple[float, float, int]:
 def _tree_memory(root: int) -> tuple[int, int]:
     """RSS and PSS bytes of ``root`` and all its descendants, from /proc.
 
-    RSS counts shared libraries once per process (four ffmpeg processes share most of theirs), so
+    RSS counts shared libraries once per process (the ffmpeg processes share most of theirs), so
     the PSS sum, which splits shared pages between the processes using them, is the fairer total.
     """
     children: dict[int, list[int]] = {}
