@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -44,13 +44,16 @@ def _realvllm_available(request: pytest.FixtureRequest) -> None:
         pytest.skip("real vLLM tier runs on its own: make realvllm (or pytest tests/realvllm)")
 
 
-def _start_launched() -> rv.RealVLLM:
+def _start_with_launcher(name: str, checkpoint: Path, extra_args: Sequence[str]) -> rv.RealVLLM:
+    """As an operator would: ``voxbatch vllm --model <checkpoint>``, whose path picks the profile
+    and so the flags (Voxtral's Mistral-format flags; qwen2-audio's --max-model-len 8192 and
+    --limit-mm-per-prompt '{"audio": 6}')."""
     port = rv.free_port()
     return rv.spawn(
-        "launched",
+        name,
         [
-            sys.executable, "-m", "api.cli", "vllm", "--model", str(rv.CHECKPOINT),
-            "--host", "127.0.0.1", "--port", str(port), "--", *rv.EXTRA_ARGS,
+            sys.executable, "-m", "api.cli", "vllm", "--model", str(checkpoint),
+            "--host", "127.0.0.1", "--port", str(port), "--", *extra_args,
         ],
         {**rv.CPU_ENV, **rv.vllm_path_env()},
         port,
@@ -70,26 +73,12 @@ def _start_capped() -> rv.RealVLLM:
     return rv.spawn("capped", argv, {**rv.CPU_ENV, **rv.CAPPED_ENV}, port, rv.CAPPED_API_KEY)
 
 
-def _start_qwen2_audio() -> rv.RealVLLM:
-    # As an operator would: `voxbatch vllm --model <checkpoint>`, whose path picks the qwen2-audio
-    # profile's flags (--max-model-len 8192, --limit-mm-per-prompt '{"audio": 6}').
-    port = rv.free_port()
-    return rv.spawn(
-        "qwen2-audio",
-        [
-            sys.executable, "-m", "api.cli", "vllm", "--model", str(rv.QWEN2_AUDIO_CHECKPOINT),
-            "--host", "127.0.0.1", "--port", str(port), "--", *rv.QWEN2_AUDIO_EXTRA_ARGS,
-        ],
-        {**rv.CPU_ENV, **rv.vllm_path_env()},
-        port,
-        api_key=None,
-    )  # fmt: skip
-
-
 STARTERS: dict[str, Callable[[], rv.RealVLLM]] = {
-    "launched": _start_launched,
+    "launched": lambda: _start_with_launcher("launched", rv.CHECKPOINT, rv.EXTRA_ARGS),
     "capped": _start_capped,
-    "qwen2_audio": _start_qwen2_audio,
+    "qwen2_audio": lambda: _start_with_launcher(
+        "qwen2-audio", rv.QWEN2_AUDIO_CHECKPOINT, rv.QWEN2_AUDIO_EXTRA_ARGS
+    ),
 }
 
 
