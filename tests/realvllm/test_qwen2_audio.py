@@ -29,6 +29,7 @@ from jobs.settings import Settings
 from tests.documents import check_document
 from tests.realvllm import server as rv
 from tests.speech import PARAGRAPHS, Recording, Silence, Speech, Tone, build_recording
+from tests.standins.vllm_server import StandInVLLM
 from workers.engines.vllm import VLLMEngine
 from workers.vllm_launch import REQUIRED_ENV, flag_values
 
@@ -68,6 +69,10 @@ def part(path: Path) -> dict[str, Any]:
 
 
 def chat(server: rv.RealVLLM, audio: list[Path], system: str | None = None) -> httpx.Response:
+    return chat_at(server.url, audio, system)
+
+
+def chat_at(url: str, audio: list[Path], system: str | None = None) -> httpx.Response:
     messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     messages.append(
         {"role": "user", "content": [*(part(p) for p in audio), {"type": "text", "text": PROMPT}]}
@@ -78,7 +83,7 @@ def chat(server: rv.RealVLLM, audio: list[Path], system: str | None = None) -> h
         "max_tokens": 1,
         "temperature": 0.0,
     }
-    return httpx.post(f"{server.url}/chat/completions", json=body, timeout=300)
+    return httpx.post(f"{url}/chat/completions", json=body, timeout=300)
 
 
 def prompt_tokens(server: rv.RealVLLM, audio: list[Path], system: str | None = None) -> int:
@@ -181,6 +186,17 @@ def test_the_item_limit_is_the_launchers_and_one_more_is_refused(
     refused = chat(qwen2_audio, [clips[2.0]] * (n + 1))
     assert refused.status_code == 400
     assert refused.json() == TOO_MANY_AUDIOS
+
+
+def test_the_standins_qwen2_audio_mode_refuses_as_the_real_server_does(
+    qwen2_audio: rv.RealVLLM, clips: dict[float, Path]
+) -> None:
+    # The pipeline tests run every profile against the stand-in: its refusal must be this one,
+    # word for word (vLLM adds "Set `--limit-mm-per-prompt`..." only below the model's own limit).
+    with StandInVLLM(profile=QWEN2_AUDIO.name, model=rv.QWEN2_AUDIO_SERVED_NAME) as standin:
+        for server_url in (qwen2_audio.url, standin.url):
+            refused = chat_at(server_url, [clips[2.0]] * (QWEN2_AUDIO.items_per_prompt + 1))
+            assert (refused.status_code, refused.json()) == (400, TOO_MANY_AUDIOS), server_url
 
 
 def test_there_is_no_transcription_endpoint(qwen2_audio: rv.RealVLLM, clips: dict[float, Path]) -> None:

@@ -77,6 +77,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from jobs.profiles import VOXTRAL_SMALL as VOXTRAL_SMALL_PROFILE
 from jobs.profiles import ModelProfile, get_profile
 from tests import markers
 from tests.standins.gpu_model import BatchEngine, GpuFigures, GpuModel, GpuRequest
@@ -534,10 +535,17 @@ def chat(config: ServerConfig, body: dict[str, Any], entry: dict[str, Any]) -> t
             f"{with_audio}. This is not allowed prior to the tokenizer version 13.",
         )
     if len(audio_parts) > config.max_audios:
+        # vLLM's rule (multimodal/processing/context.py): the hint to raise the limit only when
+        # the model itself would take that many (Voxtral's own limit is 5; most models have none).
+        supported = (served or VOXTRAL_SMALL_PROFILE).vllm_item_limit
+        hint = (
+            " Set `--limit-mm-per-prompt` to increase this limit."
+            if supported and len(audio_parts) <= supported
+            else ""
+        )
         raise APIError(
             400,
-            f"At most {config.max_audios} audio(s) may be provided in one prompt. Set "
-            "`--limit-mm-per-prompt` to increase this limit. (parameter=audio)",
+            f"At most {config.max_audios} audio(s) may be provided in one prompt.{hint} (parameter=audio)",
             param="audio",
         )
     max_tokens = _opt_int(body, "max_completion_tokens") or _opt_int(body, "max_tokens")
