@@ -117,7 +117,7 @@ class AudioTool(Protocol):
         """Probe a local path or an http(s) URL. Raises InputError naming what is wrong."""
         ...
 
-    def read_samples(self, path: Path) -> npt.NDArray[np.int16]:
+    def read_samples(self, path: Path) -> Samples:
         """A window file's samples: 16 kHz mono int16 (a 30-minute window is 57.6 MB)."""
         ...
 

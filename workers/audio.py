@@ -165,7 +165,7 @@ class FfmpegAudio:
         decoders = self._decoders(target, info.sample_rate)
         last = decoders[-1]
         planner = WindowPlanner(max_window_s, SAMPLE_RATE)
-        kept = math.ceil(max_window_s * SAMPLE_RATE) if keep else 0  # samples held per window
+        kept = planner.limit if keep else 0  # a window's longest, in samples
         encoder: _Encoder | None = None
         count = 0
         try:
@@ -299,7 +299,7 @@ class _Encoder:
 
     def __init__(self, out_dir: Path, index: int, start_sample: int, keep_within: int = 0) -> None:
         """``keep_within``: keep the window's samples too, in one buffer of that many samples (the
-        window's longest), so handing them on costs no copy and no growth."""
+        window's longest), so handing them on costs no copy."""
         self.index = index
         self.start_sample = start_sample
         self.path = out_dir / f"{index:04d}.flac"
@@ -312,11 +312,8 @@ class _Encoder:
 
     def write(self, samples: npt.NDArray[np.int16]) -> None:
         self._file.write(samples)
-        if self._kept is not None:
-            end = self._written + len(samples)
-            if end > len(self._kept):  # the planner never exceeds the limit; if it did, grow
-                self._kept = np.resize(self._kept, max(end, 2 * len(self._kept)))
-            self._kept[self._written : end] = samples
+        if self._kept is not None:  # the planner never passes its limit, the buffer's size
+            self._kept[self._written : self._written + len(samples)] = samples
         self._written += len(samples)
 
     def finish(self, end_sample: int) -> WindowAudio:

@@ -26,9 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
-
+from jobs.engine import Samples
 from jobs.errors import TranscriptCut, WindowTooLarge
 from jobs.runtime import Runtime
 from jobs.segmenting import SAMPLE_RATE, Segment
@@ -66,7 +64,7 @@ def segment_key(job_id: str, window_index: int, segment_index: int) -> str:
     return f"{segments_prefix(job_id, window_index)}{segment_index:04d}.json"
 
 
-def wav_bytes(samples: npt.NDArray[np.int16]) -> bytes:
+def wav_bytes(samples: Samples) -> bytes:
     """16 kHz mono PCM WAV: what a segment is sent as (30 s is under 1 MB, far below any cap)."""
     out = io.BytesIO()
     with wave.open(out, "wb") as w:
@@ -86,7 +84,7 @@ class SegmentWork:
         job_id: str,
         window_index: int,
         window_start_s: float,
-        samples: npt.NDArray[np.int16],
+        samples: Samples,
         tmp: Path,
         language: str | None,
     ) -> None:

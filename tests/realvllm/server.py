@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
+import sys
 import sysconfig
 import time
 from collections.abc import Mapping, Sequence
@@ -202,3 +204,30 @@ def wait_healthy(servers: Sequence[RealVLLM], timeout_s: float = START_TIMEOUT_S
             )
         if pending:
             time.sleep(0.5)
+
+
+def runs_what_voxbatch_vllm_prints(
+    server: RealVLLM, checkpoint: Path, extra_args: Sequence[str]
+) -> list[str]:
+    """Check that ``server`` is the command ``voxbatch vllm --print`` gives for ``checkpoint``, in
+    its environment (`voxbatch vllm` exec'd vllm, run by .venv-vllm's python); return that argv."""
+    from workers.vllm_launch import REQUIRED_ENV
+
+    printed = subprocess.run(
+        [
+            sys.executable, "-m", "api.cli", "vllm", "--print", "--model", str(checkpoint),
+            "--host", "127.0.0.1", "--port", str(server.port), "--", *extra_args,
+        ],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    words = shlex.split(printed)
+    env = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-") and w[0].isupper())
+    argv = words[len(env) :]
+    cmdline = Path(f"/proc/{server.proc.pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+    assert cmdline[1] == str(VLLM_BIN)
+    assert cmdline[2:] == argv[1:]
+    raw = Path(f"/proc/{server.proc.pid}/environ").read_bytes().decode()
+    environ = dict(e.split("=", 1) for e in raw.split("\0") if e)
+    for name in REQUIRED_ENV:
+        assert name in env and environ.get(name) == env[name], name
+    return argv

@@ -14,7 +14,6 @@ import base64
 import json
 import math
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ from tests.realvllm import server as rv
 from tests.speech import PARAGRAPHS, Recording, Silence, Speech, Tone, build_recording
 from tests.standins.vllm_server import StandInVLLM
 from workers.engines.vllm import VLLMEngine
-from workers.vllm_launch import REQUIRED_ENV, flag_values
+from workers.vllm_launch import flag_values
 
 PROMPT = "Transcribe the audio."
 # What the real server answered when asked for one item more than --limit-mm-per-prompt allows.
@@ -124,25 +123,8 @@ def posts(server: rv.RealVLLM, handler: str) -> int:
 
 
 def test_the_server_runs_the_flags_voxbatch_vllm_prints_for_the_profile(qwen2_audio: rv.RealVLLM) -> None:
-    printed = subprocess.run(
-        [
-            sys.executable, "-m", "api.cli", "vllm", "--print", "--model", str(rv.QWEN2_AUDIO_CHECKPOINT),
-            "--host", "127.0.0.1", "--port", str(qwen2_audio.port), "--", *rv.QWEN2_AUDIO_EXTRA_ARGS,
-        ],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    words = shlex.split(printed)
-    env = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-") and w[0].isupper())
-    argv = words[len(env) :]
-    # `voxbatch vllm` exec'd vllm: the server process is that command, in that environment.
-    cmdline = Path(f"/proc/{qwen2_audio.proc.pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-    assert cmdline[1] == str(rv.VLLM_BIN)
-    assert cmdline[2:] == argv[1:]
-    environ = Path(f"/proc/{qwen2_audio.proc.pid}/environ").read_bytes().decode().split("\0")
-    assert set(REQUIRED_ENV) <= env.keys()
-    assert {k: v for k, v in (e.split("=", 1) for e in environ if e) if k in REQUIRED_ENV} == {
-        k: env[k] for k in REQUIRED_ENV
-    }
+    checkpoint, extra = rv.QWEN2_AUDIO_CHECKPOINT, rv.QWEN2_AUDIO_EXTRA_ARGS
+    argv = rv.runs_what_voxbatch_vllm_prints(qwen2_audio, checkpoint, extra)
     flags = flag_values(argv)
     assert flags["--max-model-len"] == str(QWEN2_AUDIO.context_tokens)
     assert json.loads(flags["--limit-mm-per-prompt"]) == {"audio": QWEN2_AUDIO.items_per_prompt}

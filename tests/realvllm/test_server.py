@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import subprocess
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +16,7 @@ from tests.realvllm import server as rv
 from tests.speech import PARAGRAPHS, Speech, Tone, build_recording
 from workers.engines.loops import is_loop
 from workers.engines.vllm import VLLMEngine
-from workers.vllm_launch import REQUIRED_ENV, REQUIRED_FLAGS
+from workers.vllm_launch import REQUIRED_FLAGS
 
 
 def engine_for(server: rv.RealVLLM, tmp: Path, retries: int = 1) -> VLLMEngine:
@@ -45,28 +42,8 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_server_runs_what_voxbatch_vllm_prints(launched: rv.RealVLLM) -> None:
-    printed = subprocess.run(
-        [
-            sys.executable, "-m", "api.cli", "vllm", "--print", "--model", str(rv.CHECKPOINT),
-            "--host", "127.0.0.1", "--port", str(launched.port), "--", *rv.EXTRA_ARGS,
-        ],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    words = shlex.split(printed)
-    env = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-") and w[0].isupper())
-    argv = words[len(env) :]
-    # `voxbatch vllm` exec'd vllm: the server process is that command (run by .venv-vllm's python).
-    cmdline = Path(f"/proc/{launched.proc.pid}/cmdline").read_bytes().decode().split("\0")[:-1]
-    assert cmdline[1] == str(rv.VLLM_BIN)
-    assert cmdline[2:] == argv[1:]
+    argv = rv.runs_what_voxbatch_vllm_prints(launched, rv.CHECKPOINT, rv.EXTRA_ARGS)
     assert all(flag in argv for flag in REQUIRED_FLAGS)
-    environ = dict(
-        e.split("=", 1)
-        for e in Path(f"/proc/{launched.proc.pid}/environ").read_bytes().decode().split("\0")
-        if e
-    )
-    for name in REQUIRED_ENV:
-        assert environ[name] == env[name]
 
 
 def test_transcription_chat_and_reduce_are_answered(
