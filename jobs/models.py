@@ -37,6 +37,14 @@ class JobStatus(StrEnum):
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
+class Priority(StrEnum):
+    """Which work goes first: ``interactive`` (the API's and the CLI's default) before ``batch``
+    (the drop folder's default); tenants share each class fairly (docs/architecture.md)."""
+
+    interactive = "interactive"
+    batch = "batch"
+
+
 class WindowStatus(StrEnum):
     pending = "pending"
     running = "running"
@@ -72,6 +80,9 @@ class Job(SQLModel, table=True):
     reduce_claimed: bool = False
     attempt: int = 0
     webhook_url: str | None = Field(default=None, sa_column=Column(Text))
+    priority: Priority = Field(
+        default=Priority.interactive, max_length=16, sa_column_kwargs={"server_default": "interactive"}
+    )
     webhook_attempts: str | None = Field(default=None, sa_column=Column(Text))  # JSON list
     created_at: datetime = Field(default_factory=utcnow, index=True)
     started_at: datetime | None = None
@@ -102,6 +113,8 @@ class Window(SQLModel, table=True):
     segments_total: int | None = None
     segments_done: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     engine_s: float | None = None
+    # When its message went to the gpu queue: windows are metered into the queue by fair share.
+    dispatched_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
