@@ -61,8 +61,22 @@ class Settings(BaseSettings):
     openai_transcribe_model: str = "whisper-1"
     openai_chat_model: str = "gpt-4o-audio-preview"
     openai_text_model: str = "gpt-4o-mini"
+    # The longest any one attempt of a model request may take; each attempt's own deadline is
+    # shorter, from its audio and answer length (``request_deadline_s``).
     request_timeout_s: float = 1800.0
     engine_retries: int = 5
+    # An attempt's deadline: base + per second of audio + per token of the longest answer asked
+    # for. A request past it is cancelled and sent again (workers/engines/scheduler.py). The
+    # defaults leave 3-5x the time a GPU under a full batch takes (~0.05 s per decode step).
+    request_deadline_base_s: float = Field(default=60.0, gt=0)
+    request_deadline_per_audio_s: float = Field(default=0.1, ge=0)
+    request_deadline_per_token_s: float = Field(default=0.15, ge=0)
+    # Requests each process keeps at the model server (vLLM's --max-num-seqs, which `voxbatch vllm`
+    # sets to the same number): windows put their requests into one queue, this many go out.
+    max_inflight: int = Field(default=256, ge=1, le=4096)
+    # A running window none of whose requests was answered for this long stops renewing its lease,
+    # so the sweep gives it to another worker.
+    window_stall_s: float = Field(default=1200.0, gt=0)
     window_minutes: float = MAX_WINDOW_MINUTES
     drop_url: str | None = None
     outbox_url: str | None = None
@@ -82,9 +96,12 @@ class Settings(BaseSettings):
     max_window_attempts: int = 4
     flower_basic_auth: str | None = None
     flower_url: str | None = None
-    gpu_concurrency: int = 8
-    # Segment requests in flight per window task (jobs/steps/segments.py): vLLM batches them.
-    segment_concurrency: int = Field(default=32, ge=1, le=1024)
+    # Windows a gpu worker process runs at once. Cheap: they mostly wait on the request scheduler,
+    # which keeps VOXBATCH_MAX_INFLIGHT at the server whatever the number of windows.
+    gpu_concurrency: int = 16
+    # Segments each running window hands the request scheduler at once (jobs/steps/segments.py);
+    # windows x this should stay above VOXBATCH_MAX_INFLIGHT so the server's batch stays full.
+    segment_concurrency: int = Field(default=64, ge=1, le=1024)
     max_upload_mb: float = 20_000.0
     webhook_allow_private: bool = False
     # Buckets besides the storage bucket that API tenants may name as s3:// sources (comma-separated):
@@ -149,6 +166,15 @@ class Settings(BaseSettings):
                 url = "postgresql+psycopg://" + url[len("postgres://") :]
             return url
         return f"sqlite:///{(self.data_dir / 'voxbatch.db').resolve()}"
+
+    def request_deadline_s(self, audio_s: float, max_tokens: int) -> float:
+        """How long one attempt of a model request may take before it is sent again."""
+        deadline = (
+            self.request_deadline_base_s
+            + audio_s * self.request_deadline_per_audio_s
+            + max_tokens * self.request_deadline_per_token_s
+        )
+        return min(deadline, self.request_timeout_s)
 
     def resolved_storage_url(self) -> str:
         if self.storage_url:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
@@ -44,13 +45,41 @@ def renew_period_s(rt: Runtime) -> float:
     return max(1.0, rt.settings.lease_seconds / 3)
 
 
-def lease_kept(rt: Runtime, window: Window, owner: str) -> AbstractContextManager[None]:
-    """Renew the lease while the window runs, so only a dead worker's window is taken over."""
-    return every(
-        renew_period_s(rt),
-        lambda: rt.store.renew_lease(window.id, owner, rt.settings.lease_seconds),
-        f"lease-{window.job_id}-{window.index}",
-    )
+class ProgressClock:
+    """When a window last made progress (a request of it answered); thread-safe enough: a float
+    written whole."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def tick(self) -> None:
+        self.last = time.monotonic()
+
+    def stalled_for(self) -> float:
+        return time.monotonic() - self.last
+
+
+def lease_kept(
+    rt: Runtime, window: Window, owner: str, clock: ProgressClock | None = None
+) -> AbstractContextManager[None]:
+    """Renew the lease while the window runs and makes progress, so only a dead worker's window,
+    or one none of whose requests was answered for ``window_stall_s``, is taken over by the sweep."""
+    warned = threading.Event()
+
+    def renew() -> None:
+        if clock is not None and clock.stalled_for() > rt.settings.window_stall_s:
+            if not warned.is_set():
+                warned.set()
+                log.warning(
+                    "job %s: window %d made no progress for %.0f s; its lease is left to expire",
+                    window.job_id,
+                    window.index,
+                    clock.stalled_for(),
+                )
+            return
+        rt.store.renew_lease(window.id, owner, rt.settings.lease_seconds)
+
+    return every(renew_period_s(rt), renew, f"lease-{window.job_id}-{window.index}")
 
 
 def job_heartbeat(rt: Runtime, job_id: str) -> AbstractContextManager[None]:

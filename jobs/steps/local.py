@@ -1,4 +1,4 @@
-"""A whole job in this process (``voxbatch run``): split, every window in order, reduce.
+"""A whole job in this process (``voxbatch run``): split, the windows side by side, reduce.
 
 The same steps as the workers run, driven by the same ``next_steps``; a failure marks the job
 failed with its reason and re-raises, and what was done stays stored, so running the same command
@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -80,60 +82,84 @@ def _drive(rt: Runtime, job_id: str, progress: Progress | None) -> None:
         if steps == previous:
             raise PermanentError(f"job {job_id} makes no progress (stuck at {steps[0].kind})")
         previous = steps
+        windows = [s.index for s in steps if s.kind == "window" and s.index is not None]
+        if windows:
+            _windows_side_by_side(rt, job_id, windows)
         for step in steps:
             if step.kind == "split":
                 _split_while_windows_run(rt, job_id)
-            elif step.kind == "window":
-                assert step.index is not None
-                run_window(rt, job_id, step.index)
-            else:
+            elif step.kind == "reduce":
                 reduce_job(rt, job_id)
-            if progress is not None:
-                job = rt.store.get(job_id)
-                if job.windows_total is not None:
-                    progress(job.windows_done, job.windows_total)
+        if progress is not None:
+            job = rt.store.get(job_id)
+            if job.windows_total is not None:
+                progress(job.windows_done, job.windows_total)
+
+
+def windows_at_once(rt: Runtime) -> int:
+    """Windows run side by side: enough that their segments fill the request scheduler's
+    ``max_inflight`` (so the server's batch stays full while one window ends and the next
+    starts), plus one. Each running window holds its samples (57.6 MB per 30 minutes)."""
+    return max(1, math.ceil(rt.settings.max_inflight / max(1, rt.settings.segment_concurrency))) + 1
+
+
+def _windows_side_by_side(rt: Runtime, job_id: str, indexes: list[int]) -> None:
+    with ThreadPoolExecutor(max_workers=windows_at_once(rt), thread_name_prefix=f"windows-{job_id}") as pool:
+        futures = [pool.submit(run_window, rt, job_id, index) for index in indexes]
+        failures = [f.exception() for f in futures if f.exception() is not None]
+    if failures:
+        raise failures[0]  # type: ignore[misc]
 
 
 def _split_while_windows_run(rt: Runtime, job_id: str) -> None:
-    """The split in this thread; each window it cuts goes to the model in another at once, so the
-    decode and the model overlap (the windows left when the split ends run in ``_drive``).
+    """The split in this thread; each window it cuts goes to the model at once, in one of
+    ``windows_at_once`` threads, so the decode and the model overlap and several windows' requests
+    share the server's batch (the windows left when the split ends run in ``_drive``).
 
-    A window cut while the other thread waits for work is handed over with its samples, so it is
-    not decoded again from its FLAC; one cut while that thread is busy is not, so at most two
-    windows' samples (one being cut, one being transcribed) are in memory whatever the length.
+    A window cut while a window thread waits for work is handed over with its samples, so it is
+    not decoded again from its FLAC; one cut while every thread is busy is not, so at most one
+    window's samples more than the threads hold are in memory, whatever the length.
     """
     ready: queue.Queue[tuple[int, Samples | None] | None] = queue.Queue()
-    waiting = threading.Event()
-    failures: list[BaseException] = []
+    waiting = threading.Semaphore(0)  # one release per thread waiting for a window
+    failures: list[tuple[int, BaseException]] = []
+    threads = windows_at_once(rt)
 
     def work() -> None:
         while True:
-            waiting.set()
+            waiting.release()
             item = ready.get()
-            waiting.clear()
             if item is None:
                 return
             if not failures:
                 try:
                     run_window(rt, job_id, item[0], samples=item[1])
                 except BaseException as exc:
-                    failures.append(exc)
+                    failures.append((item[0], exc))
             del item  # its samples, before waiting for the next window
 
     def cut(index: int, samples: Samples | None) -> None:
-        ready.put((index, samples if waiting.is_set() and ready.empty() else None))
+        idle = waiting.acquire(blocking=False)  # a thread is waiting: it takes this window now
+        ready.put((index, samples if idle else None))
 
-    worker = threading.Thread(target=work, name=f"windows-{job_id}", daemon=True)
-    worker.start()
+    workers = [
+        threading.Thread(target=work, name=f"windows-{job_id}-{n}", daemon=True) for n in range(threads)
+    ]
+    for worker in workers:
+        worker.start()
     try:
         split_job(rt, job_id, on_window=cut, keep_samples=True)
     except BaseException:
-        ready.put(None)  # not joined: a Ctrl-C must not wait for a window in the model
+        for _ in workers:
+            ready.put(None)  # not joined: a Ctrl-C must not wait for a window in the model
         raise
-    ready.put(None)
-    worker.join()
+    for _ in workers:
+        ready.put(None)
+    for worker in workers:
+        worker.join()
     if failures:
-        raise failures[0]
+        # Windows run side by side: say the earliest window's failure, whichever failed first.
+        raise min(failures, key=lambda failure: failure[0])[1]
 
 
 def copy_documents(rt: Runtime, job: Job, out_dir: Path) -> Path:

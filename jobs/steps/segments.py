@@ -2,9 +2,11 @@
 
 The window's 16 kHz samples are cut into segments of at most 30 s that start and end in pauses
 (``jobs.segmenting``); each segment goes to the engine as its own request, up to
-``VOXBATCH_SEGMENT_CONCURRENCY`` at once, so a vLLM server batches them (continuous batching
-decodes hundreds of short sequences in the time one long transcript takes). Voxtral pads every
-audio to a multiple of 30 s, so segments of up to 30 s cost no more audio tokens than the window.
+``VOXBATCH_SEGMENT_CONCURRENCY`` at once per window, into the process's request scheduler, which
+keeps ``VOXBATCH_MAX_INFLIGHT`` of all windows' requests at the server, so a vLLM server batches
+them (continuous batching decodes hundreds of short sequences in the time one long transcript
+takes). Voxtral pads every audio to a multiple of 30 s, so segments of up to 30 s cost no more
+audio tokens than the window.
 
 Each segment's result is stored under ``jobs/<id>/windows/<w>/segments/<s>.json`` before the window
 is marked done: a retry or a redelivered window redoes only the segments that are missing, and a
@@ -30,6 +32,7 @@ from jobs.engine import Samples
 from jobs.errors import TranscriptCut, WindowTooLarge
 from jobs.runtime import Runtime
 from jobs.segmenting import SAMPLE_RATE, Segment
+from jobs.shares import UNCHARGED, Share, charged_to
 from jobs.timecodes import span
 
 log = logging.getLogger(__name__)
@@ -87,6 +90,7 @@ class SegmentWork:
         samples: Samples,
         tmp: Path,
         language: str | None,
+        share: Share = UNCHARGED,
     ) -> None:
         self.rt = rt
         self.job_id = job_id
@@ -95,6 +99,7 @@ class SegmentWork:
         self.samples = samples
         self.tmp = tmp
         self.language = language
+        self.share = share  # pool threads do not inherit the caller's context: each sets it
         self._stored: set[str] = set()
 
     def run(
@@ -111,7 +116,8 @@ class SegmentWork:
         if stored is not None and (stored.note is None or stored.text):
             result = stored
         else:
-            result = self._transcribe(segment)
+            with charged_to(self.share):
+                result = self._transcribe(segment)
             self.rt.storage.put_bytes(key, result.to_json())
         on_done(segment.index)
         return result

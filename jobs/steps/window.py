@@ -13,9 +13,10 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jobs.engine import Samples, TimedEngine, timed_engine
 from jobs.errors import PermanentError, WindowTooLarge
@@ -23,8 +24,9 @@ from jobs.models import Job, Window
 from jobs.presets import merge_prompt
 from jobs.runtime import Runtime
 from jobs.segmenting import SAMPLE_RATE, segment_samples
+from jobs.shares import Share, charged_to, current_share, share_of
 from jobs.steps.ending import ensure_running, fail
-from jobs.steps.leases import lease_kept
+from jobs.steps.leases import ProgressClock, lease_kept
 from jobs.steps.profiled import (
     segment_limit_s,
     summary_from_transcripts,
@@ -40,6 +42,7 @@ from jobs.timecodes import span
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 8
+_T = TypeVar("_T")
 
 
 def run_window(
@@ -62,10 +65,11 @@ def run_window(
         _fail_window(rt, window, reason)
         raise PermanentError(reason)
     started = time.monotonic()
+    clock = ProgressClock()
     try:
-        with lease_kept(rt, window, owner):
+        with lease_kept(rt, window, owner, clock), charged_to(share_of(job, index)):
             if not rt.storage.exists(window.result_key):
-                result = process_window(rt, job, window, samples)
+                result = process_window(rt, job, window, samples, clock)
                 rt.storage.put_bytes(window.result_key, result.to_json())
     except (PermanentError, WindowTooLarge) as exc:
         reason = f"{where} failed: {exc}"
@@ -87,9 +91,18 @@ def _fail_window(rt: Runtime, window: Window, reason: str) -> None:
     fail(rt, window.job_id, reason)
 
 
-def process_window(rt: Runtime, job: Job, window: Window, samples: Samples | None = None) -> WindowResult:
+def process_window(
+    rt: Runtime,
+    job: Job,
+    window: Window,
+    samples: Samples | None = None,
+    clock: ProgressClock | None = None,
+) -> WindowResult:
     """The window's segments transcribed in parallel, and its summary (which hears the whole
-    window, as one chat call) alongside them."""
+    window, as one chat call) alongside them. Requests are charged to the calling thread's share
+    (``jobs.shares``); each answer ticks ``clock``."""
+    clock = clock or ProgressClock()
+    share = current_share()
     engine = rt.engine
     with tempfile.TemporaryDirectory(prefix=f"voxbatch-{job.id}-{window.index}-") as tmp_name:
         tmp = Path(tmp_name)
@@ -97,7 +110,7 @@ def process_window(rt: Runtime, job: Job, window: Window, samples: Samples | Non
         rt.storage.download(window.audio_key, audio)
         timed = timed_engine(engine)
         if timed is not None:
-            return _timed_window(rt, timed, job, window, audio, tmp)
+            return _timed_window(rt, timed, job, window, audio, tmp, share)
         if samples is None:
             samples = rt.audio.read_samples(audio)
         segments = segment_samples(samples, SAMPLE_RATE, max_segment_s=segment_limit_s(rt))
@@ -105,6 +118,7 @@ def process_window(rt: Runtime, job: Job, window: Window, samples: Samples | Non
         lock = threading.Lock()
 
         def progress(index: int) -> None:
+            clock.tick()
             with lock:
                 done.add(index)
                 count = len(done)
@@ -121,10 +135,13 @@ def process_window(rt: Runtime, job: Job, window: Window, samples: Samples | Non
             samples,
             tmp,
             job.language,
+            share,
         )
         with ThreadPoolExecutor(max_workers=_parallel(rt), thread_name_prefix=f"seg-{job.id}") as pool:
             hears = bool(segments) and not summary_from_transcripts(rt)
-            summary_future = pool.submit(_summary, rt, job, window, audio, tmp) if hears else None
+            summary_future = (
+                pool.submit(_charged, share, clock, _summary, rt, job, window, audio, tmp) if hears else None
+            )
             futures = work.run(segments, pool, progress)
             results = [f.result() for f in futures]
             summary, pieces = summary_future.result() if summary_future else (None, [])
@@ -138,13 +155,21 @@ def process_window(rt: Runtime, job: Job, window: Window, samples: Samples | Non
     return _result(rt, window, stored, summary, pieces, [r.note for r in results if r.note])
 
 
+def _charged(share: Share, clock: ProgressClock, fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` in a pool thread, its requests charged to ``share``; its answer ticks ``clock``."""
+    with charged_to(share):
+        result = fn(*args)
+    clock.tick()
+    return result
+
+
 def _timed_window(
-    rt: Runtime, engine: TimedEngine, job: Job, window: Window, audio: Path, tmp: Path
+    rt: Runtime, engine: TimedEngine, job: Job, window: Window, audio: Path, tmp: Path, share: Share
 ) -> WindowResult:
     """An engine that times its own transcript hears the whole window (jobs/steps/timed.py)."""
     rt.store.record_segments(window, 0, 1)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix=f"timed-{job.id}") as pool:
-        summary_future = pool.submit(_summary, rt, job, window, audio, tmp)
+        summary_future = pool.submit(_charged, share, ProgressClock(), _summary, rt, job, window, audio, tmp)
         segments = timed_segments(
             rt, engine, job.id, window.start_s, audio, window.end_s - window.start_s, tmp, hints_for(rt, job)
         )

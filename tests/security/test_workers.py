@@ -54,9 +54,11 @@ def test_a_stopping_worker_aborts_its_requests_to_the_model_server(monkeypatch: 
     import socket
     import threading
 
-    from workers.engines import http
+    from workers.engines import http, scheduler
 
-    monkeypatch.setattr(http, "_aborting", threading.Event())
+    # This test's own process-wide scheduler and abort flag: the abort must not reach other tests.
+    monkeypatch.setattr(scheduler, "_process_aborted", threading.Event())
+    monkeypatch.setattr(scheduler, "_schedulers", {})
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(8)

@@ -1,8 +1,10 @@
 """One retrying JSON-over-HTTP client for OpenAI-compatible model servers, and the one place where
 their answers become voxbatch errors.
 
-- connection errors, timeouts, 5xx and 429 are retried with exponential backoff and full jitter,
-  then raised as EngineUnavailable;
+- requests go through the process's request scheduler (``workers/engines/scheduler.py``): one
+  event loop and async client, a fixed number in flight, fair between tenants, a deadline per attempt;
+- connection errors, deadlines passed, 5xx and 429 are retried with exponential backoff and full
+  jitter, then raised as EngineUnavailable;
 - a refusal about size, duration or context length (400/413/422) becomes WindowTooLarge, carrying
   the duration limit when the server names one ("maximum allowed duration of 600s");
 - any other 4xx becomes EngineRejected with the server's own message;
@@ -14,27 +16,20 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import random
 import re
-import socket
-import threading
-import time
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
-from httpcore import NetworkStream
-from httpcore._backends.sync import SyncBackend, SyncStream
 
-from jobs.errors import EngineRejected, EngineUnavailable, WindowTooLarge
+from jobs.errors import EngineRejected, WindowTooLarge
+from jobs.shares import current_share
+from workers.engines.scheduler import EngineAborted, Retryable, abort_all, backoff_s, process_scheduler
 
 logger = logging.getLogger(__name__)
 
-# Voxtral's token arithmetic (reference §0): 12.5 tokens/s, audio padded to 30-s chunks.
-TOKENS_PER_CHUNK = 375
-CHUNK_S = 30.0
+__all__ = ["ApiClient", "EngineAborted", "Refusal", "RefusedTooLarge", "abort_all", "backoff_s"]
+
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 _DURATION_LIMIT = re.compile(r"duration of (\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
@@ -77,61 +72,13 @@ class RefusedTooLarge(WindowTooLarge):
         self.refusal = refusal
 
 
-def backoff_s(attempt: int, base_s: float, cap_s: float = 30.0) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**attempt)] so retrying clients spread out."""
-    return random.uniform(0.0, min(cap_s, base_s * 2**attempt))
-
-
-class EngineAborted(Exception):
-    """The worker is stopping: its requests to the model server were aborted (``abort_all``).
-
-    Deliberately not a VoxbatchError: the window was handed back to the queue, so the task must
-    neither retry it nor fail the job."""
-
-
-_aborting = threading.Event()
-_live_sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
-
-
-class _TrackedStream(SyncStream):
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__(sock)
-        _live_sockets.add(sock)
-
-    def start_tls(self, *args: Any, **kwargs: Any) -> NetworkStream:
-        upgraded = super().start_tls(*args, **kwargs)
-        sock = upgraded.get_extra_info("socket")
-        if isinstance(sock, socket.socket):
-            _live_sockets.add(sock)
-        return upgraded
-
-
-class _TrackingBackend(SyncBackend):
-    """httpcore's blocking backend, remembering its sockets so that ``abort_all`` can shut them
-    down: closing an httpx client does not wake a thread blocked reading from it."""
-
-    def connect_tcp(self, *args: Any, **kwargs: Any) -> NetworkStream:
-        stream = super().connect_tcp(*args, **kwargs)
-        sock = stream.get_extra_info("socket")
-        return _TrackedStream(sock) if isinstance(sock, socket.socket) else stream
-
-
-def abort_all() -> int:
-    """Abort every request in flight to a model server (a stopping worker); returns how many
-    connections were cut. Later requests of this process raise ``EngineAborted`` at once."""
-    _aborting.set()
-    cut = 0
-    for sock in list(_live_sockets):
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-            cut += 1
-        except OSError:
-            pass  # already closed
-    return cut
-
-
 class ApiClient:
-    """POSTs JSON or multipart to ``base_url`` and returns the decoded JSON (or text) answer."""
+    """POSTs JSON or multipart to ``base_url`` and returns the decoded JSON (or text) answer.
+
+    Synchronous for its callers, asynchronous underneath: every request goes through the process's
+    ``RequestScheduler`` (one event loop, one ``httpx.AsyncClient``, ``max_inflight`` at the server,
+    fair between tenants), charged to the calling thread's share (``jobs.shares.charged_to``).
+    """
 
     def __init__(
         self,
@@ -142,21 +89,24 @@ class ApiClient:
         timeout_s: float = 1800.0,
         retries: int = 5,
         backoff_base_s: float = 1.0,
+        max_inflight: int = 256,
     ) -> None:
         self.server = server
         self.retries = retries
         self.backoff_base_s = backoff_base_s
-        transport = httpx.HTTPTransport()
-        transport._pool._network_backend = _TrackingBackend()  # see abort_all
-        self._client = httpx.Client(
+        self.timeout_s = timeout_s
+        self._scheduler = process_scheduler(max_inflight)
+        # Above the scheduler's cap, so a request never waits for a connection of its own pool.
+        pool = max_inflight + 16
+        self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + "/",
             headers=dict(headers or {}),
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-            transport=transport,
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
         )
 
     def close(self) -> None:
-        self._client.close()
+        self._scheduler.run_on_loop(self._client.aclose())
 
     def post(
         self,
@@ -165,57 +115,51 @@ class ApiClient:
         json_body: Mapping[str, Any] | None = None,
         data: Mapping[str, str] | None = None,
         files: FilesFactory | None = None,
+        deadline_s: float | None = None,
+        cost_s: float = 1.0,
     ) -> Any:
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                delay = backoff_s(attempt - 1, self.backoff_base_s)
-                logger.warning(
-                    "%s: retrying %s in %.2f s (attempt %d of %d) after: %s",
-                    self.server,
-                    path,
-                    delay,
-                    attempt + 1,
-                    self.retries + 1,
-                    last,
-                )
-                time.sleep(delay)
-            if _aborting.is_set():
-                raise EngineAborted(f"the worker is stopping: {path} to {self.server} not sent")
-            try:
-                return self._post_once(path, json_body=json_body, data=data, files=files)
-            except _Retryable as exc:
-                if _aborting.is_set():
-                    raise EngineAborted(f"the worker is stopping: {path} to {self.server} aborted") from exc
-                last = exc
-        raise EngineUnavailable(
-            f"{self.server} did not answer after {self.retries + 1} attempts ({last}); "
-            "check that the model server is up"
-        ) from last
+        """Send, retrying what may succeed again; ``deadline_s`` bounds each attempt (default: the
+        client's timeout) and ``cost_s`` (audio seconds) is what the tenant is charged in the queue."""
 
-    def _post_once(
+        async def attempt(deadline: float) -> Any:
+            return await self._post_once(
+                path, json_body=json_body, data=data, files=files, deadline_s=deadline
+            )
+
+        return self._scheduler.call(
+            attempt,
+            share=current_share(),
+            cost_s=cost_s,
+            deadline_s=min(deadline_s or self.timeout_s, self.timeout_s),
+            retries=self.retries,
+            backoff_base_s=self.backoff_base_s,
+            what=f"{path} to {self.server}",
+        )
+
+    async def _post_once(
         self,
         path: str,
         *,
         json_body: Mapping[str, Any] | None,
         data: Mapping[str, str] | None,
         files: FilesFactory | None,
+        deadline_s: float,
     ) -> Any:
-        opened = files() if files is not None else None
+        # Files are read whole (segments are under 1 MB): the attempt owns its bytes, a retry
+        # rebuilds them, and no open handle outlives a cancelled attempt.
+        opened = _read_files(files) if files is not None else None
+        timeout = httpx.Timeout(deadline_s, connect=min(deadline_s, 10.0))
         try:
-            with self._client.stream("POST", path, json=json_body, data=data, files=opened) as response:
-                body = _read_capped(response)
+            async with self._client.stream(
+                "POST", path, json=json_body, data=data, files=opened, timeout=timeout
+            ) as response:
+                body = await _read_capped(response)
                 status = response.status_code
                 content_type = response.headers.get("content-type", "")
         except (httpx.TimeoutException, httpx.TransportError) as exc:
-            raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            for value in (opened or {}).values():
-                handle = value[1] if isinstance(value, tuple) else value
-                if hasattr(handle, "close"):
-                    handle.close()
+            raise Retryable(f"{type(exc).__name__}: {exc}") from exc
         if status == 429 or status >= 500:
-            raise _Retryable(f"HTTP {status}: {_message(body) or 'no message'}")
+            raise Retryable(f"HTTP {status}: {_message(body) or 'no message'}")
         if status >= 400:
             raise self._refusal_error(status, _message(body) or f"HTTP {status}")
         if "json" not in content_type:
@@ -228,7 +172,7 @@ class ApiClient:
         if embedded is not None:
             status, message = embedded
             if status == 429 or status >= 500:
-                raise _Retryable(f"HTTP 200 carrying {status}: {message}")
+                raise Retryable(f"HTTP 200 carrying {status}: {message}")
             raise self._refusal_error(status, message)
         return answer
 
@@ -241,14 +185,24 @@ class ApiClient:
         return EngineRejected(f"{self.server} refused the request: {message}")
 
 
-class _Retryable(Exception):
-    pass
+def _read_files(files: FilesFactory) -> dict[str, Any]:
+    read: dict[str, Any] = {}
+    for name, value in files().items():
+        if isinstance(value, tuple):
+            handle = value[1]
+            if hasattr(handle, "read"):
+                try:
+                    value = (value[0], handle.read(), *value[2:])
+                finally:
+                    handle.close()
+        read[name] = value
+    return read
 
 
-def _read_capped(response: httpx.Response) -> bytes:
+async def _read_capped(response: httpx.Response) -> bytes:
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.iter_bytes():
+    async for chunk in response.aiter_bytes():
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             raise EngineRejected(f"the model server's answer exceeded {MAX_BODY_BYTES} bytes")
@@ -286,13 +240,3 @@ def _embedded_error(answer: Any) -> tuple[int, str] | None:
     code = err.get("code")
     status = code if isinstance(code, int) and 400 <= code < 600 else 400
     return status, str(err.get("message") or err)
-
-
-def audio_tokens(duration_s: float) -> int:
-    """Prompt tokens Voxtral spends on ``duration_s`` of audio (padded to 30-s chunks)."""
-    return max(1, math.ceil(duration_s / CHUNK_S)) * TOKENS_PER_CHUNK
-
-
-def longest_audio_s(token_budget: int) -> float:
-    """The longest audio whose tokens fit in ``token_budget``."""
-    return max(0, token_budget // TOKENS_PER_CHUNK) * CHUNK_S

@@ -73,6 +73,7 @@ class VLLMEngine:
         self.profile = profile_for(settings.model, settings.model_profile)
         self.model = settings.model
         self.transcribe_model = settings.model
+        self._settings = settings
         self._api = ApiClient(
             settings.vllm_url,
             server=f"vLLM at {settings.vllm_url}",
@@ -80,6 +81,7 @@ class VLLMEngine:
             timeout_s=settings.request_timeout_s,
             retries=settings.engine_retries,
             backoff_base_s=backoff_base_s,
+            max_inflight=settings.max_inflight,
         )
         self._init_limits(
             max_s=settings.vllm_max_audio_s,
@@ -123,6 +125,7 @@ class VLLMEngine:
                 "audio/transcriptions",
                 duration,
                 size,
+                max_tokens,
                 data=merged,
                 files=lambda: {"file": (audio.name, audio.open("rb"), audio_mime(audio))},
             )
@@ -277,7 +280,7 @@ class VLLMEngine:
         }
 
         def send(retry: Mapping[str, Any]) -> str:
-            answer = self._post("chat/completions", duration, size, json_body={**body, **retry})
+            answer = self._post("chat/completions", duration, size, max_tokens, json_body={**body, **retry})
             try:
                 choice = answer["choices"][0]
                 text = choice["message"]["content"]
@@ -310,10 +313,14 @@ class VLLMEngine:
         path: str,
         duration: float,
         size: int,
+        max_tokens: int,
         **kwargs: Any,
     ) -> Any:
+        """One request; its attempts' deadline grows with its audio and its longest answer, and the
+        tenant is charged its audio seconds (a text-only prompt counts as one second)."""
+        deadline = self._settings.request_deadline_s(duration, max_tokens)
         try:
-            return self._api.post(path, **kwargs)
+            return self._api.post(path, deadline_s=deadline, cost_s=max(duration, 1.0), **kwargs)
         except RefusedTooLarge as exc:
             exc.max_duration_s = self._learn(exc.refusal, duration, size)
             raise

@@ -1,0 +1,237 @@
+"""The request scheduler: a fixed number in flight, fair between tenants, deadlines, abort; and the
+HTTP client on top of it against a server that drops uploads mid-body and sometimes never answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+import pytest
+
+from jobs.errors import EngineUnavailable
+from jobs.models import Priority
+from jobs.shares import Share, charged_to
+from workers.engines.http import ApiClient
+from workers.engines.scheduler import EngineAborted, RequestScheduler, Retryable
+
+
+async def _until(gate: threading.Event) -> None:
+    while not gate.is_set():
+        await asyncio.sleep(0.005)
+
+
+def _wait_for(condition: Any, what: str) -> None:
+    waited = threading.Event()
+    for _ in range(4000):
+        if condition():
+            return
+        waited.wait(0.005)
+    raise AssertionError(f"never happened: {what}")
+
+
+def _gated(gate: threading.Event, order: list[str], name: str) -> Any:
+    async def attempt(_deadline: float) -> str:
+        await _until(gate)
+        order.append(name)
+        return name
+
+    return attempt
+
+
+def test_exactly_max_inflight_requests_are_sent_at_once() -> None:
+    scheduler = RequestScheduler(max_inflight=8)
+    gate = threading.Event()
+    running = Counter[str]()
+    peak = [0]
+    lock = threading.Lock()
+
+    async def attempt(_deadline: float) -> None:
+        with lock:
+            running["now"] += 1
+            peak[0] = max(peak[0], running["now"])
+        await _until(gate)
+        with lock:
+            running["now"] -= 1
+
+    futures = [
+        scheduler.submit(attempt, share=Share(), cost_s=1, deadline_s=60, retries=0) for _ in range(30)
+    ]
+    _wait_for(lambda: scheduler.stats()["inflight"] == 8, "8 requests in flight")
+    assert scheduler.stats()["waiting"] == 22
+    gate.set()
+    for future in futures:
+        future.result(timeout=30)
+    assert peak[0] == 8
+    assert scheduler.stats()["peak_inflight"] == 8
+
+
+def test_a_small_tenant_goes_before_a_big_tenants_backlog() -> None:
+    scheduler = RequestScheduler(max_inflight=1)
+    first, gate = threading.Event(), threading.Event()
+    order: list[str] = []
+    big, small = Share(tenant="a"), Share(tenant="b")
+    blocker = scheduler.submit(_gated(first, order, "a0"), share=big, cost_s=30, deadline_s=60, retries=0)
+    _wait_for(lambda: scheduler.stats()["inflight"] == 1, "the first request in flight")
+    backlog = [
+        scheduler.submit(_gated(gate, order, f"a{n}"), share=big, cost_s=30, deadline_s=60, retries=0)
+        for n in range(1, 11)
+    ]
+    clip = scheduler.submit(_gated(gate, order, "b0"), share=small, cost_s=30, deadline_s=60, retries=0)
+    gate.set()
+    first.set()
+    for future in [blocker, *backlog, clip]:
+        future.result(timeout=30)
+    # a0 was already sent and charged 30 s to a: b's first request is next.
+    assert order[:2] == ["a0", "b0"], order
+
+
+def test_interactive_work_goes_before_batch_work_and_earlier_windows_first() -> None:
+    scheduler = RequestScheduler(max_inflight=1)
+    first, gate = threading.Event(), threading.Event()
+    order: list[str] = []
+    scheduler.submit(_gated(first, order, "hold"), share=Share(), cost_s=1, deadline_s=60, retries=0)
+    _wait_for(lambda: scheduler.stats()["inflight"] == 1, "the first request in flight")
+    batch = Share(tenant="drop", priority=Priority.batch)
+    late_window = Share(tenant="a", order=("2026-01-01", 3))
+    early_window = Share(tenant="a", order=("2026-01-01", 1))
+    futures = [
+        scheduler.submit(_gated(gate, order, "batch"), share=batch, cost_s=1, deadline_s=60, retries=0),
+        scheduler.submit(_gated(gate, order, "w3"), share=late_window, cost_s=1, deadline_s=60, retries=0),
+        scheduler.submit(_gated(gate, order, "w1"), share=early_window, cost_s=1, deadline_s=60, retries=0),
+    ]
+    gate.set()
+    first.set()
+    for future in futures:
+        future.result(timeout=30)
+    assert order == ["hold", "w1", "w3", "batch"]
+
+
+def test_an_attempt_past_its_deadline_is_sent_again() -> None:
+    scheduler = RequestScheduler(max_inflight=4)
+    tries: list[int] = []
+    never = threading.Event()
+
+    async def attempt(_deadline: float) -> str:
+        tries.append(len(tries))
+        if len(tries) == 1:
+            await _until(never)  # the first attempt is never answered
+        return "answered"
+
+    answer = scheduler.call(attempt, share=Share(), cost_s=1, deadline_s=0.2, retries=2, backoff_base_s=0.0)
+    assert answer == "answered"
+    assert len(tries) == 2
+
+
+def test_retries_are_bounded_and_say_why() -> None:
+    scheduler = RequestScheduler(max_inflight=4)
+
+    async def attempt(_deadline: float) -> str:
+        raise Retryable("HTTP 503: overloaded")
+
+    with pytest.raises(EngineUnavailable, match=r"3 attempts.*HTTP 503"):
+        scheduler.call(
+            attempt, share=Share(), cost_s=1, deadline_s=5, retries=2, backoff_base_s=0.0, what="x"
+        )
+
+
+def test_abort_fails_running_and_waiting_requests_and_later_ones() -> None:
+    scheduler = RequestScheduler(max_inflight=1)
+    never = threading.Event()
+    order: list[str] = []
+    running = scheduler.submit(_gated(never, order, "r"), share=Share(), cost_s=1, deadline_s=600, retries=0)
+    waiting = scheduler.submit(_gated(never, order, "w"), share=Share(), cost_s=1, deadline_s=600, retries=0)
+    _wait_for(lambda: scheduler.stats()["inflight"] == 1, "one request in flight")
+    assert scheduler.abort() == 1
+    for future in (running, waiting):
+        with pytest.raises(EngineAborted):
+            future.result(timeout=10)
+    with pytest.raises(EngineAborted):
+        scheduler.call(_gated(never, order, "later"), share=Share(), cost_s=1, deadline_s=1, retries=0)
+
+
+# --- the HTTP client against a misbehaving server ------------------------------------------------------
+
+
+class _Faulty(BaseHTTPRequestHandler):
+    """Every 50th upload is dropped mid-body; every 200th request is never answered."""
+
+    protocol_version = "HTTP/1.1"
+    arrivals = 0
+    lock = threading.Lock()
+    received: ClassVar[Counter[int]] = Counter()
+    release = threading.Event()
+
+    def do_POST(self) -> None:
+        with self.lock:
+            type(self).arrivals += 1
+            arrival = type(self).arrivals
+        length = int(self.headers["Content-Length"])
+        if arrival % 50 == 7:
+            self.rfile.read(length // 2)  # half the body, then the connection goes
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        body = json.loads(self.rfile.read(length))
+        with self.lock:
+            self.received[body["n"]] += 1
+        if arrival % 200 == 13:
+            self.release.wait()  # never answers while the client waits
+            return
+        answer = json.dumps({"text": f"answer {body['n']}"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def faulty_server() -> Iterator[str]:
+    _Faulty.arrivals = 0
+    _Faulty.received = Counter()
+    _Faulty.release = threading.Event()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Faulty)
+    server.daemon_threads = True
+    server.request_queue_size = 512
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    _Faulty.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_hundreds_of_requests_all_end_against_a_server_that_drops_and_hangs(faulty_server: str) -> None:
+    client = ApiClient(faulty_server, server="faulty", retries=4, backoff_base_s=0.0, max_inflight=256)
+    results: dict[int, Any] = {}
+    errors: list[BaseException] = []
+
+    def send(n: int) -> None:
+        try:
+            with charged_to(Share(tenant=f"t{n % 3}")):
+                results[n] = client.post(
+                    "audio/transcriptions", json_body={"n": n, "pad": "x" * 20000}, deadline_s=5
+                )
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(400)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a request never ended"
+    assert not errors, errors[:3]
+    assert all(results[n] == {"text": f"answer {n}"} for n in range(400))
+    # The held requests were sent again, and answered the second time.
+    held = [n for n, count in _Faulty.received.items() if count > 1]
+    assert held, "no request was held, so the deadline was never tested"
+    client.close()

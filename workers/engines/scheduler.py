@@ -1,0 +1,350 @@
+"""One scheduler of model requests per process: one event loop, a fair queue, a fixed number in flight.
+
+Every request a process sends to a model server (each window's speech segments and summaries, from
+however many window tasks run at once) is put into one queue here and sent from one event loop
+thread with an async HTTP client. Why:
+
+- **The server's batch stays full.** vLLM batches whatever is in flight, up to ``--max-num-seqs``.
+  The scheduler keeps exactly ``VOXBATCH_MAX_INFLIGHT`` requests at the server whenever that many
+  are waiting, however windows start and end; the HTTP pool is sized above that, so no request
+  waits for a connection (httpx's default pool of 100 capped the server at ~100 before).
+- **No request can hang a window.** Each attempt has a deadline derived from its audio and its
+  answer's length (``deadline_s``), not a flat 30 minutes; an attempt past it is cancelled and sent
+  again, like a dropped connection or a 5xx, with exponential backoff and full jitter, until the
+  request's attempts are spent (then ``EngineUnavailable``). Nothing is shared between requests but
+  the async client's pool, and a cancelled or failed attempt closes its own connection: there is no
+  blocking socket for another thread to inherit half-read (the sync pool's failure under overload).
+- **Fair between tenants, small jobs not stuck behind big ones.** Which request goes next: the
+  highest class first (``interactive`` before ``batch``), then, within a class, the tenant that has
+  been served the fewest audio seconds (start-time fair queueing, weighted by audio seconds: a
+  tenant that becomes active starts at the class's virtual time, so idle time is not banked as
+  credit), then that tenant's earliest job and window. A 5-minute clip's segments go out as soon
+  as slots free, not after another tenant's backlog.
+- **Stopping is a supported API.** ``abort`` cancels the running attempts' tasks and fails every
+  waiting request with ``EngineAborted``; no private attribute of httpx or httpcore is touched.
+
+Callers stay synchronous: ``submit`` returns a ``concurrent.futures.Future`` that the scheduler
+always completes (answer, error, or abort).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import heapq
+import itertools
+import logging
+import random
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs.errors import EngineUnavailable
+from jobs.shares import Share
+
+log = logging.getLogger(__name__)
+
+BACKOFF_CAP_S = 30.0
+
+
+class EngineAborted(Exception):
+    """The worker is stopping: its requests to the model server were aborted (``abort``).
+
+    Deliberately not a VoxbatchError: the window was handed back to the queue, so the task must
+    neither retry it nor fail the job."""
+
+
+class Retryable(Exception):
+    """An attempt that may succeed if sent again: connection lost, no answer in time, 5xx, 429."""
+
+
+Attempt = Callable[[float], Awaitable[Any]]  # called with the attempt's deadline in seconds
+
+
+def backoff_s(attempt: int, base_s: float, cap_s: float = BACKOFF_CAP_S) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)] so retrying clients spread out."""
+    return random.uniform(0.0, min(cap_s, base_s * 2**attempt))
+
+
+@dataclass
+class _Request:
+    attempt: Attempt
+    share: Share
+    cost_s: float
+    deadline_s: float
+    retries: int
+    backoff_base_s: float
+    what: str
+    future: concurrent.futures.Future[Any]
+    seq: int
+    tries: int = 0
+    last_error: str = ""
+    key: tuple[Any, ...] = field(default=())
+
+
+class _TenantLine:
+    """One tenant's waiting requests, earliest job and window first (retries keep their place)."""
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[tuple[Any, ...], _Request]] = []
+        self.served = 0.0  # audio seconds sent, in the class's virtual time
+
+    def push(self, request: _Request) -> None:
+        heapq.heappush(self.heap, (request.key, request))
+
+    def pop(self) -> _Request:
+        return heapq.heappop(self.heap)[1]
+
+
+class RequestScheduler:
+    """Sends submitted attempts from one event loop thread, ``max_inflight`` at a time, fairly."""
+
+    def __init__(self, max_inflight: int, name: str = "model-requests") -> None:
+        if max_inflight < 1:
+            raise ValueError("max_inflight must be at least 1")
+        self.max_inflight = max_inflight
+        self._name = name
+        self._seq = itertools.count()
+        self._lock = threading.Lock()  # guards the lines, counters and the aborted flag
+        self._lines: dict[int, dict[str, _TenantLine]] = {}
+        self._vtime: dict[int, float] = {}  # per class: where the last request sent started
+        self._waiting = 0
+        self._inflight = 0
+        self._peak_inflight = 0
+        self._aborted = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.new_event_loop()
+        self._wake = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # --- called from any thread ---------------------------------------------------------------
+
+    def submit(
+        self,
+        attempt: Attempt,
+        *,
+        share: Share,
+        cost_s: float,
+        deadline_s: float,
+        retries: int,
+        backoff_base_s: float = 1.0,
+        what: str = "request",
+    ) -> concurrent.futures.Future[Any]:
+        """Queue a request; its future holds the answer, or the error of its last attempt."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        seq = next(self._seq)
+        request = _Request(
+            attempt=attempt,
+            share=share,
+            cost_s=max(cost_s, 0.0),
+            deadline_s=deadline_s,
+            retries=retries,
+            backoff_base_s=backoff_base_s,
+            what=what,
+            future=future,
+            seq=seq,
+            key=(share.order, seq),
+        )
+        with self._lock:
+            if self._aborted:
+                future.set_exception(EngineAborted(f"the worker is stopping: {what} not sent"))
+                return future
+            self._enqueue(request)
+        self._loop.call_soon_threadsafe(self._wake.set)
+        return future
+
+    def call(self, attempt: Attempt, **kwargs: Any) -> Any:
+        """``submit`` and wait for the answer (in a caller's thread, never on the loop)."""
+        return self.submit(attempt, **kwargs).result()
+
+    def abort(self) -> int:
+        """Cancel the attempts in flight and fail every waiting request with EngineAborted; later
+        submissions fail at once. Returns how many attempts were in flight."""
+        with self._lock:
+            self._aborted = True
+            waiting = [r for lines in self._lines.values() for line in lines.values() for _, r in line.heap]
+            self._lines.clear()
+            self._waiting = 0
+            inflight = self._inflight
+        for request in waiting:
+            _settle(request.future, exc=EngineAborted(f"the worker is stopping: {request.what} not sent"))
+        if self._loop.is_running():
+            done = asyncio.run_coroutine_threadsafe(self._cancel_all(), self._loop)
+            try:
+                done.result(timeout=5)
+            except Exception:  # the loop is busy or gone: the tasks are cancelled when it turns
+                log.warning("could not cancel in-flight model requests within 5 s", exc_info=True)
+        return inflight
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "inflight": self._inflight,
+                "waiting": self._waiting,
+                "peak_inflight": self._peak_inflight,
+            }
+
+    def run_on_loop(self, coro: Awaitable[Any]) -> Any:
+        """Run a coroutine on the scheduler's loop (closing a client made there)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()  # type: ignore[arg-type]
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._dispatch_forever())
+        except BaseException:
+            log.exception("the model-request scheduler stopped")
+        finally:
+            # Whatever happens to the loop, no caller waits forever on a request it held.
+            with self._lock:
+                self._aborted = True
+                waiting = [r for ls in self._lines.values() for line in ls.values() for _, r in line.heap]
+                self._lines.clear()
+            for request in waiting:
+                stopped = EngineUnavailable(f"the request scheduler stopped: {request.what}")
+                _settle(request.future, exc=stopped)
+
+    async def _dispatch_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while True:
+                with self._lock:
+                    if self._aborted or self._inflight >= self.max_inflight:
+                        break
+                    request = self._next()
+                    if request is None:
+                        break
+                    self._inflight += 1
+                    self._peak_inflight = max(self._peak_inflight, self._inflight)
+                task = asyncio.ensure_future(self._send(request))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, request: _Request) -> None:
+        """One attempt; a retryable failure puts the request back in line after its backoff."""
+        retry_after: float | None = None
+        try:
+            request.tries += 1
+            try:
+                answer = await asyncio.wait_for(request.attempt(request.deadline_s), request.deadline_s)
+            except TimeoutError as exc:
+                raise Retryable(f"no answer within {request.deadline_s:.0f} s") from exc
+            _settle(request.future, result=answer)
+        except Retryable as exc:
+            request.last_error = str(exc)
+            if request.tries > request.retries:
+                _settle(
+                    request.future,
+                    exc=EngineUnavailable(
+                        f"{request.what}: no answer after {request.tries} attempts ({exc}); "
+                        "check that the model server is up"
+                    ),
+                )
+            else:
+                retry_after = backoff_s(request.tries - 1, request.backoff_base_s)
+                log.warning(
+                    "%s: sending again in %.2f s (attempt %d of %d) after: %s",
+                    request.what,
+                    retry_after,
+                    request.tries + 1,
+                    request.retries + 1,
+                    exc,
+                )
+        except asyncio.CancelledError:
+            _settle(request.future, exc=EngineAborted(f"the worker is stopping: {request.what} aborted"))
+            raise
+        except Exception as exc:
+            _settle(request.future, exc=exc)
+        finally:
+            with self._lock:
+                self._inflight -= 1
+            self._wake.set()
+        if retry_after is not None:
+            await asyncio.sleep(retry_after)
+            with self._lock:
+                if self._aborted:
+                    aborted = EngineAborted(f"the worker is stopping: {request.what} not sent")
+                    _settle(request.future, exc=aborted)
+                    return
+                self._enqueue(request)
+            self._wake.set()
+
+    async def _cancel_all(self) -> None:
+        tasks = [t for t in self._tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- the fair queue (under self._lock) --------------------------------------------------------
+
+    def _enqueue(self, request: _Request) -> None:
+        lines = self._lines.setdefault(request.share.rank, {})
+        line = lines.get(request.share.tenant)
+        if line is None or not line.heap:
+            # Start-time fair queueing: a tenant (re)joining starts at the class's virtual time
+            # (where the last request sent started), so an idle spell is not banked as credit.
+            if line is None:
+                line = lines[request.share.tenant] = _TenantLine()
+            line.served = max(line.served, self._vtime.get(request.share.rank, 0.0))
+        line.push(request)
+        self._waiting += 1
+
+    def _next(self) -> _Request | None:
+        for rank in sorted(self._lines):
+            lines = self._lines[rank]
+            candidates = [(line.served, tenant) for tenant, line in lines.items() if line.heap]
+            if not candidates:
+                continue
+            _, tenant = min(candidates)
+            line = lines[tenant]
+            request = line.pop()
+            self._vtime[rank] = line.served
+            line.served += max(request.cost_s, 1.0)
+            self._waiting -= 1
+            return request
+        return None
+
+
+def _settle(
+    future: concurrent.futures.Future[Any], *, result: Any = None, exc: BaseException | None = None
+) -> None:
+    if future.done():
+        return
+    try:
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+    except concurrent.futures.InvalidStateError:
+        pass  # settled by another path (an abort) meanwhile
+
+
+_schedulers: dict[int, RequestScheduler] = {}
+_schedulers_lock = threading.Lock()
+_process_aborted = threading.Event()
+
+
+def process_scheduler(max_inflight: int) -> RequestScheduler:
+    """The process's scheduler for ``max_inflight`` (one per value: in practice one per process)."""
+    with _schedulers_lock:
+        scheduler = _schedulers.get(max_inflight)
+        if scheduler is None:
+            scheduler = _schedulers[max_inflight] = RequestScheduler(max_inflight)
+            if _process_aborted.is_set():
+                scheduler.abort()
+        return scheduler
+
+
+def abort_all() -> int:
+    """Abort every request in flight or waiting in this process (a stopping worker); returns how
+    many were in flight. Later requests of this process raise ``EngineAborted`` at once."""
+    with _schedulers_lock:
+        _process_aborted.set()
+        schedulers = list(_schedulers.values())
+    return sum(s.abort() for s in schedulers)
