@@ -10,7 +10,7 @@ If either process dies on its own, the other is stopped the same way and the sup
 so the orchestrator restarts the pair together.
 
 Usage: gpu_supervisor.py --server "voxbatch vllm --port 8000" --health-url http://127.0.0.1:8000/health
-                         --worker "voxbatch worker --queues gpu --concurrency 8"
+                         --worker "voxbatch worker --queues gpu"
 Standard library only: it also runs in images whose Python has nothing else installed.
 """
 

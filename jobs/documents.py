@@ -130,7 +130,8 @@ def render_markdown(doc: Document) -> bytes:
     out += ["## Summary", "", _md(doc.summary.strip()) if doc.summary else "_No summary._", ""]
     for w in doc.windows:
         out += [f"## {span(w.start_s, w.end_s)}", ""]
-        if w.summary:
+        # A job of one window: its summary is the overall one, written once above.
+        if w.summary and not (len(doc.windows) == 1 and w.summary == doc.summary):
             out += ["### Summary", "", _md(w.summary.strip()), ""]
         out += ["### Transcript", ""]
         paragraphs = _paragraphs(doc.timed(w))

@@ -102,6 +102,22 @@ def window_prompt(
     return "\n\n".join(parts)
 
 
+def whole_recording_prompt(
+    preset: Preset, instructions: str | None, span: str, vocabulary: tuple[str, ...] = ()
+) -> str:
+    """The summary of a recording short enough for one window: asked for in the preset's overall
+    form at once, so no second, text-only call restates it."""
+    parts = [f"This audio is a whole recording ({span}).", preset.overall]
+    if vocabulary:
+        parts.append(
+            "Names and terms that may be said, spelled as the user writes them: " + ", ".join(vocabulary)
+        )
+    if instructions:
+        parts.append(f"Follow these instructions from the user: {instructions.strip()}")
+    parts.append("Write only the summary, in the language of the recording unless told otherwise.")
+    return "\n\n".join(parts)
+
+
 def overall_prompt(preset: Preset, instructions: str | None, summaries: list[tuple[str, str]]) -> str:
     body = "\n\n".join(f"[{span}]\n{text.strip()}" for span, text in summaries)
     parts = [

@@ -46,7 +46,12 @@ GPU_EXTRA_HINT = "vLLM is not installed here; on the GPU machine run: pip instal
     show_default=True,
     help="Longest audio vLLM accepts per request (>= 1800 for 30-minute windows).",
 )
-@click.option("--max-num-seqs", type=int, default=None, help="Requests in flight per replica (vLLM default).")
+@click.option(
+    "--max-num-seqs",
+    type=int,
+    default=None,
+    help="Requests in flight per replica (default: VOXBATCH_MAX_INFLIGHT, what each worker keeps there).",
+)
 @click.option(
     "print_only", "--print", is_flag=True, help="Print the command with its environment; run nothing."
 )
@@ -75,7 +80,8 @@ def vllm(
         data_parallel_size=data_parallel_size,
         gpu_memory_utilization=gpu_memory_utilization,
         max_audio_s=max_audio_seconds,
-        max_num_seqs=max_num_seqs,
+        # The server's batch holds what a worker keeps in flight: one number on both sides.
+        max_num_seqs=max_num_seqs or settings.max_inflight,
         api_key=settings.vllm_api_key,
         extra_args=extra_args,
         profile=profile or settings.model_profile,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from jobs.models import Job, Window
 from jobs.options import parse_vocabulary
-from jobs.presets import get_preset, window_prompt
+from jobs.presets import get_preset, whole_recording_prompt, window_prompt
 from jobs.profiles import MAX_SEGMENT_S, ModelProfile, profile_for
 from jobs.runtime import Runtime
 from jobs.timecodes import span
@@ -40,8 +40,25 @@ def summary_from_transcripts(rt: Runtime) -> bool:
     return profile is not None and rt.engine.can_summarize and profile.summary_source() == "transcripts"
 
 
+def is_whole_recording(job: Job, window: Window) -> bool:
+    """The job's only window: the first, ending where the recording ends."""
+    if window.index != 0:
+        return False
+    if job.windows_total is not None:
+        return job.windows_total == 1
+    return job.duration_s is not None and window.end_s >= job.duration_s - 0.5
+
+
 def window_prompt_for(job: Job, window: Window) -> str:
-    """What the window's summary is asked for: the preset, the user's instructions, the vocabulary."""
+    """What the window's summary is asked for: the preset, the user's instructions, the vocabulary;
+    for a job's only window, the preset's overall form (it is the overall summary)."""
+    if is_whole_recording(job, window):
+        return whole_recording_prompt(
+            get_preset(job.preset),
+            job.instructions,
+            span(window.start_s, window.end_s),
+            vocabulary=parse_vocabulary(job.vocabulary),
+        )
     return window_prompt(
         get_preset(job.preset),
         job.instructions,

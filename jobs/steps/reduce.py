@@ -1,4 +1,7 @@
-"""The reduce: stitch the windows, write the overall summary, render and store the documents.
+"""The reduce: stitch the windows, take the overall summary, render and store the documents.
+
+The overall summary of several windows is a model call made before, by the overall step
+(``jobs/steps/overall.py``) where model requests are sent; a job of one window has it already.
 
 Runs once per job, after the barrier (``JobStore.claim_reduce``) let exactly one caller through;
 running it again rewrites the same documents.
@@ -11,12 +14,10 @@ from pathlib import Path
 
 from jobs.documents import RENDERERS, Document
 from jobs.models import Job
-from jobs.presets import get_preset
 from jobs.runtime import Runtime
 from jobs.steps.ending import ensure_running, succeed
-from jobs.stitching import WindowResult, check_tiling
-from jobs.summarizing import overall_summary
-from jobs.timecodes import span
+from jobs.steps.overall import summarize_job, window_results
+from jobs.stitching import check_tiling
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +32,18 @@ NO_SPEECH_NOTE = "No speech was detected in this recording."
 def reduce_job(rt: Runtime, job_id: str) -> Job:
     job = rt.store.get(job_id)
     ensure_running(job)
-    windows = rt.store.windows(job_id)
-    results = [WindowResult.from_json(rt.storage.get_bytes(w.result_key)) for w in windows]
-    results.sort(key=lambda r: r.index)
+    results = window_results(rt, job_id)
     check_tiling(results, job.duration_s)
     engine = rt.engine
     notes: list[str] = []
     summary: str | None = None
-    if engine.can_summarize:
-        items = [(span(r.start_s, r.end_s), r.summary) for r in results if r.summary]
-        summary = overall_summary(engine.complete, get_preset(job.preset), job.instructions, items)
-    else:
+    if not engine.can_summarize:
         notes.append(OFFLINE_NOTE)
+    elif len(results) == 1:
+        summary = results[0].summary  # asked for in the overall form (jobs/steps/overall.py)
+    else:
+        # Normally made by the overall step on a gpu worker; asked here only in a local run.
+        summary = summarize_job(rt, job_id)
     if not any(r.transcript.strip() for r in results):
         notes.append(NO_SPEECH_NOTE)
     notes += [note for r in results for note in r.notes]

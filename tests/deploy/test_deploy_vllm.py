@@ -70,6 +70,10 @@ def test_parallelism_port_and_extra_arguments_pass_through() -> None:
     # The defaults stay out of the command line (vLLM's own defaults apply).
     _env, plain = printed()
     assert "--tensor-parallel-size" not in plain and "--data-parallel-size" not in plain
+    # The batch holds what each worker keeps in flight (VOXBATCH_MAX_INFLIGHT, default 256).
+    assert flag_values(plain)["--max-num-seqs"] == "256"
+    _env, argv = printed(env={"VOXBATCH_MAX_INFLIGHT": "128"})
+    assert flag_values(argv)["--max-num-seqs"] == "128"
 
 
 def test_api_key_goes_to_the_environment_and_is_not_printed() -> None:

@@ -40,6 +40,8 @@ class FakeEngine:
         self.reject_markers: set[int] = set()  # permanent refusal of audio holding these markers
         self.cut_markers: set[int] = set()  # transcripts of audio holding these reach the token cap
         self.calls: list[tuple[str, list[int]]] = []
+        self.summary_prompts: list[str] = []
+        self.completions = 0  # text-only calls (the overall summary, merges)
         self._lock = threading.Lock()
         self._decoded: dict[tuple[str, int], np.ndarray] = {}
 
@@ -69,9 +71,13 @@ class FakeEngine:
         return words(heard)
 
     def summarize_audio(self, audio: Path, prompt: str) -> str:
+        with self._lock:
+            self.summary_prompts.append(prompt)
         return "summary of " + words(self._hear("summarize", audio))
 
     def complete(self, prompt: str) -> str:
+        with self._lock:
+            self.completions += 1
         return "overall summary"
 
     def transcribed(self) -> list[int]:

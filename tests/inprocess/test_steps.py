@@ -22,11 +22,12 @@ from jobs.steps.create import create_job
 from jobs.steps.ending import cancel
 from jobs.steps.local import run_local
 from jobs.steps.next import Step, next_steps
+from jobs.steps.overall import needs_overall, summarize_job
 from jobs.steps.reduce import reduce_job
 from jobs.steps.split import split_job
 from jobs.steps.window import run_window
 from tests.inprocess.conftest import MARKERS, FakeEngine, RecordingDispatcher
-from tests.speech import Recording
+from tests.speech import Recording, duration_s
 from workers.sweeper import sweep
 
 
@@ -296,3 +297,38 @@ def test_windows_handed_over_by_the_split_are_not_decoded_again_and_match_those_
             f"jobs/{stored.id}/output/{name}"
         )
     assert _document(rt, handed.id)["segments"] == _document(rt, stored.id)["segments"]
+
+
+def test_a_one_window_job_asks_for_the_overall_summary_with_its_window_and_makes_no_text_call(
+    rt: Runtime, tones: Recording, engine: FakeEngine
+) -> None:
+    # The duration is probed before the job exists, as `voxbatch run`, submit and the API do.
+    options = JobOptions(window_minutes=5)
+    job = run_local(rt, create_job(rt, str(tones.path), options, duration_s=duration_s(tones.path)).id)
+    assert job.windows_total == 1
+    assert engine.completions == 0
+    assert len(engine.summary_prompts) == 1 and "whole recording" in engine.summary_prompts[0]
+    assert "Write the overall summary of the talk" in engine.summary_prompts[0]
+    doc = _document(rt, job.id)
+    assert doc["summary"] == doc["windows"][0]["summary"]  # type: ignore[index]
+    markdown = rt.storage.get_bytes(f"jobs/{job.id}/output/document.md").decode()
+    assert markdown.count(str(doc["summary"])) == 1  # written once, not again under the window
+
+
+def test_the_overall_summary_is_a_step_of_its_own_stored_once(
+    rt: Runtime, tones: Recording, engine: FakeEngine
+) -> None:
+    job_id = _job(rt, tones)
+    split_job(rt, job_id)
+    for index in range(3):
+        run_window(rt, job_id, index)
+    assert rt.store.claim_reduce(job_id)
+    job = rt.store.get(job_id)
+    assert needs_overall(rt, job)
+    assert summarize_job(rt, job_id) == "overall summary"
+    assert not needs_overall(rt, job)
+    summarize_job(rt, job_id)  # run twice (a redelivered message): no second model call
+    assert engine.completions == 1
+    reduce_job(rt, job_id)  # reads the stored summary: no model call in the reduce
+    assert engine.completions == 1
+    assert _document(rt, job_id)["summary"] == "overall summary"
