@@ -64,6 +64,14 @@ def lease_kept(
 ) -> AbstractContextManager[None]:
     """Renew the lease while the window runs and makes progress, so only a dead worker's window,
     or one none of whose requests was answered for ``window_stall_s``, is taken over by the sweep."""
+    name = f"lease-{window.job_id}-{window.index}"
+    return every(renew_period_s(rt), lease_renewal(rt, window, owner, clock), name)
+
+
+def lease_renewal(
+    rt: Runtime, window: Window, owner: str, clock: ProgressClock | None = None
+) -> Callable[[], None]:
+    """One beat of ``lease_kept``: renew, unless the window has stalled (then say so, once)."""
     warned = threading.Event()
 
     def renew() -> None:
@@ -79,7 +87,7 @@ def lease_kept(
             return
         rt.store.renew_lease(window.id, owner, rt.settings.lease_seconds)
 
-    return every(renew_period_s(rt), renew, f"lease-{window.job_id}-{window.index}")
+    return renew
 
 
 def job_heartbeat(rt: Runtime, job_id: str) -> AbstractContextManager[None]:

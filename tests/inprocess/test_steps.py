@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from jobs.states import TRANSITIONS, InvalidTransition
 from jobs.steps.control import retry
 from jobs.steps.create import create_job
 from jobs.steps.ending import cancel
+from jobs.steps.leases import ProgressClock, lease_renewal
 from jobs.steps.local import run_local
 from jobs.steps.next import Step, next_steps
 from jobs.steps.overall import needs_overall, summarize_job
@@ -332,3 +333,30 @@ def test_the_overall_summary_is_a_step_of_its_own_stored_once(
     reduce_job(rt, job_id)  # reads the stored summary: no model call in the reduce
     assert engine.completions == 1
     assert _document(rt, job_id)["summary"] == "overall summary"
+
+
+def test_a_window_whose_requests_make_no_progress_stops_renewing_its_lease(
+    rt: Runtime, tones: Recording
+) -> None:
+    job_id = _job(rt, tones)
+    split_job(rt, job_id)
+    window = rt.store.claim_window(job_id, 0, "worker-1", rt.settings.lease_seconds)
+    assert window is not None
+
+    def lease() -> datetime:
+        expires = next(w.lease_expires_at for w in rt.store.windows(job_id) if w.index == 0)
+        assert expires is not None
+        return expires
+
+    clock = ProgressClock()
+    renew = lease_renewal(rt, window, "worker-1", clock)
+    claimed = lease()
+    renew()  # progress was just made: renewed
+    renewed = lease()
+    assert renewed > claimed
+    clock.last -= rt.settings.window_stall_s + 1  # no answer for longer than the stall limit
+    renew()
+    assert lease() == renewed
+    clock.tick()  # an answer again: renewed again
+    renew()
+    assert lease() > renewed
