@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from bench.split import CACHE, bare_decode, long_input_arguments, long_talk, peak_tree_memory
+from jobs.engine import Capabilities
 
 
 class InstantEngine:
@@ -28,12 +29,12 @@ class InstantEngine:
 
     name = "instant"
     model = "none"
-    can_summarize = True
+    capabilities = Capabilities()
 
     def max_audio_s(self) -> float | None:
         return None
 
-    def transcribe(self, audio: Path, language: str | None) -> str:
+    def transcribe(self, audio: Path, language: str | None, vocabulary: tuple[str, ...] = ()) -> str:
         return f"words of {audio.name}"
 
     def summarize_audio(self, audio: Path, prompt: str) -> str:

@@ -9,10 +9,29 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+
+from jobs.profiles import ModelProfile
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do, in one record the steps read instead of probing attributes
+    (docs/models.md has them per engine)."""
+
+    summaries: bool = True  # summarize_audio and complete answer; else the document says why not
+    timestamps: bool = False  # a TimedEngine: it times its own transcripts (the whole window is sent)
+    speakers: bool = False  # labels speakers when Hints.speakers asks
+    vocabulary: bool = False  # transcriptions use the job's vocabulary (else only summary prompts do)
+    # Runs on this machine's CPU: this many requests at once, not a batching server's number.
+    local_workers: int | None = None
+    # The vLLM-served model's sizes (jobs/profiles.py): window and segment lengths, summary source.
+    profile: ModelProfile | None = None
+    # What a document made without summaries says about it.
+    no_summaries_note: str = "No summaries: this engine only transcribes."
 
 
 class Engine(Protocol):
@@ -20,14 +39,15 @@ class Engine(Protocol):
 
     name: str  # "vllm", "mistral", "offline"
     model: str
-    can_summarize: bool  # False for engines that only transcribe (the document says so)
+    capabilities: Capabilities
 
     def max_audio_s(self) -> float | None:
         """The longest audio one request may carry, if known (configured or learned from a refusal)."""
         ...
 
-    def transcribe(self, audio: Path, language: str | None) -> str:
-        """Verbatim transcript of the audio file.
+    def transcribe(self, audio: Path, language: str | None, vocabulary: tuple[str, ...] = ()) -> str:
+        """Verbatim transcript of the audio file; ``vocabulary`` is used where
+        ``capabilities.vocabulary`` says so, ignored elsewhere.
 
         Raises WindowTooLarge (split and retry), EngineRejected (permanent),
         EngineUnavailable (after the client's own retries).
@@ -63,6 +83,7 @@ class Hints:
     speakers: bool = False
 
 
+@runtime_checkable
 class TimedEngine(Engine, Protocol):
     """An engine whose transcripts carry their own times (and speakers, when asked): the window
     step sends it the whole window (cut to ``max_audio_s()``) instead of our speech segments."""
@@ -71,17 +92,10 @@ class TimedEngine(Engine, Protocol):
 
 
 def timed_engine(engine: Engine) -> TimedEngine | None:
-    """The engine as a TimedEngine when it gives timestamps for its configured model."""
-    if callable(getattr(engine, "transcribe_timed", None)) and getattr(engine, "gives_timestamps", False):
-        return engine  # type: ignore[return-value]
+    """The engine as a TimedEngine when its capabilities say it times its transcripts."""
+    if engine.capabilities.timestamps and isinstance(engine, TimedEngine):
+        return engine
     return None
-
-
-def transcribe_with(engine: Engine, audio: Path, hints: Hints) -> str:
-    """``engine.transcribe``, passing the vocabulary to engines that take one (``takes_vocabulary``)."""
-    if hints.vocabulary and getattr(engine, "takes_vocabulary", False):
-        return engine.transcribe(audio, hints.language, vocabulary=hints.vocabulary)  # type: ignore[call-arg]
-    return engine.transcribe(audio, hints.language)
 
 
 Samples = npt.NDArray[np.int16]  # 16 kHz mono audio, as windows are cut and segments sent

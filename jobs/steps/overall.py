@@ -35,7 +35,7 @@ def window_results(rt: Runtime, job_id: str) -> list[WindowResult]:
 
 def needs_overall(rt: Runtime, job: Job) -> bool:
     """True while the job's overall summary is a model call still to make."""
-    if not rt.engine.can_summarize or (job.windows_total or 0) < 2:
+    if not rt.engine.capabilities.summaries or (job.windows_total or 0) < 2:
         return False
     return not rt.storage.exists(overall_key(job.id))
 

@@ -1,7 +1,8 @@
 """Sizes and summary sources the steps take from the model's profile (jobs/profiles.py).
 
-Only a vLLM-served model has a profile (``Runtime.model_profile``); other engines (hosted APIs,
-offline) keep the defaults: 30-s segments, the job's window length, a summary that hears the window.
+Only a vLLM-served model has a profile (the engine's ``capabilities.profile``); other engines
+(hosted APIs, offline) keep the defaults: 30-s segments, the job's window length, a summary that
+hears the window.
 """
 
 from __future__ import annotations
@@ -9,17 +10,14 @@ from __future__ import annotations
 from jobs.models import Job, Window
 from jobs.options import parse_vocabulary
 from jobs.presets import get_preset, whole_recording_prompt, window_prompt
-from jobs.profiles import MAX_SEGMENT_S, ModelProfile, profile_for
+from jobs.profiles import MAX_SEGMENT_S, ModelProfile
 from jobs.runtime import Runtime
 from jobs.timecodes import span
 
 
 def model_profile(rt: Runtime) -> ModelProfile | None:
-    """The profile of the model the vllm engine serves, or None when another engine does."""
-    s = rt.settings
-    if s.engine == "vllm" or (s.engine == "auto" and s.vllm_url):
-        return profile_for(s.model, s.model_profile)
-    return None
+    """The profile of the model the engine serves, when it has one (a vLLM-served model)."""
+    return rt.engine.capabilities.profile
 
 
 def window_limit_s(rt: Runtime, job: Job) -> float:
@@ -37,7 +35,8 @@ def segment_limit_s(rt: Runtime) -> float:
 def summary_from_transcripts(rt: Runtime) -> bool:
     """True when the model cannot hear a window in one request: the summary reads its transcript."""
     profile = model_profile(rt)
-    return profile is not None and rt.engine.can_summarize and profile.summary_source() == "transcripts"
+    summaries = rt.engine.capabilities.summaries
+    return profile is not None and summaries and profile.summary_source() == "transcripts"
 
 
 def is_whole_recording(job: Job, window: Window) -> bool:

@@ -21,11 +21,6 @@ from jobs.stitching import check_tiling
 
 log = logging.getLogger(__name__)
 
-OFFLINE_NOTE = (
-    "No summaries: this document was made by the offline engine (pocketsphinx), which only "
-    "transcribes. Point VOXBATCH_VLLM_URL at a vLLM server running Voxtral for summaries that "
-    "follow your instructions."
-)
 NO_SPEECH_NOTE = "No speech was detected in this recording."
 
 
@@ -37,8 +32,8 @@ def reduce_job(rt: Runtime, job_id: str) -> Job:
     engine = rt.engine
     notes: list[str] = []
     summary: str | None = None
-    if not engine.can_summarize:
-        notes.append(OFFLINE_NOTE)
+    if not engine.capabilities.summaries:
+        notes.append(engine.capabilities.no_summaries_note)
     elif len(results) == 1:
         summary = results[0].summary  # asked for in the overall form (jobs/steps/overall.py)
     else:

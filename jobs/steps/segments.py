@@ -28,7 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from jobs.engine import Samples
+from jobs.engine import Hints, Samples
 from jobs.errors import TranscriptCut, WindowTooLarge
 from jobs.runtime import Runtime
 from jobs.segmenting import SAMPLE_RATE, Segment
@@ -89,7 +89,7 @@ class SegmentWork:
         window_start_s: float,
         samples: Samples,
         tmp: Path,
-        language: str | None,
+        hints: Hints,
         share: Share = UNCHARGED,
     ) -> None:
         self.rt = rt
@@ -98,7 +98,7 @@ class SegmentWork:
         self.offset = window_start_s
         self.samples = samples
         self.tmp = tmp
-        self.language = language
+        self.hints = hints  # the language, and the vocabulary for engines that use it
         self.share = share  # pool threads do not inherit the caller's context: each sets it
         self._stored: set[str] = set()
 
@@ -166,7 +166,7 @@ class SegmentWork:
         path = self.tmp / f"segment-{self.window_index:04d}-{name}.wav"
         path.write_bytes(wav_bytes(piece))
         try:
-            return self.rt.engine.transcribe(path, self.language).strip()
+            return self.rt.engine.transcribe(path, self.hints.language, self.hints.vocabulary).strip()
         finally:
             path.unlink(missing_ok=True)
 

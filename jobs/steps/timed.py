@@ -14,12 +14,11 @@ requests is not claimed to be the same person. Across windows, labels are never 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 from typing import Any
 
-from jobs.engine import Engine, Hints, TimedEngine, TimedPiece, transcribe_with
+from jobs.engine import Hints, TimedEngine, TimedPiece
 from jobs.models import Job
 from jobs.options import parse_vocabulary
 from jobs.runtime import Runtime
@@ -39,27 +38,6 @@ def hints_for(rt: Runtime, job: Job) -> Hints:
         vocabulary=parse_vocabulary(job.vocabulary),
         speakers=diarize == "on" or (diarize == "auto" and job.preset in MANY_SPEAKERS),
     )
-
-
-class _WithVocabulary:
-    """An engine whose ``transcribe`` carries the job's vocabulary (for the segment path)."""
-
-    def __init__(self, engine: Engine, hints: Hints) -> None:
-        self._engine = engine
-        self._hints = hints
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    def transcribe(self, audio: Path, language: str | None) -> str:
-        return transcribe_with(self._engine, audio, Hints(language, self._hints.vocabulary))
-
-
-def with_vocabulary(rt: Runtime, hints: Hints) -> Runtime:
-    """``rt`` itself, or a copy whose engine passes the vocabulary to every transcription."""
-    if not hints.vocabulary or not getattr(rt.engine, "takes_vocabulary", False):
-        return rt
-    return dataclasses.replace(rt, _engine=_WithVocabulary(rt.engine, hints))
 
 
 def timed_segments(

@@ -35,7 +35,7 @@ from jobs.steps.profiled import (
 )
 from jobs.steps.recut import Recutter
 from jobs.steps.segments import SegmentWork
-from jobs.steps.timed import hints_for, timed_segments, with_vocabulary
+from jobs.steps.timed import hints_for, timed_segments
 from jobs.stitching import WindowResult
 from jobs.timecodes import span
 
@@ -128,13 +128,13 @@ def process_window(
 
         rt.store.record_segments(window, 0, len(segments))
         work = SegmentWork(
-            with_vocabulary(rt, hints_for(rt, job)),
+            rt,
             job.id,
             window.index,
             window.start_s,
             samples,
             tmp,
-            job.language,
+            hints_for(rt, job),
             share,
         )
         with ThreadPoolExecutor(max_workers=_parallel(rt), thread_name_prefix=f"seg-{job.id}") as pool:
@@ -203,7 +203,7 @@ def _result(
 
 def _parallel(rt: Runtime) -> int:
     """Segments in flight: the setting for a server that batches, the cores for one that does not."""
-    local = getattr(rt.engine, "local_workers", None)
+    local = rt.engine.capabilities.local_workers
     return max(1, int(local) if local else rt.settings.segment_concurrency) + 1  # + the summary
 
 
@@ -212,7 +212,7 @@ def _summary(
 ) -> tuple[str | None, list[dict[str, float]]]:
     """The window's summary from one chat call carrying its audio (cut smaller if refused)."""
     engine = rt.engine
-    if not engine.can_summarize:
+    if not engine.capabilities.summaries:
         return None, []
     prompt = window_prompt_for(job, window)
     recut = Recutter(rt, tmp, job.id)

@@ -112,7 +112,7 @@ def passage_transcript(engine: OfflineEngine, passage: Path) -> str:
 def test_identity(engine: OfflineEngine) -> None:
     assert engine.name == "offline"
     assert engine.model == "pocketsphinx-en-us"
-    assert engine.can_summarize is False
+    assert engine.capabilities.summaries is False
     assert engine.max_audio_s() is None
 
 

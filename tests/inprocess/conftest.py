@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from jobs.db import Database
+from jobs.engine import Capabilities
 from jobs.errors import EngineRejected, TranscriptCut, WindowTooLarge
 from jobs.runtime import Runtime
 from jobs.settings import Settings
@@ -33,7 +34,7 @@ class FakeEngine:
 
     name = "fake"
     model = "fake-model"
-    can_summarize = True
+    capabilities = Capabilities()
 
     def __init__(self) -> None:
         self.max_s: float | None = None  # refuse longer audio the way vLLM does (WindowTooLarge)
@@ -64,7 +65,7 @@ class FakeEngine:
             raise EngineRejected("the fake server refuses this audio")
         return heard
 
-    def transcribe(self, audio: Path, language: str | None) -> str:
+    def transcribe(self, audio: Path, language: str | None, vocabulary: tuple[str, ...] = ()) -> str:
         heard = self._hear("transcribe", audio)
         if self.cut_markers & set(heard):
             raise TranscriptCut("the transcript reached its cap of 512 tokens", words(heard))

@@ -259,9 +259,9 @@ def test_windows_run_while_the_split_goes_on(rt: Runtime, tones: Recording, engi
     statuses: list[str] = []
     real = rt.engine.transcribe
 
-    def transcribe(audio: Path, language: str | None) -> str:
+    def transcribe(audio: Path, language: str | None, vocabulary: tuple[str, ...] = ()) -> str:
         statuses.append(str(rt.store.get(job_id).status))
-        return real(audio, language)
+        return real(audio, language, vocabulary)
 
     engine.transcribe = transcribe  # type: ignore[method-assign]
     assert run_local(rt, job_id).status == JobStatus.succeeded

@@ -32,7 +32,7 @@ import httpx2
 from google import genai
 from google.genai import errors, types
 
-from jobs.engine import Hints, TimedPiece
+from jobs.engine import Capabilities, Hints, TimedPiece
 from jobs.errors import EngineRejected, EngineUnavailable, InputError, WindowTooLarge
 from jobs.settings import Settings
 from workers.engines.hosted import MIB, Caps, as_error, mime_type, retry_delay_s
@@ -58,9 +58,7 @@ class GeminiEngine:
     """Gemini at ``settings.gemini_url`` (default the SDK's) with ``settings.gemini_api_key``."""
 
     name = "gemini"
-    can_summarize = True
-    gives_timestamps = True
-    takes_vocabulary = True
+    capabilities = Capabilities(timestamps=True, speakers=True, vocabulary=True)
 
     def __init__(self, settings: Settings, *, backoff_base_s: float = 1.0) -> None:
         if not settings.gemini_api_key:
@@ -82,8 +80,9 @@ class GeminiEngine:
     def max_audio_s(self) -> float | None:
         return self._caps.max_audio_s()
 
-    def transcribe(self, audio: Path, language: str | None) -> str:
-        return " ".join(p.text for p in self.transcribe_timed(audio, Hints(language=language)))
+    def transcribe(self, audio: Path, language: str | None, vocabulary: tuple[str, ...] = ()) -> str:
+        hints = Hints(language=language, vocabulary=vocabulary)
+        return " ".join(p.text for p in self.transcribe_timed(audio, hints))
 
     def transcribe_timed(self, audio: Path, hints: Hints) -> list[TimedPiece]:
         prompt = TRANSCRIBE_PROMPT.format(speaker=SPEAKER_FIELD if hints.speakers else "")

@@ -28,7 +28,7 @@ import httpx2
 from mistralai.client import Mistral, errors
 from mistralai.client.utils import BackoffStrategy, RetryConfig
 
-from jobs.engine import Hints, TimedPiece
+from jobs.engine import Capabilities, Hints, TimedPiece
 from jobs.errors import EngineRejected, InputError, WindowTooLarge
 from jobs.settings import Settings
 from workers.engines.hosted import Caps, as_error, vendor_message
@@ -51,9 +51,7 @@ class MistralEngine:
     """Mistral's hosted API at ``settings.mistral_url`` with ``settings.mistral_api_key``."""
 
     name = "mistral"
-    can_summarize = True
-    gives_timestamps = True
-    takes_vocabulary = True
+    capabilities = Capabilities(timestamps=True, speakers=True, vocabulary=True)
 
     def __init__(self, settings: Settings, *, backoff_base_s: float = 1.0) -> None:
         if not settings.mistral_api_key:

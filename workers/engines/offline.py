@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from jobs.engine import Capabilities
 from jobs.errors import EngineRejected, InputError, NotFound
 from jobs.settings import Settings
 
@@ -64,8 +65,8 @@ class OfflineEngine:
     into confident English nonsense, and a user who asked for French expects French or a clear
     refusal, not a document of wrong words.
 
-    ``summarize_audio`` and ``complete`` are refused with ``EngineRejected`` (``can_summarize``
-    is False and the pipeline checks it first; the refusal guards other callers).
+    ``summarize_audio`` and ``complete`` are refused with ``EngineRejected`` (its capabilities say
+    no summaries and the pipeline checks them first; the refusal guards other callers).
 
     Thread-safe: every ``transcribe`` call builds its own ``Decoder``. That costs about half a
     second of model loading, small beside decoding a window, and keeps calls independent: the
@@ -74,9 +75,16 @@ class OfflineEngine:
 
     name = "offline"
     model = "pocketsphinx-en-us"
-    can_summarize = False
-    # pocketsphinx decodes on this machine: one segment per core at a time.
-    local_workers = os.cpu_count() or 1
+    capabilities = Capabilities(
+        summaries=False,
+        # pocketsphinx decodes on this machine: one segment per core at a time.
+        local_workers=os.cpu_count() or 1,
+        no_summaries_note=(
+            "No summaries: this document was made by the offline engine (pocketsphinx), which only "
+            "transcribes. Point VOXBATCH_VLLM_URL at a vLLM server running Voxtral for summaries that "
+            "follow your instructions."
+        ),
+    )
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -84,7 +92,7 @@ class OfflineEngine:
     def max_audio_s(self) -> float | None:
         return None
 
-    def transcribe(self, audio: Path, language: str | None) -> str:
+    def transcribe(self, audio: Path, language: str | None, vocabulary: tuple[str, ...] = ()) -> str:
         if not _is_english(language):
             raise EngineRejected(
                 f"the offline engine only understands English, not {language!r}: "

@@ -28,7 +28,7 @@ from typing import Any
 
 import openai
 
-from jobs.engine import Hints, TimedPiece
+from jobs.engine import Capabilities, Hints, TimedPiece
 from jobs.errors import EngineRejected, InputError, WindowTooLarge
 from jobs.settings import Settings
 from workers.engines.hosted import MIB, Caps, as_error, mp3_bytes, vendor_message
@@ -47,8 +47,6 @@ class OpenAIEngine:
     """OpenAI's API at ``settings.openai_url`` (default the SDK's) with ``settings.openai_api_key``."""
 
     name = "openai"
-    can_summarize = True
-    takes_vocabulary = True
 
     def __init__(self, settings: Settings) -> None:
         if not settings.openai_api_key:
@@ -57,7 +55,11 @@ class OpenAIEngine:
         self.transcribe_model = settings.openai_transcribe_model
         self.text_model = settings.openai_text_model
         self.diarizes = self.transcribe_model.endswith("-diarize")
-        self.gives_timestamps = self.transcribe_model.startswith("whisper") or self.diarizes
+        self.capabilities = Capabilities(
+            timestamps=self.transcribe_model.startswith("whisper") or self.diarizes,
+            speakers=self.diarizes,
+            vocabulary=True,
+        )
         self._server = f"OpenAI API at {settings.openai_url or 'api.openai.com'}"
         self._client = openai.OpenAI(
             api_key=settings.openai_api_key,

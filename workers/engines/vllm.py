@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from jobs.engine import Capabilities
 from jobs.errors import EngineRejected, InputError, RepetitionLoop, TranscriptCut, WindowTooLarge
 from jobs.profiles import DEFAULT_PROFILE, ModelProfile, profile_for
 from jobs.settings import Settings
@@ -60,7 +61,7 @@ class VLLMEngine:
     """Voxtral on a vLLM server at ``settings.vllm_url`` (``http://host:8000/v1``)."""
 
     name = "vllm"
-    can_summarize = True
+    capabilities = Capabilities(profile=DEFAULT_PROFILE)
     profile: ModelProfile = DEFAULT_PROFILE  # Voxtral Small's, unless the settings name another
     # Sampling changes for the one retry after a looping answer.
     transcribe_loop_retry: Mapping[str, Any] = {"temperature": 0.2, "frequency_penalty": 0.5}
@@ -71,6 +72,7 @@ class VLLMEngine:
             raise InputError("the vllm engine needs VOXBATCH_VLLM_URL (for example http://gpu-host:8000/v1)")
         headers = {"Authorization": f"Bearer {settings.vllm_api_key}"} if settings.vllm_api_key else {}
         self.profile = profile_for(settings.model, settings.model_profile)
+        self.capabilities = Capabilities(profile=self.profile)
         self.model = settings.model
         self.transcribe_model = settings.model
         self._settings = settings
@@ -111,7 +113,8 @@ class VLLMEngine:
             return None
         return self.profile.chat_audio_s()
 
-    def transcribe(self, audio: Path, language: str | None) -> str:
+    def transcribe(self, audio: Path, language: str | None, vocabulary: tuple[str, ...] = ()) -> str:
+        # vLLM's transcription endpoint takes no prompt: the vocabulary reaches summaries only.
         if not self.profile.transcription_endpoint:
             return self._transcribe_by_chat(audio, language)
         duration, size = self._admit(audio, prompt_tokens=0)
