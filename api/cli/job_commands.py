@@ -61,15 +61,16 @@ def submit(
     language: str | None,
     window_minutes: float | None,
     vocabulary: str | None,
+    priority: str | None,
 ) -> None:
     """Put FILE or s3://bucket/key on the workers' queue; prints the job id as its last line."""
     from jobs.options import JobOptions
     from workers.submission import submit as submit_job
 
     settings = load_settings()
-    options = JobOptions(instructions, preset, language, window_minutes, vocabulary=vocabulary).validated(
-        settings
-    )
+    options = JobOptions(
+        instructions, preset, language, window_minutes, vocabulary=vocabulary, priority=priority
+    ).validated(settings)
     if not source.startswith("s3://"):
         from workers.audio import FfmpegAudio
 
