@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     metrics_token: str | None = None
     # A message redelivered this many times after its worker died (OOM kill, crash) fails its job.
     max_redeliveries: int = Field(default=3, ge=1)
+    # GPU seconds one second of audio costs (transcript and summary, with the server's batching):
+    # turns the backlog's audio into the GPU seconds /metrics exports for autoscaling
+    # (docs/operations.md, "Autoscaling"). Calibrate from voxbatch_window_duration_seconds.
+    gpu_seconds_per_audio_second: float = Field(default=0.05, gt=0)
 
     @model_validator(mode="after")
     def _no_placeholder_secrets(self) -> Settings:
