@@ -22,7 +22,7 @@ from jobs import idempotency
 from jobs.documents import DOCUMENT_NAMES
 from jobs.errors import InputError, NotFound, PermanentError
 from jobs.limits import MAX_INSTRUCTIONS_CHARS, MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
-from jobs.models import Job, JobStatus
+from jobs.models import Job, JobStatus, Priority
 from jobs.options import JobOptions
 from jobs.presets import PRESETS
 from jobs.runtime import Runtime
@@ -49,7 +49,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": Problem, "description": "no API key, or an unknown one"},
     404: {"model": Problem, "description": "no such job for this API key"},
 }
-_OPTION_FIELDS = ("instructions", "preset", "language", "window_minutes", "webhook_url", "vocabulary")
+_OPTION_FIELDS = (
+    "instructions",
+    "preset",
+    "language",
+    "window_minutes",
+    "webhook_url",
+    "vocabulary",
+    "priority",
+)
 
 _CREATE_BODY: dict[str, Any] = {
     "requestBody": {
@@ -71,6 +79,11 @@ _CREATE_BODY: dict[str, Any] = {
                         },
                         "webhook_url": {"type": "string", "format": "uri"},
                         "vocabulary": {"type": "string", "description": "names and terms, comma-separated"},
+                        "priority": {
+                            "type": "string",
+                            "enum": [p.value for p in Priority],
+                            "description": "interactive (default) or batch",
+                        },
                     },
                 },
                 "encoding": {FILE_FIELD: {"contentType": "application/octet-stream"}},
@@ -112,6 +125,7 @@ def _options(fields: dict[str, Any]) -> JobOptions:
         window_minutes=minutes,
         webhook_url=text["webhook_url"],
         vocabulary=text["vocabulary"],
+        priority=text["priority"],
     )
 
 

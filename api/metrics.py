@@ -1,4 +1,6 @@
-"""/metrics for Prometheus: jobs by state, window durations and queue depth, read at scrape time.
+"""/metrics for Prometheus: jobs by state, window durations, queue depth, and the fleet's backlog
+(``workers.fleet``: estimated GPU seconds by queue, tenant and priority, which the gpu workers'
+autoscaler reads; jobs waiting to be reduced; the drop folder's ledger), read at scrape time.
 
 Everything comes from the sources of truth (the database, Redis list lengths), so every API
 replica reports the same numbers and nothing is lost on restart.
@@ -16,6 +18,7 @@ from prometheus_client.registry import Collector
 from jobs.models import JobStatus
 from jobs.runtime import Runtime
 from workers.dispatch import queue_depths
+from workers.fleet import fleet
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ class VoxbatchCollector(Collector):
         yield from self._jobs()
         yield from self._windows()
         yield from self._queues()
+        yield from self._fleet()
 
     def _jobs(self) -> Iterator[Metric]:
         rows = self.rt.store.counts_by_status()
@@ -60,6 +64,40 @@ class VoxbatchCollector(Collector):
             up.add_metric([], 0.0)
         yield depth
         yield up
+
+    def _fleet(self) -> Iterator[Metric]:
+        now = fleet(self.rt, with_queues=False)  # queue depths: _queues, once per scrape
+        cost = self.rt.settings.gpu_seconds_per_audio_second
+        labels = ["queue", "tenant", "priority"]
+        gpu = GaugeMetricFamily(
+            "voxbatch_gpu_backlog_seconds",
+            f"Estimated GPU seconds of work waiting or running: audio seconds x {cost:g} "
+            "(VOXBATCH_GPU_SECONDS_PER_AUDIO_SECOND)",
+            labels=labels,
+        )
+        audio = GaugeMetricFamily(
+            "voxbatch_backlog_audio_seconds",
+            "Seconds of audio the model has still to hear (windows pending or running, recordings in split)",
+            labels=labels,
+        )
+        for row in now.backlog:
+            gpu.add_metric([row.queue, row.tenant, row.priority], row.gpu_s)
+            audio.add_metric([row.queue, row.tenant, row.priority], row.audio_s)
+        reducing = GaugeMetricFamily(
+            "voxbatch_jobs_waiting_reduce",
+            "Jobs whose windows are all done, waiting for their reduce or in it",
+            labels=["tenant"],
+        )
+        for tenant, n in now.reducing.items():
+            reducing.add_metric([tenant], float(n))
+        drop = GaugeMetricFamily(
+            "voxbatch_drop_objects",
+            "Drop-folder recordings by ledger state: seen (all) = claimed + submitted + done + rejected",
+            labels=["state"],
+        )
+        for state, n in now.drop.items():
+            drop.add_metric([state], float(n))
+        yield from (gpu, audio, reducing, drop)
 
 
 def registry_for(rt: Runtime) -> CollectorRegistry:

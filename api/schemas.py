@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from jobs.documents import DOCUMENT_NAMES
 from jobs.limits import MAX_INSTRUCTIONS_CHARS, MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
-from jobs.models import Job, JobStatus
+from jobs.models import Job, JobStatus, Priority
 from jobs.options import parse_vocabulary
 from jobs.presets import PRESETS
 from jobs.timings import job_timings
@@ -62,6 +62,9 @@ class JobOut(BaseModel):
     instructions: str | None
     window_minutes: float
     vocabulary: list[str] = Field(default_factory=list, description="names and terms for the engines")
+    priority: Priority = Field(
+        default=Priority.interactive, description="interactive work is served before batch work"
+    )
     duration_s: float | None
     error: str | None = Field(description="why the job failed, in one sentence")
     engine: str | None
@@ -100,6 +103,11 @@ class JobFromSource(BaseModel):
     vocabulary: str | list[str] | None = Field(
         default=None,
         description="names and terms said in the recording: a list, or one comma-separated string",
+    )
+    priority: Priority | None = Field(
+        default=None,
+        description="interactive (default) or batch: interactive work is served first; "
+        "tenants share each class fairly",
     )
 
 
@@ -158,6 +166,7 @@ def job_out(job: Job, base_url: str, flower_url: str | None) -> JobOut:
         instructions=job.instructions,
         window_minutes=job.window_minutes,
         vocabulary=list(parse_vocabulary(job.vocabulary)),
+        priority=Priority(job.priority or Priority.interactive),
         duration_s=job.duration_s,
         error=job.error,
         engine=job.engine,

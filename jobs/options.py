@@ -13,6 +13,7 @@ from jobs.limits import (
     MAX_WINDOW_MINUTES,
     MIN_WINDOW_MINUTES,
 )
+from jobs.models import Priority
 from jobs.presets import get_preset
 from jobs.settings import Settings
 
@@ -26,6 +27,8 @@ class JobOptions:
     webhook_url: str | None = None
     # Names and terms, comma- or newline-separated ("Voxtral, Kubernetes"); stored one per line.
     vocabulary: str | None = None
+    # interactive (default) or batch: which work goes first (jobs.models.Priority).
+    priority: str | None = None
 
     def validated(self, settings: Settings) -> JobOptions:
         preset = get_preset(self.preset).name
@@ -45,7 +48,21 @@ class JobOptions:
             window_minutes=float(minutes),
             webhook_url=self.webhook_url,
             vocabulary=check_vocabulary(self.vocabulary),
+            priority=check_priority(self.priority),
         )
+
+
+def check_priority(value: str | None) -> Priority:
+    """``interactive`` when absent; InputError naming the choices for anything else."""
+    text = (value or "").strip().lower()
+    if not text:
+        return Priority.interactive
+    try:
+        return Priority(text)
+    except ValueError:
+        raise InputError(
+            f"priority must be {' or '.join(p.value for p in Priority)}, not {str(value)[:40]!r}"
+        ) from None
 
 
 def parse_vocabulary(text: str | None) -> tuple[str, ...]:

@@ -89,6 +89,14 @@ class Settings(BaseSettings):
     drop_tag_processed: bool = False
     # SQS queue receiving the bucket's s3:ObjectCreated:* notifications; scans still reconcile.
     drop_sqs_queue_url: str | None = None
+    # The tenant drop-folder jobs belong to (fair share, limits, GET /v1/jobs with its key); a
+    # sidecar's "tenant" may name another tenant that exists. It needs no key or tenant row.
+    drop_tenant: str = Field(default="drop", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    # The drop tenant's own limits (the per-tenant limits below are sized for one API client; a
+    # conference's recordings land in the inbox at once). Past them a recording waits in the inbox
+    # and is taken at a later scan.
+    drop_max_active_jobs: int = Field(default=1000, ge=1)
+    drop_max_queued_hours: float = Field(default=2000.0, gt=0)
     lease_seconds: float = 120.0
     # A queued or transcribing job with no progress for this long, no running window and an empty
     # queue has lost its messages (e.g. Redis died without its AOF): the sweep enqueues them again.
@@ -128,6 +136,10 @@ class Settings(BaseSettings):
     metrics_token: str | None = None
     # A message redelivered this many times after its worker died (OOM kill, crash) fails its job.
     max_redeliveries: int = Field(default=3, ge=1)
+    # GPU seconds one second of audio costs (transcript and summary, with the server's batching):
+    # turns the backlog's audio into the GPU seconds /metrics exports for autoscaling
+    # (docs/operations.md, "Autoscaling"). Calibrate from voxbatch_window_duration_seconds.
+    gpu_seconds_per_audio_second: float = Field(default=0.05, gt=0)
 
     @model_validator(mode="after")
     def _no_placeholder_secrets(self) -> Settings:

@@ -391,3 +391,46 @@ class JobStore:
             ).one()
         values: list[Any] = list(row)
         return int(values[0] or 0), float(values[1] or 0.0), [int(n or 0) for n in values[2:]]
+
+    def backlog(self) -> dict[tuple[str | None, str], float]:
+        """Seconds of audio the model has still to hear, by (tenant, priority): windows pending or
+        running, plus the part of each recording still queued or being split (its probed length
+        less the windows already registered). Ended jobs count for nothing, whatever their windows."""
+        waiting = (WindowStatus.pending, WindowStatus.running)
+        out: dict[tuple[str | None, str], float] = {}
+
+        def add(tenant: str | None, priority: Any, seconds: Any) -> None:
+            if seconds and float(seconds) > 0:
+                key = (tenant, str(priority or "interactive"))
+                out[key] = out.get(key, 0.0) + float(seconds)
+
+        length = col(Window.end_s) - col(Window.start_s)
+        with self.db.session() as s:
+            windows = s.exec(
+                select(Job.tenant, Job.priority, func.sum(length))
+                .join(Job, col(Job.id) == col(Window.job_id))
+                .where(col(Window.status).in_(list(waiting)))
+                .where(col(Job.status).in_([JobStatus.queued, JobStatus.splitting, JobStatus.transcribing]))
+                .group_by(Job.tenant, Job.priority)
+            ).all()
+            unsplit = s.exec(
+                select(Job.tenant, Job.priority, Job.duration_s, func.coalesce(func.sum(length), 0.0))
+                .select_from(Job)
+                .outerjoin(Window, col(Window.job_id) == col(Job.id))
+                .where(col(Job.status).in_([JobStatus.queued, JobStatus.splitting]))
+                .where(col(Job.duration_s).is_not(None))
+                .group_by(col(Job.id))
+            ).all()
+        for tenant, priority, seconds in windows:
+            add(tenant, priority, seconds)
+        for tenant, priority, duration, covered in unsplit:
+            add(tenant, priority, float(duration or 0.0) - float(covered or 0.0))
+        return out
+
+    def reducing_by_tenant(self) -> dict[str | None, int]:
+        """Jobs whose windows are all done and whose reduce has not ended, by tenant."""
+        with self.db.session() as s:
+            rows = s.exec(
+                select(Job.tenant, func.count()).where(Job.status == JobStatus.reducing).group_by(Job.tenant)
+            ).all()
+        return {tenant: int(n) for tenant, n in rows}

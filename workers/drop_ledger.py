@@ -8,13 +8,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, update
+from sqlalchemy import case, delete, func, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from jobs.db import Database
-from jobs.models import DropObject, utcnow
+from jobs.models import DropObject, Job, utcnow
+from jobs.states import ENDED
 
 # A ledger row with neither a job nor an error this old belongs to a watcher that died between
 # taking the recording and submitting it: release it so a later scan takes it again.
@@ -122,3 +123,28 @@ def release_stale_claims(db: Database, bucket: str) -> int:
 def drop_object_for_job(db: Database, job_id: str) -> DropObject | None:
     with db.session() as s:
         return s.exec(select(DropObject).where(col(DropObject.job_id) == job_id)).first()
+
+
+def ledger_counts(db: Database) -> dict[str, int]:
+    """The drop folder's backlog, read only: recordings ``seen`` (every ledger row), ``claimed``
+    (taken by a watcher, no job yet), ``submitted`` (a job that has not ended), ``done`` (its job
+    ended: documents or error.json in the outbox) and ``rejected`` (error.json without a job).
+    claimed + submitted + done + rejected = seen. The job table is only joined, for its state."""
+    ended = [str(s) for s in ENDED]
+    state = case(
+        (col(DropObject.error).is_not(None) & col(DropObject.job_id).is_(None), "rejected"),
+        (col(DropObject.job_id).is_(None), "claimed"),
+        (col(Job.status).in_(ended), "done"),
+        else_="submitted",
+    )
+    with db.session() as s:
+        rows = s.exec(
+            select(state, func.count())
+            .select_from(DropObject)
+            .outerjoin(Job, col(Job.id) == col(DropObject.job_id))
+            .group_by(state)
+        ).all()
+    counts = {name: 0 for name in ("claimed", "submitted", "done", "rejected")}
+    for name, n in rows:
+        counts[str(name)] = int(n)
+    return {"seen": sum(counts.values()), **counts}

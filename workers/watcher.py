@@ -16,7 +16,9 @@ sidecars (``*.json``). In-progress multipart uploads are invisible to listings u
 
 Sidecars: ``<name>.json`` next to ``<name>.<ext>`` sets ``instructions``, ``preset``, ``language``,
 ``vocabulary`` (comma-separated names and terms),
-``webhook_url`` (and ``window_minutes``). It is read when its recording is ingested; a sidecar that
+``webhook_url``, ``window_minutes``, ``priority`` (``batch`` unless it says ``interactive``) and
+``tenant`` (an existing tenant; default ``VOXBATCH_DROP_TENANT``, see ``workers.drop_tenant``).
+It is read when its recording is ingested; a sidecar that
 arrives later does not change a job already submitted (upload the sidecar first, or upload the
 recording again: new content, new ETag, new job). The sidecar's preset wins over the prefix's.
 """
@@ -50,12 +52,22 @@ from workers.drop_ledger import (
     release,
     release_stale_claims,
 )
+from workers.drop_tenant import drop_tenant
 from workers.outbox import DropFolder, open_outbox, printable, write_error
 
 log = logging.getLogger(__name__)
 
 SIDECAR_SUFFIX = ".json"
-SIDECAR_FIELDS = ("instructions", "preset", "language", "webhook_url", "window_minutes", "vocabulary")
+SIDECAR_FIELDS = (
+    "instructions",
+    "preset",
+    "language",
+    "webhook_url",
+    "window_minutes",
+    "vocabulary",
+    "priority",
+    "tenant",
+)
 MAX_SIDECAR_BYTES = 64 * 1024
 PAGE_SIZE = 1000
 TAG_KEY = "voxbatch"
@@ -69,7 +81,9 @@ class Submit(Protocol):
     Raises InputError (or another PermanentError) when the recording cannot become a document.
     """
 
-    def __call__(self, source: str, options: JobOptions, source_name: str) -> str: ...
+    def __call__(
+        self, source: str, options: JobOptions, source_name: str, tenant: str | None = None
+    ) -> str: ...
 
 
 @dataclass
@@ -193,10 +207,13 @@ class Watcher:
         try:
             if item.size == 0:
                 raise InputError(f"{PurePosixPath(item.key).name} is empty (0 bytes)")
-            options = self.options_for(item.key)
+            options, tenant = self.options_for(item.key)
             self.probe(item.key)
             job_id = self.submit(
-                self.folder.source_url(item.key), options, source_name=PurePosixPath(item.key).name
+                self.folder.source_url(item.key),
+                options,
+                source_name=PurePosixPath(item.key).name,
+                tenant=tenant,
             )
         except PermanentError as exc:
             reason = str(exc)
@@ -237,18 +254,22 @@ class Watcher:
                 )
             )
 
-    def options_for(self, key: str) -> JobOptions:
+    def options_for(self, key: str) -> tuple[JobOptions, str]:
+        """The job's options and its tenant, from the prefix and the sidecar."""
         rel = self.folder.relative(key)
         preset = next((p for prefix, p in self.presets if rel.startswith(prefix.lstrip("/"))), None)
         fields = self.read_sidecar(key)
-        return JobOptions(
+        options = JobOptions(
             instructions=fields.get("instructions"),
             preset=fields.get("preset") or preset,
             language=fields.get("language"),
             window_minutes=fields.get("window_minutes"),
             webhook_url=fields.get("webhook_url"),
             vocabulary=fields.get("vocabulary"),
+            priority=fields.get("priority") or "batch",
         )
+        sidecar = f"the sidecar {PurePosixPath(sidecar_key(key)).name}"
+        return options, drop_tenant(self.settings, self.db, fields.get("tenant"), sidecar)
 
     def read_sidecar(self, key: str) -> dict[str, Any]:
         side = sidecar_key(key)
@@ -362,7 +383,7 @@ def celery_submitter(settings: Settings) -> tuple[Database, Submit]:
 
     rt = build_runtime(settings)
 
-    def submit(source: str, options: JobOptions, source_name: str) -> str:
-        return submission.submit(rt, source, options, source_name=source_name).id
+    def submit(source: str, options: JobOptions, source_name: str, tenant: str | None = None) -> str:
+        return submission.submit(rt, source, options, source_name=source_name, tenant=tenant).id
 
     return rt.db, submit

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from api.cli import deploy, jobs, run, server, services, watch
+from api.cli import deploy, job_commands, run, server, services, watch
 from jobs.logconfig import CLI_FORMAT, configure_logging
 
 
@@ -24,13 +24,13 @@ def cli(verbose: bool) -> None:
 
 for command in (
     run.run,
-    jobs.submit,
-    jobs.status,
-    jobs.wait,
-    jobs.fetch,
-    jobs.cancel,
-    jobs.retry,
-    jobs.list_jobs,
+    job_commands.submit,
+    job_commands.status,
+    job_commands.wait,
+    job_commands.fetch,
+    job_commands.cancel,
+    job_commands.retry,
+    job_commands.list_jobs,
     services.worker,
     services.flower,
     services.up,

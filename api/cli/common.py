@@ -99,6 +99,12 @@ def job_options(fn: F) -> F:
         "--instructions", default=None, help="Your own words on what the summaries should say or look like."
     )(fn)
     fn = click.option(
+        "--priority",
+        default=None,
+        help="interactive (default) or batch: interactive work is served first; tenants share each "
+        "class fairly.",
+    )(fn)
+    fn = click.option(
         "--vocabulary",
         default=None,
         help='Names and terms said in the recording, comma-separated ("Voxtral, Kubernetes"): '

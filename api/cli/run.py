@@ -36,6 +36,7 @@ def run(
     language: str | None,
     window_minutes: float | None,
     vocabulary: str | None,
+    priority: str | None,
     output_dir: Path | None,
 ) -> None:
     """Turn FILE into a document on this machine, in this process (no Redis needed)."""
@@ -43,9 +44,9 @@ def run(
     from workers.runtime import build_runtime
 
     settings = load_settings()
-    options = JobOptions(instructions, preset, language, window_minutes, vocabulary=vocabulary).validated(
-        settings
-    )
+    options = JobOptions(
+        instructions, preset, language, window_minutes, vocabulary=vocabulary, priority=priority
+    ).validated(settings)
     path = file.expanduser().absolute()
     # Probe before anything is written: bad input leaves no job, no window, no file behind.
     info = FfmpegAudio().probe(str(path))

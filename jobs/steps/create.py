@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from jobs.admission import admit
-from jobs.models import Job
+from jobs.models import Job, Priority
 from jobs.options import JobOptions
 from jobs.runtime import Runtime
 
@@ -40,6 +40,7 @@ def create_job(
         window_minutes=opts.window_minutes or rt.settings.window_minutes,
         webhook_url=opts.webhook_url,
         vocabulary=opts.vocabulary,
+        priority=Priority(opts.priority or Priority.interactive),
     )
     rt.store.add(job)
     log.info("job %s: created for %s", job.id, job.source_name)

@@ -50,7 +50,9 @@ def job_for_file(
 ) -> tuple[Job, bool]:
     """The job for this recording and options: a new one, or the earlier one to resume (True)."""
     engine = rt.engine
-    key = fingerprint(path, {"options": options.__dict__, "engine": engine.name, "model": engine.model})
+    # Priority decides when, not what: the same recording run again at another priority resumes.
+    shaping = {k: v for k, v in options.__dict__.items() if k != "priority"}
+    key = fingerprint(path, {"options": shaping, "engine": engine.name, "model": engine.model})
     job = rt.store.find_resumable(key)
     if job is None:
         job = create_job(

@@ -41,3 +41,13 @@ def test_window_minutes_never_above_thirty(minutes: float) -> None:
 def test_defaults() -> None:
     opts = JobOptions(instructions="  ").validated(Settings())
     assert opts.preset == "conference-talk" and opts.window_minutes == 30 and opts.instructions is None
+
+
+def test_priority_defaults_to_interactive_and_takes_batch() -> None:
+    assert JobOptions().validated(Settings()).priority == "interactive"
+    assert JobOptions(priority=" Batch ").validated(Settings()).priority == "batch"
+
+
+def test_a_bad_priority_is_one_line_naming_the_choices() -> None:
+    with pytest.raises(InputError, match=r"^priority must be interactive or batch, not 'urgent'$"):
+        JobOptions(priority="urgent").validated(Settings())

@@ -382,16 +382,33 @@ def test_gpu_worker_lands_on_gpu_nodes_and_scaling_watches_the_celery_queues() -
     assert spec["nodeSelector"]
     assert any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
     deployments = {doc["metadata"]["name"] for _p, doc in k8s_docs() if doc["kind"] == "Deployment"}
-    lists = {}
+    scaled = {}
     for _path, doc in k8s_docs():
         if doc["kind"] == "ScaledObject":
             target = doc["spec"]["scaleTargetRef"]["name"]
             assert target in deployments
-            trigger = doc["spec"]["triggers"][0]
-            assert trigger["type"] == "redis"
-            lists[target] = trigger["metadata"]["listName"]
-            assert urlparse("redis://" + trigger["metadata"]["address"]).hostname.startswith("redis.")
-    assert lists == {"cpu-worker": "cpu", "gpu-worker": "gpu"}
+            scaled[target] = doc["spec"]
+    assert set(scaled) == {"cpu-worker", "gpu-worker"}
+    # cpu workers: the Redis list of their queue.
+    (trigger,) = scaled["cpu-worker"]["triggers"]
+    assert trigger["type"] == "redis" and trigger["metadata"]["listName"] == "cpu"
+    assert urlparse("redis://" + trigger["metadata"]["address"]).hostname.startswith("redis.")
+    # gpu workers: the backlog in GPU seconds the API exports, down to zero when nothing waits.
+    gpu = scaled["gpu-worker"]
+    assert gpu["minReplicaCount"] == 0 and gpu["maxReplicaCount"] >= 1
+    exported = (ROOT / "api" / "metrics.py").read_text()
+    queries = []
+    for trigger in gpu["triggers"]:
+        assert trigger["type"] == "prometheus"
+        meta = trigger["metadata"]
+        assert float(meta["threshold"]) > 0 and float(meta["activationThreshold"]) == 0
+        assert urlparse(meta["serverAddress"]).scheme == "http"
+        names = re.findall(r"\b(voxbatch_[a-z_]+)", meta["query"])
+        assert names and all(f'"{n}"' in exported for n in names), names
+        assert meta["query"].rstrip().endswith("or vector(0)")  # an empty backlog reads as 0, not as no data
+        queries.append(meta["query"])
+    assert re.search(r'voxbatch_gpu_backlog_seconds\{queue="gpu"\}', queries[0])
+    assert any("voxbatch_jobs_waiting_reduce" in q for q in queries)
 
 
 def test_k8s_redis_config_is_the_same_text_as_compose() -> None:

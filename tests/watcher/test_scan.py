@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import event
 from sqlmodel import select
 
+from api.keys import create_key
 from jobs.errors import StorageUnavailable
 from jobs.models import DropObject, Job, utcnow
 from jobs.options import JobOptions
@@ -191,7 +192,7 @@ def test_empty_object_is_rejected_without_a_probe(drop: DropWorld) -> None:
 def test_trouble_while_submitting_defers_to_the_next_scan(drop: DropWorld, short_speech: Path) -> None:
     drop.s3.upload_file(str(short_speech), drop.bucket, "inbox/r.wav")
 
-    def broker_down(source: str, options: JobOptions, source_name: str) -> str:
+    def broker_down(source: str, options: JobOptions, source_name: str, tenant: str | None = None) -> str:
         raise StorageUnavailable("the broker did not answer")
 
     report = drop.watcher(submit=broker_down).scan()
@@ -298,3 +299,57 @@ def test_an_object_deleted_before_its_probe_is_not_rejected(drop: DropWorld, sho
     watcher._ingest_new(DropItem(drop.bucket, o["Key"], o["ETag"].strip('"'), o["Size"]), report)
     assert report.deferred == ["inbox/gone.wav"] and report.rejected == []
     assert ledger(drop) == [] and drop.outbox_keys() == []
+
+
+def test_drop_jobs_belong_to_the_drop_tenant_at_batch_priority(drop: DropWorld, short_speech: Path) -> None:
+    create_key(drop.db, "acme")
+    for key in ("inbox/plain.wav", "inbox/urgent.wav", "inbox/acme.wav"):
+        drop.s3.upload_file(str(short_speech), drop.bucket, key)
+    drop.s3.put_object(Bucket=drop.bucket, Key="inbox/urgent.json", Body=b'{"priority": "interactive"}')
+    drop.s3.put_object(Bucket=drop.bucket, Key="inbox/acme.json", Body=b'{"tenant": "acme"}')
+    assert len(drop.watcher().scan().submitted) == 3
+    owners = {j.source_name: (j.tenant, j.priority) for j in jobs(drop)}
+    assert owners == {
+        "plain.wav": ("drop", "batch"),
+        "urgent.wav": ("drop", "interactive"),
+        "acme.wav": ("acme", "batch"),
+    }
+
+
+def test_the_drop_tenant_is_a_setting(drop: DropWorld, short_speech: Path) -> None:
+    drop.s3.upload_file(str(short_speech), drop.bucket, "inbox/a.wav")
+    assert len(drop.watcher(drop_tenant="conference").scan().submitted) == 1
+    assert [j.tenant for j in jobs(drop)] == ["conference"]
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "reason"),
+    [
+        (b'{"tenant": "nobody"}', "names the tenant 'nobody', which does not exist"),
+        (b'{"priority": "urgent"}', "priority must be interactive or batch, not 'urgent'"),
+    ],
+)
+def test_an_unknown_tenant_or_priority_gets_error_json_in_one_line(
+    drop: DropWorld, short_speech: Path, sidecar: bytes, reason: str
+) -> None:
+    drop.s3.upload_file(str(short_speech), drop.bucket, "inbox/t/talk.wav")
+    drop.s3.put_object(Bucket=drop.bucket, Key="inbox/t/talk.json", Body=sidecar)
+    report = drop.watcher().scan()
+    assert report.rejected == ["inbox/t/talk.wav"] and jobs(drop) == []
+    written = json.loads(drop.get("outbox/t/talk.wav/error.json"))["reason"]
+    assert reason in written and "\n" not in written
+
+
+def test_a_storm_past_an_api_tenants_limit_is_not_refused(drop: DropWorld, short_speech: Path) -> None:
+    for n in range(4):
+        drop.s3.upload_file(str(short_speech), drop.bucket, f"inbox/storm/{n}.wav")
+    # An API tenant could hold one job at a time here; the drop tenant has its own limit.
+    drop.rt.settings = drop.settings.model_copy(update={"max_active_jobs_per_tenant": 1})
+    report = drop.watcher().scan()
+    assert len(report.submitted) == 4 and report.deferred == [] and report.rejected == []
+    # Past the drop tenant's own limit a recording waits in the inbox: deferred, not rejected.
+    drop.s3.upload_file(str(short_speech), drop.bucket, "inbox/storm/4.wav")
+    drop.rt.settings = drop.settings.model_copy(update={"drop_max_active_jobs": 4})
+    report = drop.watcher().scan()
+    assert report.deferred == ["inbox/storm/4.wav"] and report.rejected == []
+    assert drop.outbox_keys() == []

@@ -61,15 +61,16 @@ def submit(
     language: str | None,
     window_minutes: float | None,
     vocabulary: str | None,
+    priority: str | None,
 ) -> None:
     """Put FILE or s3://bucket/key on the workers' queue; prints the job id as its last line."""
     from jobs.options import JobOptions
     from workers.submission import submit as submit_job
 
     settings = load_settings()
-    options = JobOptions(instructions, preset, language, window_minutes, vocabulary=vocabulary).validated(
-        settings
-    )
+    options = JobOptions(
+        instructions, preset, language, window_minutes, vocabulary=vocabulary, priority=priority
+    ).validated(settings)
     if not source.startswith("s3://"):
         from workers.audio import FfmpegAudio
 
@@ -85,12 +86,23 @@ def submit(
 
 
 @click.command()
-@click.argument("job_id")
+@click.argument("job_id", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON object.")
+@click.option(
+    "--fleet",
+    is_flag=True,
+    help="Instead of a job: the backlog in estimated GPU seconds by queue, tenant and priority, "
+    "jobs waiting to be reduced, the drop folder's backlog and the queues.",
+)
 @one_line_errors
-def status(job_id: str, as_json: bool) -> None:
-    """Show a job: status, progress (windows done / total), time per stage, failure reason."""
+def status(job_id: str | None, as_json: bool, fleet: bool) -> None:
+    """Show a job (status, progress, time per stage, failure reason), or the fleet with --fleet."""
+    if fleet == (job_id is not None):
+        raise InputError("give a JOB id or --fleet (not both)")
     rt = runtime()
+    if job_id is None:
+        fleet_report(rt, as_json)
+        return
     report = job_report(rt, rt.store.get(job_id))
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -108,6 +120,51 @@ def status(job_id: str, as_json: bool) -> None:
         click.echo(f"timings   {stages}")
     if report["error"]:
         click.echo(f"reason    {report['error']}")
+
+
+def fleet_report(rt: Runtime, as_json: bool) -> None:
+    """`status --fleet`: what the autoscaler and an operator read (workers/fleet.py)."""
+    from workers.fleet import fleet
+    from workers.submission import redacted
+
+    now = fleet(rt)
+    cost = rt.settings.gpu_seconds_per_audio_second
+    if as_json:
+        report = {
+            "gpu_seconds_per_audio_second": cost,
+            "backlog": [vars(b) for b in now.backlog],
+            "gpu_backlog_s": now.gpu_seconds(),
+            "waiting_reduce": now.reducing,
+            "drop": now.drop,
+            "queues": now.queues,
+        }
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(
+        f"backlog (estimated GPU seconds: audio seconds x {cost:g}, VOXBATCH_GPU_SECONDS_PER_AUDIO_SECOND)"
+    )
+    rows = [[b.queue, b.tenant, b.priority, f"{b.audio_s:.0f}", f"{b.gpu_s:.0f}"] for b in now.backlog]
+    total_audio = sum(b.audio_s for b in now.backlog)
+    rows.append(["total", "", "", f"{total_audio:.0f}", f"{now.gpu_seconds():.0f}"])
+    _table(["queue", "tenant", "priority", "audio_s", "gpu_s"], rows)
+    click.echo("\nwaiting to be reduced")
+    _table(["tenant", "jobs"], [[t, str(n)] for t, n in now.reducing.items()] or [["(none)", "0"]])
+    click.echo("\ndrop folder")
+    _table(list(now.drop), [[str(n) for n in now.drop.values()]])
+    click.echo("\nqueues (messages waiting)")
+    if now.queues is None:
+        click.echo(f"broker unreachable at {redacted(rt.settings.broker_url)}")
+    else:
+        _table(["queue", "messages"], [[q, str(n)] for q, n in now.queues.items()])
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    """Columns padded to their widest cell; a column whose cells are all numbers is right-aligned."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    numeric = [all(r[i].replace(".", "").isdigit() for r in rows if r[i]) for i in range(len(header))]
+    for row in [header, *rows]:
+        cells = [c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric, strict=True)]
+        click.echo("  ".join(cells).rstrip())
 
 
 @click.command()
