@@ -35,7 +35,9 @@ from google.genai import errors, types
 from jobs.engine import Capabilities, Hints, TimedPiece
 from jobs.errors import EngineRejected, EngineUnavailable, InputError, WindowTooLarge
 from jobs.settings import Settings
-from workers.engines.hosted import MIB, Caps, as_error, mime_type, retry_delay_s
+from workers.engines.answers import as_error
+from workers.engines.audio_parts import audio_mime
+from workers.engines.hosted import MIB, Caps, retry_delay_s
 from workers.engines.http import backoff_s
 
 logger = logging.getLogger(__name__)
@@ -140,7 +142,7 @@ class GeminiEngine:
 
     def _with_audio(self, audio: Path, prompt: str, config: types.GenerateContentConfig) -> str:
         self._caps.admit(audio)
-        mime = mime_type(audio)
+        mime = audio_mime(audio)
         uploaded: types.File | None = None
         if audio.stat().st_size <= self.inline_max_bytes:
             part = types.Part.from_bytes(data=audio.read_bytes(), mime_type=mime)

@@ -1,5 +1,6 @@
-"""What the hosted engines (Mistral, Gemini, OpenAI) share: their answers as voxbatch errors, the caps
-they learn from refusals, the retry hints of their 429 answers, and MP3 for APIs that take no FLAC.
+"""What the hosted engines (Mistral, Gemini, OpenAI) share: the caps they learn from refusals, the
+retry hints of their 429 answers, and MP3 for APIs that take no FLAC. Their answers become voxbatch
+errors in ``workers/engines/answers.py``, as vLLM's do.
 
 Each engine talks to its vendor through the vendor's own SDK; the SDKs of Mistral and OpenAI retry
 429 and 5xx themselves and honour ``Retry-After`` (and ``retry-after-ms``); google-genai does not
@@ -17,46 +18,11 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-from jobs.errors import EngineRejected, EngineUnavailable, InputError, WindowTooLarge
+from jobs.errors import InputError, WindowTooLarge
 from workers.engines import durations
-from workers.engines.http import Refusal
 
 MIB = 1024 * 1024
 _GOOGLE_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
-
-
-def vendor_message(body: str | bytes | None) -> str:
-    """The message of an error body in OpenAI's, Mistral's or Google's shapes, else the text."""
-    if body is None:
-        return ""
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    try:
-        answer = json.loads(text)
-    except ValueError:
-        return text.strip()[:500]
-    if isinstance(answer, dict):
-        err = answer.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        for key in ("message", "detail", "error"):
-            if answer.get(key):
-                return str(answer[key])
-    return str(answer)[:500]
-
-
-def as_error(server: str, status: int | None, message: str) -> Exception:
-    """A vendor's HTTP answer (or a failed connection, ``status`` None) as a voxbatch error."""
-    if status is None or status == 429 or status >= 500 or status == 408:
-        what = f"HTTP {status}" if status else "no answer"
-        return EngineUnavailable(f"{server} did not answer usefully ({what}: {message}); try again later")
-    if status in (401, 403):
-        return EngineRejected(f"{server} refused the API key: {message}")
-    refusal = Refusal(status, message)
-    if status in (400, 413, 422) and refusal.too_large:
-        return WindowTooLarge(
-            f"{server} refused the audio as too large: {message}", max_duration_s=refusal.max_duration_s
-        )
-    return EngineRejected(f"{server} refused the request: {message}")
 
 
 def retry_delay_s(headers: Mapping[str, str] | None, body: Any) -> float | None:
@@ -163,8 +129,3 @@ def mp3_bytes(audio: Path, bitrate: str = "48k") -> bytes:
     if done.returncode != 0:
         raise InputError(f"ffmpeg could not encode {audio.name} as MP3: {done.stderr.decode()[-300:]}")
     return done.stdout
-
-
-def mime_type(audio: Path) -> str:
-    fmt = audio.suffix.lower().lstrip(".") or "flac"
-    return {"mp3": "audio/mpeg", "wav": "audio/wav", "ogg": "audio/ogg"}.get(fmt, f"audio/{fmt}")

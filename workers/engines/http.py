@@ -1,75 +1,41 @@
-"""One retrying JSON-over-HTTP client for OpenAI-compatible model servers, and the one place where
-their answers become voxbatch errors.
+"""One retrying JSON-over-HTTP client for OpenAI-compatible model servers (vLLM).
 
 - requests go through the process's request scheduler (``workers/engines/scheduler.py``): one
   event loop and async client, a fixed number in flight, fair between tenants, a deadline per attempt;
-- connection errors, deadlines passed, 5xx and 429 are retried with exponential backoff and full
-  jitter, then raised as EngineUnavailable;
-- a refusal about size, duration or context length (400/413/422) becomes WindowTooLarge, carrying
-  the duration limit when the server names one ("maximum allowed duration of 600s");
-- any other 4xx becomes EngineRejected with the server's own message;
-- an error body under status 200 (some vLLM versions answer undecodable uploads that way) is
-  classified like the status code it carries.
+- what may succeed if sent again (connection errors, deadlines passed, 408, 429, 5xx) is retried
+  with exponential backoff and full jitter, then raised as EngineUnavailable;
+- every other answer becomes a voxbatch error in ``workers/engines/answers.py``, the one mapping
+  all engines share; an error body under status 200 (some vLLM versions answer undecodable uploads
+  that way) is classified like the status code it carries.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 
-from jobs.errors import EngineRejected, WindowTooLarge
+from jobs.errors import EngineRejected
 from jobs.shares import current_share
+from workers.engines.answers import (
+    as_error,
+    embedded_error,
+    error_message,
+    is_transient,
+)
 from workers.engines.scheduler import EngineAborted, Retryable, abort_all, backoff_s, process_scheduler
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ApiClient", "EngineAborted", "Refusal", "RefusedTooLarge", "abort_all", "backoff_s"]
+__all__ = ["ApiClient", "EngineAborted", "abort_all", "backoff_s"]
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
-_DURATION_LIMIT = re.compile(r"duration of (\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
-_CONTEXT_LIMIT = re.compile(r"(?:maximum context length is|maximum model length of)\s+(\d+)", re.IGNORECASE)
-_TOO_LARGE = (
-    "maximum allowed duration",
-    "file size",
-    "filesize",
-    "too large",
-    "context length",
-    "maximum model length",
-    "vllm_max_audio",
-    "exceeds the maximum",
-)
-
 # A multipart upload is rebuilt for every attempt, so files are reopened from the start.
 FilesFactory = Callable[[], Mapping[str, Any]]
-
-
-class Refusal:
-    """A 4xx answer worth remembering: what kind of limit it hit and the numbers it named."""
-
-    def __init__(self, status: int, message: str) -> None:
-        self.status = status
-        self.message = message
-        lowered = message.lower()
-        self.too_large = status == 413 or any(k in lowered for k in _TOO_LARGE)
-        self.about_size = "file size" in lowered or "filesize" in lowered or status == 413
-        match = _DURATION_LIMIT.search(message)
-        self.max_duration_s = float(match.group(1)) if match else None
-        match = _CONTEXT_LIMIT.search(message)
-        self.max_model_len = int(match.group(1)) if match else None
-
-
-class RefusedTooLarge(WindowTooLarge):
-    """WindowTooLarge that keeps the server's refusal, so the engine can learn from it."""
-
-    def __init__(self, message: str, refusal: Refusal) -> None:
-        super().__init__(message, max_duration_s=refusal.max_duration_s)
-        self.refusal = refusal
 
 
 class ApiClient:
@@ -158,31 +124,23 @@ class ApiClient:
                 content_type = response.headers.get("content-type", "")
         except (httpx.TimeoutException, httpx.TransportError) as exc:
             raise Retryable(f"{type(exc).__name__}: {exc}") from exc
-        if status == 429 or status >= 500:
-            raise Retryable(f"HTTP {status}: {_message(body) or 'no message'}")
+        if is_transient(status):
+            raise Retryable(f"HTTP {status}: {error_message(body) or 'no message'}")
         if status >= 400:
-            raise self._refusal_error(status, _message(body) or f"HTTP {status}")
+            raise as_error(self.server, status, error_message(body) or f"HTTP {status}")
         if "json" not in content_type:
             return body.decode("utf-8", errors="replace")
         try:
             answer = json.loads(body)
         except ValueError as exc:
             raise EngineRejected(f"{self.server} answered with invalid JSON") from exc
-        embedded = _embedded_error(answer)
+        embedded = embedded_error(answer)
         if embedded is not None:
             status, message = embedded
-            if status == 429 or status >= 500:
+            if is_transient(status):
                 raise Retryable(f"HTTP 200 carrying {status}: {message}")
-            raise self._refusal_error(status, message)
+            raise as_error(self.server, status, message)
         return answer
-
-    def _refusal_error(self, status: int, message: str) -> Exception:
-        if status in (401, 403):
-            return EngineRejected(f"{self.server} refused the API key: {message}")
-        refusal = Refusal(status, message)
-        if status in (400, 413, 422) and refusal.too_large:
-            return RefusedTooLarge(f"{self.server} refused the window as too large: {message}", refusal)
-        return EngineRejected(f"{self.server} refused the request: {message}")
 
 
 def _read_files(files: FilesFactory) -> dict[str, Any]:
@@ -208,35 +166,3 @@ async def _read_capped(response: httpx.Response) -> bytes:
             raise EngineRejected(f"the model server's answer exceeded {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _message(body: bytes) -> str:
-    """The error message in vLLM's, OpenAI's or Mistral's error shapes, else the raw text."""
-    try:
-        answer = json.loads(body)
-    except ValueError:
-        return body.decode("utf-8", errors="replace").strip()[:500]
-    embedded = _embedded_error(answer)
-    if embedded is not None:
-        return embedded[1]
-    if isinstance(answer, dict):
-        for key in ("message", "detail", "error"):
-            if answer.get(key):
-                return str(answer[key])
-    return str(answer)[:500]
-
-
-def _embedded_error(answer: Any) -> tuple[int, str] | None:
-    """(status, message) when a JSON answer is an error: ``{"error": {...}}`` or
-    ``{"object": "error", ...}``; the status is the one it names, 400 when it names none."""
-    if not isinstance(answer, dict):
-        return None
-    if isinstance(answer.get("error"), dict):
-        err = answer["error"]
-    elif answer.get("object") == "error":
-        err = answer
-    else:
-        return None
-    code = err.get("code")
-    status = code if isinstance(code, int) and 400 <= code < 600 else 400
-    return status, str(err.get("message") or err)

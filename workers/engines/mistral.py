@@ -31,7 +31,8 @@ from mistralai.client.utils import BackoffStrategy, RetryConfig
 from jobs.engine import Capabilities, Hints, TimedPiece
 from jobs.errors import EngineRejected, InputError, WindowTooLarge
 from jobs.settings import Settings
-from workers.engines.hosted import Caps, as_error, vendor_message
+from workers.engines.answers import as_error, error_message
+from workers.engines.hosted import Caps
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class MistralEngine:
         try:
             return request()
         except errors.MistralError as exc:
-            error = as_error(self._server, exc.status_code, vendor_message(exc.body))
+            error = as_error(self._server, exc.status_code, error_message(exc.body))
         except (httpx2.HTTPError, errors.NoResponseError) as exc:
             error = as_error(self._server, None, f"{type(exc).__name__}: {exc}")
         if isinstance(error, WindowTooLarge):

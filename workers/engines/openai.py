@@ -31,7 +31,8 @@ import openai
 from jobs.engine import Capabilities, Hints, TimedPiece
 from jobs.errors import EngineRejected, InputError, WindowTooLarge
 from jobs.settings import Settings
-from workers.engines.hosted import MIB, Caps, as_error, mp3_bytes, vendor_message
+from workers.engines.answers import as_error, error_message
+from workers.engines.hosted import MIB, Caps, mp3_bytes
 
 MAX_S = 1400.0
 MAX_UPLOAD_BYTES = 25 * MIB
@@ -156,7 +157,7 @@ class OpenAIEngine:
         try:
             return request()
         except openai.APIStatusError as exc:
-            error = as_error(self._server, exc.status_code, vendor_message(exc.response.text))
+            error = as_error(self._server, exc.status_code, error_message(exc.response.text))
         except openai.APIConnectionError as exc:  # includes timeouts
             error = as_error(self._server, None, f"{type(exc).__name__}: {exc}")
         if isinstance(error, WindowTooLarge):

@@ -34,8 +34,9 @@ from jobs.errors import EngineRejected, InputError, RepetitionLoop, TranscriptCu
 from jobs.profiles import DEFAULT_PROFILE, ModelProfile, profile_for
 from jobs.settings import Settings
 from workers.engines import durations
+from workers.engines.answers import Refusal, RefusedTooLarge
 from workers.engines.audio_parts import audio_format, audio_mime, cut_items
-from workers.engines.http import ApiClient, Refusal, RefusedTooLarge
+from workers.engines.http import ApiClient
 from workers.engines.loops import is_loop
 
 logger = logging.getLogger(__name__)
