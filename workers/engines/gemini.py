@@ -37,7 +37,8 @@ from jobs.errors import EngineRejected, EngineUnavailable, InputError, WindowToo
 from jobs.settings import Settings
 from workers.engines.answers import as_error
 from workers.engines.audio_parts import audio_mime
-from workers.engines.hosted import MIB, Caps, retry_delay_s
+from workers.engines.caps import MIB, Caps
+from workers.engines.hosted import retry_delay_s
 from workers.engines.http import backoff_s
 
 logger = logging.getLogger(__name__)

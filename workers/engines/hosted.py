@@ -1,6 +1,6 @@
-"""What the hosted engines (Mistral, Gemini, OpenAI) share: the caps they learn from refusals, the
-retry hints of their 429 answers, and MP3 for APIs that take no FLAC. Their answers become voxbatch
-errors in ``workers/engines/answers.py``, as vLLM's do.
+"""What the hosted engines (Mistral, Gemini, OpenAI) share: the retry hints of their 429 answers and
+MP3 for APIs that take no FLAC. What a request may carry: ``workers/engines/caps.py``; their answers
+become voxbatch errors in ``workers/engines/answers.py``, as vLLM's do.
 
 Each engine talks to its vendor through the vendor's own SDK; the SDKs of Mistral and OpenAI retry
 429 and 5xx themselves and honour ``Retry-After`` (and ``retry-after-ms``); google-genai does not
@@ -12,16 +12,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import threading
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-from jobs.errors import InputError, WindowTooLarge
-from workers.engines import durations
+from jobs.errors import InputError
 
-MIB = 1024 * 1024
 _GOOGLE_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
 
@@ -59,48 +56,6 @@ def retry_delay_s(headers: Mapping[str, str] | None, body: Any) -> float | None:
             if match:
                 return float(match.group(1))
     return None
-
-
-class Caps:
-    """The longest audio per request: known up front, lowered by what refusals reveal."""
-
-    def __init__(self, name: str, max_s: float | None, max_bytes: float | None = None) -> None:
-        self.name = name
-        self._lock = threading.Lock()
-        self._max_s = max_s
-        self.max_bytes = max_bytes
-
-    def max_audio_s(self) -> float | None:
-        with self._lock:
-            return self._max_s
-
-    def learn(self, exc: Exception) -> None:
-        if isinstance(exc, WindowTooLarge) and exc.max_duration_s:
-            with self._lock:
-                self._max_s = (
-                    exc.max_duration_s if self._max_s is None else min(self._max_s, exc.max_duration_s)
-                )
-
-    def admit(self, audio: Path) -> float:
-        """Refuse before uploading what the vendor is known to refuse; return the duration."""
-        if not audio.is_file():
-            raise InputError(f"window audio {audio} does not exist")
-        duration = durations.duration_s(audio)
-        cap = self.max_audio_s()
-        if cap is not None and duration > cap + 0.5:
-            raise WindowTooLarge(
-                f"the audio lasts {duration:.0f} s, over {self.name}'s limit of {cap:.0f} s",
-                max_duration_s=cap,
-            )
-        size = audio.stat().st_size
-        if self.max_bytes is not None and size > self.max_bytes:
-            fitting = float(int(duration * self.max_bytes / size * 0.9))
-            raise WindowTooLarge(
-                f"the audio is {size / MIB:.1f} MB, over {self.name}'s upload limit of "
-                f"{self.max_bytes / MIB:.0f} MB",
-                max_duration_s=fitting,
-            )
-        return duration
 
 
 def mp3_bytes(audio: Path, bitrate: str = "48k") -> bytes:

@@ -32,7 +32,7 @@ from jobs.engine import Capabilities, Hints, TimedPiece
 from jobs.errors import EngineRejected, InputError, WindowTooLarge
 from jobs.settings import Settings
 from workers.engines.answers import as_error, error_message
-from workers.engines.hosted import Caps
+from workers.engines.caps import Caps
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,8 @@ from jobs.engine import Capabilities, Hints, TimedPiece
 from jobs.errors import EngineRejected, InputError, WindowTooLarge
 from jobs.settings import Settings
 from workers.engines.answers import as_error, error_message
-from workers.engines.hosted import MIB, Caps, mp3_bytes
+from workers.engines.caps import MIB, Caps
+from workers.engines.hosted import mp3_bytes
 
 MAX_S = 1400.0
 MAX_UPLOAD_BYTES = 25 * MIB

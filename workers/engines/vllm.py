@@ -36,6 +36,7 @@ from jobs.settings import Settings
 from workers.engines import durations
 from workers.engines.answers import Refusal, RefusedTooLarge
 from workers.engines.audio_parts import audio_format, audio_mime, cut_items
+from workers.engines.caps import MIB, Caps, fitting_duration
 from workers.engines.http import ApiClient
 from workers.engines.loops import is_loop
 
@@ -49,8 +50,6 @@ CUT_FRACTION = 0.9  # of the token cap: a transcript this long (by the high esti
 SUMMARY_MAX_TOKENS = 2048
 COMPLETE_MAX_TOKENS = 4096
 DEFAULT_UPLOAD_CAP_BYTES = 25 * 1024 * 1024  # vLLM's VLLM_MAX_AUDIO_CLIP_FILESIZE_MB default
-SIZE_SAFETY = 0.9  # FLAC bitrate varies with content: aim below a learned size limit
-MIB = 1024 * 1024
 
 
 def text_tokens(text: str) -> int:
@@ -93,16 +92,16 @@ class VLLMEngine:
 
     def _init_limits(self, max_s: float | None, max_upload_bytes: float | None) -> None:
         self._lock = threading.Lock()
-        self._max_s = max_s
-        self._max_upload_bytes = max_upload_bytes
+        self._caps = Caps(
+            self.name, max_s, max_upload_bytes, bytes_hint="VLLM_MAX_AUDIO_CLIP_FILESIZE_MB raises it"
+        )
         # Lowered when a server started with a smaller one says so.
         self._context = min(MAX_MODEL_LEN, self.profile.context_tokens)
 
     # --- the Engine protocol ---------------------------------------------------------------
 
     def max_audio_s(self) -> float | None:
-        with self._lock:
-            learned = self._max_s
+        learned = self._caps.max_audio_s()
         heard = self._chat_audio_cap()
         if heard is None:
             return learned
@@ -331,24 +330,7 @@ class VLLMEngine:
 
     def _admit(self, audio: Path, prompt_tokens: int) -> tuple[float, int]:
         """Refuse before uploading what the server is known to refuse; return (seconds, bytes)."""
-        if not audio.is_file():
-            raise InputError(f"window audio {audio} does not exist")
-        duration = durations.duration_s(audio)
-        size = audio.stat().st_size
-        cap = self.max_audio_s()
-        if cap is not None and duration > cap:
-            raise WindowTooLarge(
-                f"the window lasts {duration:.0f} s, over {self.name}'s limit of {cap:.0f} s",
-                max_duration_s=cap,
-            )
-        with self._lock:
-            upload_cap = self._max_upload_bytes
-        if upload_cap is not None and size > upload_cap:
-            raise WindowTooLarge(
-                f"the window is {size / MIB:.1f} MB, over {self.name}'s upload limit of "
-                f"{upload_cap / MIB:.1f} MB (VLLM_MAX_AUDIO_CLIP_FILESIZE_MB raises it)",
-                max_duration_s=_fitting_duration(duration, size, upload_cap),
-            )
+        duration, size = self._caps.admit(audio, max_s=self._chat_audio_cap())
         budget = self._context - PROMPT_OVERHEAD_TOKENS - prompt_tokens - MIN_OUTPUT_TOKENS
         if self._audio_tokens(duration) > budget:
             raise WindowTooLarge(
@@ -369,20 +351,13 @@ class VLLMEngine:
             budget = refusal.max_model_len - PROMPT_OVERHEAD_TOKENS - MIN_OUTPUT_TOKENS
             limit = self._longest_audio_s(budget)
         elif refusal.about_size and size:
-            with self._lock:
-                known = self._max_upload_bytes
-                # vLLM names no number: assume its default when the file was above it.
-                if known is None or known >= size:
-                    known = DEFAULT_UPLOAD_CAP_BYTES if size > DEFAULT_UPLOAD_CAP_BYTES else size / 2
-                self._max_upload_bytes = known
-            limit = _fitting_duration(duration, size, known)
+            known = self._caps.max_bytes()
+            # vLLM names no number: assume its default when the file was above it.
+            if known is None or known >= size:
+                known = DEFAULT_UPLOAD_CAP_BYTES if size > DEFAULT_UPLOAD_CAP_BYTES else size / 2
+            self._caps.lower_bytes(known)
+            limit = fitting_duration(duration, size, known)
         if limit is not None:
-            with self._lock:
-                self._max_s = limit if self._max_s is None else min(self._max_s, limit)
+            self._caps.lower_s(limit)
             logger.warning("%s: learned a limit of %.0f s per request: %s", self.name, limit, refusal.message)
         return limit
-
-
-def _fitting_duration(duration: float, size: int, upload_cap: float) -> float:
-    """The duration whose file should fit ``upload_cap`` at this file's bitrate, rounded down."""
-    return float(math.floor(duration * upload_cap / size * SIZE_SAFETY))
