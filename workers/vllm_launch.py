@@ -3,7 +3,7 @@
 One pure function builds both, so ``voxbatch vllm``, the gpu-worker image, the compose file and the
 Kubernetes manifests cannot drift apart: all of them run ``voxbatch vllm`` (see docs/operations.md).
 
-Why each piece is there (shared/reference/voxtral-vllm.md, sections 1.2 and 3):
+Why each piece is there (docs/operations.md, "vLLM for Voxtral"):
 - ``--tokenizer-mode/--config-format/--load-format mistral``: Voxtral refuses to load without them.
 - ``--max-model-len 32768``: the trained context; vLLM would otherwise take 128k from params.json and
   reserve KV cache for sequences the model cannot use.

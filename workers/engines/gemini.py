@@ -136,9 +136,6 @@ class GeminiEngine:
         )
         return self._text(answer)
 
-    def close(self) -> None:
-        self._client.close()
-
     # --- audio, inline or through the Files API -----------------------------------------------
 
     def _with_audio(self, audio: Path, prompt: str, config: types.GenerateContentConfig) -> str:

@@ -1,6 +1,6 @@
 """MistralEngine: Voxtral on Mistral's hosted API, through the ``mistralai`` SDK.
 
-How voxbatch's requests map onto the API (shared/reference/voxtral-vllm.md §5, docs/models.md):
+How voxbatch's requests map onto the API (docs/models.md):
 
 - transcripts: ``client.audio.transcriptions.complete`` (``POST /v1/audio/transcriptions``,
   multipart) with the transcription model (Voxtral Mini Transcribe), ``temperature=0``,
@@ -132,9 +132,6 @@ class MistralEngine:
 
     def complete(self, prompt: str) -> str:
         return self._chat([{"type": "text", "text": prompt}], COMPLETE_MAX_TOKENS)
-
-    def close(self) -> None:
-        self._client.sdk_configuration.client.close()  # type: ignore[union-attr]
 
     # --- the SDK's answers as voxbatch errors --------------------------------------------------
 

@@ -133,9 +133,6 @@ class OpenAIEngine:
     def complete(self, prompt: str) -> str:
         return self._chat(self.text_model, prompt, COMPLETE_MAX_TOKENS)
 
-    def close(self) -> None:
-        self._client.close()
-
     def _chat(self, model: str, content: Any, max_tokens: int, **extra: Any) -> str:
         answer = self._call(
             lambda: self._client.chat.completions.create(

@@ -1,6 +1,6 @@
 """VLLMEngine: Voxtral served by vLLM, through its OpenAI-compatible HTTP API.
 
-What vLLM does with Voxtral (shared/reference/voxtral-vllm.md) shapes every request:
+What vLLM does with Voxtral (docs/models.md) shapes every request:
 
 - the whole upload is one prompt: 375 tokens per started 30 s of audio, in a 32,768-token
   context, so the answer's ``max_completion_tokens`` is always bounded by what is left;
@@ -219,9 +219,6 @@ class VLLMEngine:
             )
         content = [{"type": "text", "text": prompt}]
         return self._chat(content, min(room, COMPLETE_MAX_TOKENS), 0.0, 0, "text answer")
-
-    def close(self) -> None:
-        self._api.close()
 
     # --- shapes that differ between vLLM and Mistral's hosted API -------------------------------
 
