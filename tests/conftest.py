@@ -58,6 +58,8 @@ for _name in CLEARED:
 REALVLLM = TESTS / "realvllm"
 _data_dirs = itertools.count()
 _tier_seconds: dict[str, float] = {}
+_last_teardown = [False]
+SESSION_END = "session end"  # shared services stopped after the last test
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -111,8 +113,15 @@ def _own_data_dir(
     get_settings.cache_clear()
 
 
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    # The last test's teardown stops every shared service of the session: not that tier's time.
+    _last_teardown[0] = nextitem is None
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     tier = _tier(ROOT / report.nodeid.split("::")[0])
+    if report.when == "teardown" and _last_teardown[0]:
+        tier = SESSION_END
     if tier is not None:
         _tier_seconds[tier] = _tier_seconds.get(tier, 0.0) + report.duration
 
@@ -120,7 +129,9 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     if not _tier_seconds:
         return
-    lines = [f"{tier:<12}{_tier_seconds[tier]:8.1f} s" for tier in TIERS if tier in _tier_seconds]
+    lines = [
+        f"{tier:<14}{_tier_seconds[tier]:8.1f} s" for tier in (*TIERS, SESSION_END) if tier in _tier_seconds
+    ]
     terminalreporter.write_sep("-", "time per tier (setup, call and teardown of its tests)")
     for line in lines:
         terminalreporter.write_line(line)

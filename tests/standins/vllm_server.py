@@ -990,6 +990,11 @@ class StandInVLLM:
     def reset_stats(self) -> None:
         self.state.reset()
 
+    def hold(self, markers: frozenset[int]) -> None:
+        """From now on, hold every answer to audio holding one of ``markers`` until ``release()``."""
+        self.state.released.clear()
+        self.config.hold_markers = markers
+
     def release(self) -> None:
         """Let every held answer (``hold_markers``) go, and every later one pass at once."""
         self.state.released.set()
