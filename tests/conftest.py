@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,6 +113,18 @@ def _own_data_dir(
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _core_starts_no_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The core tier is pure: a test there that starts a tool belongs to a tier that has it."""
+    if request.node.get_closest_marker("core") is None:
+        return
+
+    def refuse(self: subprocess.Popen[Any], args: Any, *_: Any, **__: Any) -> None:
+        raise AssertionError(f"a core test starts no process ({args!r}): move it to the tier of its tool")
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
 
 
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
