@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEPLOY_TOOLS := $(VENV)/.deploy-tools
+# Each pytest run of `make test` writes the time spent in each tier here (tests/conftest.py).
+TIMES := test-artifacts/tier-times
 
 .PHONY: setup demo test fast lint typecheck tiers realvllm bench clean deploy-tools deploy-test
 
@@ -35,9 +37,10 @@ typecheck: $(STAMP)
 fast: lint typecheck
 	$(BIN)/pytest -q -m "core or inprocess"
 
-## Every tier with the real parts (ffmpeg, moto S3, Redis, PostgreSQL, workers, Chromium).
+## Every tier with the real parts (ffmpeg, moto S3, Redis, PostgreSQL, workers, Chromium); the
+## real-vLLM tier is not collected (tests/conftest.py): `make realvllm` runs it.
 tiers: $(STAMP) $(DEPLOY_TOOLS)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --tier-times $(TIMES)/tiers.txt
 
 ## tests/deploy's tools: the Kubernetes schema validator (its schemas ship in the wheel).
 $(DEPLOY_TOOLS): $(STAMP)
@@ -55,10 +58,13 @@ deploy-test: $(DEPLOY_TOOLS)
 ## checkpoints: provision, then test.
 realvllm: $(STAMP)
 	tests/realvllm/provision.sh .venv-vllm .cache/realvllm/tiny-voxtral .cache/realvllm/tiny-qwen2-audio
-	VOXBATCH_REQUIRE_REALVLLM=1 $(BIN)/pytest -q tests/realvllm
+	VOXBATCH_REQUIRE_REALVLLM=1 $(BIN)/pytest -q --tier-times $(TIMES)/realvllm.txt tests/realvllm
 
-## All tests: lint, types, then every tier.
-test: lint typecheck tiers realvllm
+## All tests: lint, types, then every tier; ends with the time each tier took.
+test: $(STAMP)
+	rm -rf $(TIMES)
+	$(MAKE) --no-print-directory lint typecheck tiers realvllm
+	@echo "time per tier:" && cat $(TIMES)/tiers.txt $(TIMES)/realvllm.txt
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.split

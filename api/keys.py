@@ -1,4 +1,5 @@
-"""API keys: random, shown once, stored as a SHA-256 hash. A tenant is created with its first key.
+"""API keys: random, shown once, stored as a SHA-256 hash. A tenant is created with its first key
+(jobs/tenants.py owns the ``tenant`` table; this module owns ``apikey``).
 
 A key looks like ``vbk_<prefix>_<secret>``; the prefix (public) names it in lists and logs, the
 hash of the whole key is what the database holds. Keys are 256-bit random, so a plain hash (no
@@ -19,7 +20,8 @@ from sqlmodel import col, select
 
 from jobs.db import Database
 from jobs.errors import InputError
-from jobs.models import ApiKey, Tenant, utcnow
+from jobs.models import ApiKey, utcnow
+from jobs.tenants import ensure_tenant
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +48,7 @@ def create_key(db: Database, tenant: str) -> str:
     prefix = secrets.token_hex(4)
     key = f"{KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
     with db.session() as s:
-        if s.get(Tenant, tenant) is None:
-            s.add(Tenant(name=tenant, webhook_secret=secrets.token_hex(32)))
-            s.flush()
+        ensure_tenant(s, tenant)
         s.add(ApiKey(tenant=tenant, prefix=prefix, key_hash=hash_key(key)))
         s.commit()
     log.info("tenant %s: new API key %s", tenant, prefix)

@@ -54,11 +54,13 @@ from pydantic import BaseModel, Field
 from api.auth import RuntimeDep, TenantDep, bearer, current_tenant
 from api.job_routes import DocumentNotReady
 from api.schemas import Problem
+from api.staging import source_buckets
 from jobs.errors import NotFound
-from jobs.models import Job, JobStatus, Tenant
+from jobs.models import Job, JobStatus
 from jobs.runtime import Runtime
 from jobs.storage import RangedReads
 from jobs.storage_urls import open_storage, parse_s3_url
+from jobs.tenants import tenant_secret
 from workers import submission
 
 log = logging.getLogger(__name__)
@@ -113,14 +115,6 @@ class Unsatisfiable(Exception):
 # --- signed links --------------------------------------------------------------------------------
 
 
-def _tenant_secret(rt: Runtime, tenant: str | None) -> str | None:
-    if not tenant:
-        return None
-    with rt.db.session() as s:
-        row = s.get(Tenant, tenant)
-        return row.webhook_secret if row else None
-
-
 def signature(secret: str, job_id: str, expires: int) -> str:
     key = hmac.new(secret.encode(), _CONTEXT, hashlib.sha256).digest()
     return hmac.new(key, f"{job_id}\n{expires}".encode(), hashlib.sha256).hexdigest()
@@ -141,7 +135,7 @@ def media_access(
     if sig is None and expires is None:
         return rt.store.get(job_id, current_tenant(rt, credentials))
     job = rt.store.find(job_id)
-    secret = _tenant_secret(rt, job.tenant) if job else None
+    secret = tenant_secret(rt.db, job.tenant) if job else None
     if job is None or secret is None or expires is None or sig is None:
         raise NotFound(f"no job {job_id[:64]}")
     if not hmac.compare_digest(sig.lower(), signature(secret, job.id, expires)):
@@ -172,21 +166,13 @@ def _bucket(bucket: str, endpoint_url: str | None) -> Any:
     return open_storage(f"s3://{bucket}", endpoint_url)
 
 
-def _source_buckets(rt: Runtime) -> set[str]:
-    buckets = {b.strip() for b in rt.settings.source_buckets.split(",") if b.strip()}
-    for url in (rt.storage.url, rt.settings.drop_url or ""):
-        if url.startswith("s3://"):
-            buckets.add(parse_s3_url(url)[0])
-    return buckets
-
-
 def locate(rt: Runtime, job: Job) -> Stored:
     """Where the job's recording can be read with ranges; NotFound when not in reach."""
     if job.source_key and isinstance(rt.storage, RangedReads):
         return Stored(rt.storage, job.source_key)
     if not job.source_key and job.source.startswith("s3://"):
         bucket, key = parse_s3_url(job.source)
-        if bucket in _source_buckets(rt) and key:
+        if bucket in source_buckets(rt, drop_folder=True) and key:
             store = _bucket(bucket, rt.settings.s3_endpoint_url)
             if isinstance(store, RangedReads):
                 return Stored(store, key)
@@ -283,7 +269,7 @@ def link_recording(job_id: str, rt: RuntimeDep, tenant: TenantDep) -> RecordingL
     job = rt.store.get(job_id, tenant)
     stored = locate(rt, job)
     size = stored.storage.size(stored.key)
-    secret = _tenant_secret(rt, job.tenant)
+    secret = tenant_secret(rt.db, job.tenant)
     if secret is None:
         raise NotFound(f"no job {job_id[:64]}")
     expires = int(time.time()) + LINK_TTL_S

@@ -119,6 +119,20 @@ def _reserved_prefixes(rt: Runtime, bucket: str) -> list[str]:
     return prefixes
 
 
+def source_buckets(rt: Runtime, *, drop_folder: bool = False) -> set[str]:
+    """The buckets recordings are read from: VOXBATCH_SOURCE_BUCKETS and the storage's own bucket
+    (those a tenant may name, ``job_from_source``), and with ``drop_folder`` the drop folder's bucket
+    too, whose jobs the watcher made (their recordings are served: api/recording_routes.py)."""
+    buckets = {b.strip() for b in rt.settings.source_buckets.split(",") if b.strip()}
+    own_bucket, _ = _own_bucket(rt.storage)
+    if own_bucket:
+        buckets.add(own_bucket)
+    drop = rt.settings.drop_url or ""
+    if drop_folder and drop.startswith("s3://"):
+        buckets.add(parse_s3_url(drop)[0])
+    return buckets
+
+
 def job_from_source(rt: Runtime, source: str, options: JobOptions, tenant: str) -> Job:
     """A job on an object already in S3 (``s3://bucket/key``).
 
@@ -132,10 +146,7 @@ def job_from_source(rt: Runtime, source: str, options: JobOptions, tenant: str) 
     storage = rt.storage
     bucket, key = parse_s3_url(source)
     own_bucket, own = _own_bucket(storage)
-    allowed = {b.strip() for b in rt.settings.source_buckets.split(",") if b.strip()}
-    if own_bucket:
-        allowed.add(own_bucket)
-    if bucket not in allowed:
+    if bucket not in source_buckets(rt):
         raise InputError(
             f"bucket {bucket} is not one this server takes sources from; "
             "the operator lists those in VOXBATCH_SOURCE_BUCKETS"

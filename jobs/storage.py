@@ -205,9 +205,6 @@ class LocalStorage:
                 left -= len(data)
                 yield data
 
-    def local_path(self, key: str) -> Path:
-        return self._path(key)
-
     def readable_url(self, key: str, expires_s: int = 24 * 3600) -> str:
         path = self._path(key)
         if not path.is_file():

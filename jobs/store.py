@@ -110,7 +110,10 @@ class JobStore:
         self._update(Job, [col(Job.id) == job_id], updated_at=utcnow(), **values)
 
     def compare_and_set(self, job_id: str, field: str, old: Any, new: Any) -> bool:
-        """Set ``field`` to ``new`` only while it still holds ``old`` (writers race on it)."""
+        """Set ``field`` to ``new`` only while it still holds ``old`` (writers race on it). Never the
+        state: that goes through ``transition`` and the table in jobs/states.py."""
+        if field == "status":
+            raise InvalidTransition("state changes go through JobStore.transition")
         column = col(getattr(Job, field))
         cond = column.is_(None) if old is None else column == old
         return self._update(Job, [col(Job.id) == job_id, cond], **{field: new}) == 1

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from jobs.db import Database
 from jobs.errors import InputError
-from jobs.models import Tenant
 from jobs.settings import Settings
+from jobs.tenants import tenant_exists
 
 
 def drop_tenant(settings: Settings, db: Database, named: str | None, sidecar: str = "the sidecar") -> str:
@@ -22,9 +22,7 @@ def drop_tenant(settings: Settings, db: Database, named: str | None, sidecar: st
     name = named.strip()
     if name == settings.drop_tenant:
         return name
-    with db.session() as s:  # read only: api/keys.py writes this table
-        known = s.get(Tenant, name[:200]) is not None
-    if not known:
+    if not tenant_exists(db, name):
         raise InputError(
             f"{sidecar} names the tenant {name[:100]!r}, which does not exist; create it with "
             f"`voxbatch keys create {name[:100]}`, or leave 'tenant' out for {settings.drop_tenant!r}"

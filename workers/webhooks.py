@@ -40,8 +40,9 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from jobs.errors import InputError
-from jobs.models import Job, JobStatus, Tenant, utcnow
+from jobs.models import Job, JobStatus, utcnow
 from jobs.runtime import Runtime
+from jobs.tenants import tenant_secret
 from workers.dispatch import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -261,15 +262,14 @@ def deliver(rt: Runtime, job_id: str, job_attempt: int, delivery: int) -> Delive
     job = rt.store.get(job_id)
     if not job.webhook_url:
         return Delivery(ok=True, retry=False)
-    with rt.db.session() as s:
-        tenant = s.get(Tenant, job.tenant) if job.tenant else None
+    secret = tenant_secret(rt.db, job.tenant)
     timestamp = int(time.time())
     body = json.dumps(
         {"event": "job.finished", "timestamp": timestamp, "job": payload(job)}, separators=(",", ":")
     ).encode()
     result = send(
         job.webhook_url,
-        tenant.webhook_secret if tenant else None,
+        secret,
         body,
         timestamp,
         rt.settings.webhook_allow_private,

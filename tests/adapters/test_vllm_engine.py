@@ -274,7 +274,6 @@ def test_build_engine_auto_falls_back_to_mistral(tmp_path: Path) -> None:
 def test_build_engine_auto_without_servers_warns_and_goes_offline(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    pytest.importorskip("workers.engines.offline")
     settings = Settings(vllm_url=None, mistral_api_key=None, data_dir=tmp_path)
     with caplog.at_level(logging.WARNING):
         engine = build_engine(settings)

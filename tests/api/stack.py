@@ -35,6 +35,7 @@ class ApiStack:
     api_log: Path
     s3_endpoint: str | None
     keys: dict[str, str]
+    vllm: StandInVLLM  # the stand-in every stack's workers call (StandInVLLM.hold holds answers)
 
     def key(self, tenant: str) -> str:
         if tenant not in self.keys:
@@ -132,7 +133,7 @@ class StackFactory:
                 env=environ, cwd=tmp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
-        stack = ApiStack(url, cluster, api, log, s3_endpoint, {})
+        stack = ApiStack(url, cluster, api, log, s3_endpoint, {}, self.vllm)
         self.stacks.append(stack)
 
         def healthy() -> bool:

@@ -11,7 +11,6 @@ import hashlib
 import json
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,8 +24,11 @@ from tests.distributed.conftest import Stack
 from tests.documents import check_document
 from tests.fixtures.services import VOXBATCH, free_port, wait_until
 from tests.speech import Recording
+from workers.dispatch import queue_depths
 
 WINDOW = ("--window-minutes", "1")
+# Markers of the test recording (tests/fixtures/audio.py), all held by a stand-in told to hold them.
+ALL_MARKERS = frozenset(range(12))
 
 
 def fetch_and_check(stack: Stack, job_id: str, rec: Recording, out: Path) -> dict:
@@ -116,7 +118,8 @@ def test_a_sigkilled_gpu_worker_costs_about_one_lease(
     stack_factory: Callable[..., Stack], marker_recording: Recording, tmp_path: Path
 ) -> None:
     lease = 6.0
-    stack = stack_factory({"latency_s": 3.0}, VOXBATCH_LEASE_SECONDS=str(lease))
+    # No answer until the victim is dead: its window cannot finish before the kill.
+    stack = stack_factory({"hold_markers": ALL_MARKERS}, VOXBATCH_LEASE_SECONDS=str(lease))
     c = stack.cluster
     c.start_worker("cpu", 1)
     victim = c.start_worker("gpu", 1)
@@ -126,6 +129,7 @@ def test_a_sigkilled_gpu_worker_costs_about_one_lease(
     window = wait_until(lambda: running_window(rt, job_id, victim.pid), 60, "a window on the victim")
     c.signal_worker(victim, signal.SIGKILL)
     killed_at = datetime.now(UTC)
+    stack.vllm.release()
     waited = c.wait(job_id, 90)
     assert waited.returncode == 0, (waited.stderr, c.logs())
 
@@ -143,7 +147,8 @@ def test_sigterm_requeues_a_running_window_at_once(
 ) -> None:
     # A long lease: the sweep cannot be what brings the window back within this test.
     lease = 120.0
-    stack = stack_factory({"latency_s": 6.0}, VOXBATCH_LEASE_SECONDS=str(lease))
+    # No answer until the worker has handed its window back: it cannot finish it first.
+    stack = stack_factory({"hold_markers": ALL_MARKERS}, VOXBATCH_LEASE_SECONDS=str(lease))
     c = stack.cluster
     c.start_worker("cpu", 1)
     leaving = c.start_worker("gpu", 1)
@@ -153,6 +158,8 @@ def test_sigterm_requeues_a_running_window_at_once(
     c.signal_worker(leaving, signal.SIGTERM)  # 5 s of soft shutdown, then its messages go back
     c.start_worker("gpu", 3, wait=False)
     sent = datetime.now(UTC)
+    wait_until(lambda: "handed back to the queue" in leaving.text(), 60, "the window handed back")
+    stack.vllm.release()
     waited = c.wait(job_id, 90)
     assert waited.returncode == 0, (waited.stderr, c.logs())
     assert "handed back to the queue" in leaving.text(), leaving.text()[-3000:]
@@ -167,7 +174,9 @@ def test_sigterm_requeues_a_running_window_at_once(
 def test_jobs_complete_when_redis_restarts_mid_job(
     stack_factory: Callable[..., Stack], marker_recording: Recording, tmp_path: Path
 ) -> None:
-    stack = stack_factory({"latency_s": 1.0})
+    # The windows after the first (markers past one minute) wait for the restart: it is mid-job.
+    later = frozenset(k for k, start, _ in marker_recording.markers if start >= 60.0)
+    stack = stack_factory({"hold_markers": later})
     c = stack.cluster
     c.start_worker("cpu", 1)
     c.start_worker("gpu", 2)
@@ -176,6 +185,7 @@ def test_jobs_complete_when_redis_restarts_mid_job(
 
     wait_until(lambda: rt.store.get(jobs[0]).windows_done >= 1, 60, "a first window")
     stack.redis.restart(down_s=1.0)
+    stack.vllm.release()
     for n, job_id in enumerate(jobs):
         waited = c.wait(job_id, 120)
         assert waited.returncode == 0, (waited.stderr, c.logs())
@@ -210,7 +220,8 @@ def test_a_window_delivered_twice_calls_the_engine_once_and_writes_the_same_byte
     from workers.celery_app import WINDOW as WINDOW_TASK
     from workers.celery_app import make_celery
 
-    stack = stack_factory({"latency_s": 1.5})
+    # No answer until the second copy has been handled: the first copy is still running then.
+    stack = stack_factory({"hold_markers": ALL_MARKERS})
     c = stack.cluster
     app = make_celery(Settings(broker_url=c.env["VOXBATCH_BROKER_URL"]))
     c.start_worker("cpu", 1)
@@ -220,6 +231,8 @@ def test_a_window_delivered_twice_calls_the_engine_once_and_writes_the_same_byte
     first = wait_until(lambda: running_window(rt, job_id), 60, "a running window")
     # A second copy while the first runs (what a visibility-timeout redelivery does) ...
     app.send_task(WINDOW_TASK, args=[job_id, first.index]).get(timeout=30)  # type: ignore[attr-defined]
+    assert running_window(rt, job_id) is not None
+    stack.vllm.release()
     waited = c.wait(job_id, 60)
     assert waited.returncode == 0, (waited.stderr, c.logs())
     total = rt.store.get(job_id).windows_total
@@ -246,20 +259,33 @@ def test_cancel_stops_a_job_and_retry_resumes_from_the_windows_done(
     stack_factory: Callable[..., Stack], marker_recording: Recording, tmp_path: Path
 ) -> None:
 
-    # Slow enough that the cancel lands while windows remain (a window's segments and its summary
-    # run in parallel: one window takes about one latency).
-    stack = stack_factory({"latency_s": 4.0})
+    # Every window after the first (markers past its one minute) waits in the stand-in until
+    # released: the cancel lands while windows remain, however fast the machine.
+    later = frozenset(k for k, start, _ in marker_recording.markers if start >= 60.0)
+    stack = stack_factory({"hold_markers": later})
     c = stack.cluster
     c.start_worker("cpu", 1)
     c.start_worker("gpu", 1)
     job_id = c.submit(marker_recording.path, *WINDOW)
     rt = c.runtime()
     wait_until(lambda: rt.store.get(job_id).windows_done >= 1, 60, "a first window")
+    wait_until(lambda: stack.vllm.stats()["held"] > 0, 60, "a later window at the model")
     cancelled = c.cli("cancel", job_id)
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout, cancelled.stderr
     waited = c.wait(job_id, 10)
     assert waited.returncode == 1 and "cancelled" in waited.stderr
-    time.sleep(9)  # the window in flight finishes; nothing new starts
+    # The window in flight gets its answers and finishes; nothing new starts: once no window
+    # runs and no message is left in the broker, nothing is left to start one.
+    stack.vllm.release()
+    wait_until(
+        lambda: (
+            stack.vllm.stats()["holding"] == 0
+            and not rt.store.has_running_window(job_id)
+            and not any(queue_depths(c.env["VOXBATCH_BROKER_URL"]).values())
+        ),
+        60,
+        "the window in flight to finish",
+    )
     assert rt.store.get(job_id).status == JobStatus.cancelled
     assert rt.store.pending_windows(job_id), "cancel should have stopped the job before its last window"
     done_before = {w.index: w.finished_at for w in rt.store.windows(job_id) if w.status == WindowStatus.done}

@@ -19,6 +19,7 @@ from api.recording_routes import Unsatisfiable, parse_range, signed_query
 from jobs.options import JobOptions
 from jobs.runtime import Runtime
 from jobs.steps.create import create_job
+from jobs.tenants import tenant_secret
 from tests.player import Segment, finished_job
 
 DATA = bytes(range(256)) * 4000 + b"tail"  # 1,024,004 bytes
@@ -165,7 +166,7 @@ def test_an_expired_link_made_now_is_refused(
 ) -> None:
     job = finished_job(rt, "alpha", recording, SEGMENTS, duration_s=6.0)
     create_key(rt.db, "alpha")
-    secret = recording_routes._tenant_secret(rt, "alpha")
+    secret = tenant_secret(rt.db, "alpha")
     assert secret
     past = int(time.time()) - 5
     assert (

@@ -215,6 +215,8 @@ def test_every_state_change_outside_the_table_raises(rt: Runtime, tones: Recordi
                     rt.store.transition(job_id, [source], target)
     with pytest.raises(InvalidTransition):
         rt.store.update(job_id, status=JobStatus.succeeded)
+    with pytest.raises(InvalidTransition):
+        rt.store.compare_and_set(job_id, "status", JobStatus.queued, JobStatus.succeeded)
     # Allowed, but the job is not in the source state: no change, no error.
     assert not rt.store.transition(job_id, [JobStatus.reducing], JobStatus.succeeded)
     assert rt.store.get(job_id).status == JobStatus.queued

@@ -13,7 +13,7 @@ import re
 import signal
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import pytest
 
 from jobs.documents import DOCUMENT_NAMES
 from tests.documents import check_document, markers_in
+from tests.fixtures.services import wait_until
 from tests.speech import Marker, Recording, Silence, Speech, Tone, build_recording, marker_talk
 from tests.standins.vllm_server import StandInVLLM
 
@@ -178,7 +179,12 @@ def test_running_again_changes_nothing_and_calls_no_model(
 def test_an_interrupted_run_resumes_after_the_last_finished_window(
     tmp_path: Path, marker_recording: Recording
 ) -> None:
-    with StandInVLLM(latency_s=1.0) as server:
+    # One-minute windows: every marker starting after the first minute is past the first window.
+    # The stand-in holds each answer hearing one of them until released, so the first window
+    # finishes and the job cannot, however fast the machine.
+    later = frozenset(k for k, start, _ in marker_recording.markers if start >= 60.0)
+    assert later
+    with StandInVLLM(hold_markers=later) as server:
         env = vllm_env(tmp_path, server)
         args = [
             *VOXBATCH,
@@ -190,23 +196,35 @@ def test_an_interrupted_run_resumes_after_the_last_finished_window(
             str(tmp_path / "out"),
         ]
         proc = subprocess.Popen(
-            args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            args, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
+        assert proc.stderr is not None
+        stderr: list[str] = []
+        reader = threading.Thread(target=lambda: stderr.extend(proc.stderr or ()), daemon=True)
+        reader.start()
         results = tmp_path / "data" / "store" / "jobs"
-        deadline = time.monotonic() + 120
-        while not list(results.glob("*/windows/0000.json")):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+
+        def first_window_done_and_a_later_one_held() -> bool:
+            assert proc.poll() is None, "".join(stderr)
+            return bool(list(results.glob("*/windows/0000.json"))) and server.stats()["held"] > 0
+
+        wait_until(first_window_done_and_a_later_one_held, 120, "the first window and a held request")
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        # The run says it was interrupted, then waits at exit for its requests in flight, held by
+        # the stand-in: answer them (to a run that no longer goes on) so it can exit.
+        wait_until(lambda: "interrupted" in "".join(stderr), 60, "the run to report the interrupt")
+        server.release()
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+        err = "".join(stderr)
         assert proc.returncode == 130, err
         assert "run the same command again to resume" in err
         assert "Traceback" not in err
+        assert not (tmp_path / "out" / "document.json").exists()
         segments_before = len(list(results.glob("*/windows/*/segments/*.json")))
-        # The stand-in logs a request when it answers: let the interrupted run's last request,
-        # still sleeping its latency there, land before counting from zero.
-        time.sleep(3 * server.config.latency_s)
+        # The stand-in logs a request when it answers: every held answer is logged before counting
+        # from zero.
+        wait_until(lambda: server.stats()["holding"] == 0, 30, "the held requests to be answered")
         server.reset_stats()
         again = voxbatch(args[3:], env, tmp_path)
         assert again.returncode == 0, again.stderr

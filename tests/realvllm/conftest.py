@@ -3,8 +3,9 @@ through voxbatch's own code.
 
 ``make realvllm`` provisions .venv-vllm and the checkpoints, then runs this folder with
 VOXBATCH_REQUIRE_REALVLLM=1 (missing pieces then fail instead of skipping). Without that variable
-the tier runs only when provisioned and asked for by path (``pytest tests/realvllm``); a plain
-``pytest`` skips it with the reason, so the other tiers never wait for the vLLM start-ups.
+the tier is collected only when asked for by path (``pytest tests/realvllm``; tests/conftest.py
+leaves it out of a plain ``pytest``, so the other tiers never wait for the vLLM start-ups), and
+skips, naming what is missing, where it is not provisioned.
 """
 
 from __future__ import annotations
@@ -20,19 +21,10 @@ from tests.realvllm import server as rv
 from workers.vllm_launch import VllmOptions, build_vllm_launch
 
 REQUIRED = os.environ.get("VOXBATCH_REQUIRE_REALVLLM") == "1"
-HERE = Path(__file__).parent
-
-
-def _asked_for(config: pytest.Config) -> bool:
-    for arg in config.args:
-        path = Path(str(arg).split("::")[0]).resolve()
-        if path == HERE or HERE in path.parents:
-            return True
-    return False
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _realvllm_available(request: pytest.FixtureRequest) -> None:
+def _realvllm_available() -> None:
     gaps = rv.missing()
     if REQUIRED:
         if gaps:
@@ -40,8 +32,6 @@ def _realvllm_available(request: pytest.FixtureRequest) -> None:
         return
     if gaps:
         pytest.skip(f"real vLLM tier not provisioned (missing {', '.join(gaps)}); run: make realvllm")
-    if not _asked_for(request.config):
-        pytest.skip("real vLLM tier runs on its own: make realvllm (or pytest tests/realvllm)")
 
 
 def _start_with_launcher(name: str, checkpoint: Path, extra_args: Sequence[str]) -> rv.RealVLLM:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -40,6 +41,7 @@ class LiveApi:
     host: str
     port: int
     rt: Runtime
+    app: Any  # the FastAPI app, for its state (upload slots in use)
 
     def key(self, tenant: str) -> str:
         return create_key(self.rt.db, tenant)
@@ -61,8 +63,9 @@ def live_api(
     def start(**settings: object) -> LiveApi:
         rt = make_runtime(**settings)
         port = free_port()
+        app = create_app(rt.settings, rt)
         config = uvicorn.Config(
-            create_app(rt.settings, rt),
+            app,
             host="127.0.0.1",
             port=port,
             log_config=None,
@@ -76,7 +79,7 @@ def live_api(
             assert time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.05)
         servers.append((server, thread))
-        return LiveApi(f"http://127.0.0.1:{port}", "127.0.0.1", port, rt)
+        return LiveApi(f"http://127.0.0.1:{port}", "127.0.0.1", port, rt, app)
 
     yield start
     for server, thread in servers:

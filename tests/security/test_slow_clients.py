@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable
 
 import httpx
 
+from tests.fixtures.services import wait_until
 from tests.security.conftest import LiveApi, read_status, stalled_upload
 
 STALLED = 45  # more than anyio's default 40 worker threads
@@ -41,7 +41,9 @@ def test_concurrent_uploads_are_capped_per_tenant_and_in_all(live_api: Callable[
     try:
         socks.append(stalled_upload(api, eve))
         with httpx.Client(base_url=api.url, timeout=10.0) as client:
-            time.sleep(0.5)  # the stalled uploads have reached the handler
+            wait_until(
+                lambda: api.app.state.upload_slots.in_use() == len(socks), 10, "the stalled uploads' slots"
+            )
             mine = client.post(
                 "/v1/jobs", headers={"Authorization": f"Bearer {mallory}"}, files={"file": ("a.flac", b"x")}
             )

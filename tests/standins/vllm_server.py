@@ -22,8 +22,11 @@ carries ``frequency_penalty > 0``, ``presence_penalty > 0`` or ``repetition_pena
 
 Fault injection: ``fail_every=N`` answers every Nth POST with 503, ``latency_s`` sleeps per request,
 ``error_200_every=N`` answers every Nth POST with an error body under status 200 (as some vLLM
-versions do for undecodable uploads). ``GET /stats`` returns request counts per endpoint and a log
-of every request (endpoint, status, audio duration, markers, sampling parameters, message roles).
+versions do for undecodable uploads), ``hold_markers={k, ...}`` keeps every answer to audio holding
+one of those markers until ``release()`` (``holding`` in the stats counts the answers waiting), so a
+test decides when a window finishes instead of racing it. ``GET /stats`` returns request counts per
+endpoint and a log of every request (endpoint, status, audio duration, markers, sampling parameters,
+message roles).
 
 ``mode="mistral"`` speaks the hosted Mistral API's shapes instead: ``input_audio`` is a plain base64
 string, a Bearer key is required, model ids are ``voxtral-*-latest`` and duration limits are the
@@ -133,6 +136,7 @@ class ServerConfig:
     fail_every: int = 0
     error_200_every: int = 0
     latency_s: float = 0.0
+    hold_markers: frozenset[int] = frozenset()  # answers hearing one of these wait for release()
     profile: str | None = None  # a jobs/profiles.py name: that model's rules instead of Voxtral's
 
     def __post_init__(self) -> None:
@@ -174,14 +178,29 @@ class ServerState:
     posts: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     log: list[dict[str, Any]] = field(default_factory=list)
+    released: threading.Event = field(default_factory=threading.Event)
+    holding: int = 0  # answers held (config.hold_markers) and not yet recorded
+    held: int = 0  # answers ever held
 
     def next_post(self) -> int:
         with self.lock:
             self.posts += 1
             return self.posts
 
+    def hold(self, entry: dict[str, Any]) -> None:
+        """Wait for ``released`` when the audio answered holds one of ``config.hold_markers``."""
+        if not set(entry.get("markers") or ()) & self.config.hold_markers:
+            return
+        with self.lock:
+            self.holding += 1
+            self.held += 1
+        entry["held"] = True
+        self.released.wait()
+
     def record(self, entry: dict[str, Any]) -> None:
         with self.lock:
+            if entry.get("held"):
+                self.holding -= 1
             name = entry["endpoint"]
             self.counts[name] = self.counts.get(name, 0) + 1
             self.log.append(entry)
@@ -192,6 +211,8 @@ class ServerState:
                 "counts": dict(self.counts),
                 "posts": self.posts,
                 "log": [dict(e) for e in self.log],
+                "holding": self.holding,
+                "held": self.held,
             }
 
     def reset(self) -> None:
@@ -703,6 +724,7 @@ def create_app(state: ServerState) -> FastAPI:
             state.record(entry)
             return JSONResponse(_error_body(config, err), err.status)
         entry.update(status=200, text_words=len(text.split()))
+        state.hold(entry)
         state.record(entry)
         if response_format == "text" and config.mode == "mistral":
             return PlainTextResponse(text)  # vLLM answers JSON even for response_format=text
@@ -738,6 +760,7 @@ def create_app(state: ServerState) -> FastAPI:
             state.record(entry)
             return JSONResponse(_error_body(config, err), err.status)
         entry.update(status=200)
+        state.hold(entry)
         state.record(entry)
         completion = len(answer.split())
         return JSONResponse(
@@ -966,6 +989,15 @@ class StandInVLLM:
 
     def reset_stats(self) -> None:
         self.state.reset()
+
+    def hold(self, markers: frozenset[int]) -> None:
+        """From now on, hold every answer to audio holding one of ``markers`` until ``release()``."""
+        self.state.released.clear()
+        self.config.hold_markers = markers
+
+    def release(self) -> None:
+        """Let every held answer (``hold_markers``) go, and every later one pass at once."""
+        self.state.released.set()
 
     def __enter__(self) -> StandInVLLM:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
