@@ -41,6 +41,7 @@ def run(
 ) -> None:
     """Turn FILE into a document on this machine, in this process (no Redis needed)."""
     from workers.audio import FfmpegAudio
+    from workers.engines.scheduler import abort_all
     from workers.runtime import build_runtime
 
     settings = load_settings()
@@ -76,6 +77,11 @@ def run(
 
         try:
             job = run_local(rt, job.id, progress)
+        except KeyboardInterrupt:
+            # Requests still at the model server are cancelled, so the process exits now instead
+            # of waiting for their answers; their windows are pending again, for the next run.
+            abort_all()
+            raise
         finally:
             if bar is not None:
                 bar.__exit__(None, None, None)

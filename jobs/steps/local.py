@@ -106,9 +106,15 @@ def windows_at_once(rt: Runtime) -> int:
 
 
 def _windows_side_by_side(rt: Runtime, job_id: str, indexes: list[int]) -> None:
-    with ThreadPoolExecutor(max_workers=windows_at_once(rt), thread_name_prefix=f"windows-{job_id}") as pool:
+    pool = ThreadPoolExecutor(max_workers=windows_at_once(rt), thread_name_prefix=f"windows-{job_id}")
+    try:
         futures = [pool.submit(run_window, rt, job_id, index) for index in indexes]
         failures = [f.exception() for f in futures if f.exception() is not None]
+    except BaseException:
+        # A Ctrl-C: do not wait for windows in the model (the caller aborts their requests).
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     if failures:
         raise failures[0]  # type: ignore[misc]
 
