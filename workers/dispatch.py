@@ -37,11 +37,13 @@ class Dispatcher:
             self.app = _apps[self.broker_url]
 
     def send(self, step: Step, retry: bool = True) -> None:
-        """``retry=False``: fail at once when the broker does not answer (a caller holding a
-        lock keeps the step for its next turn instead of waiting out the publish retries)."""
+        """``retry=False``: fail soon when the broker does not answer (a caller holding a lock
+        keeps the step for its next turn instead of waiting out the publish retries). Steps
+        store no result (the database holds the outcome): the sender never waits on the result
+        backend either."""
         task = STEP_TASKS[step.kind]
         args: list[object] = [step.job_id] if step.kind != "window" else [step.job_id, step.index]
-        self.app.send_task(task, args=args, queue=ROUTES[task], retry=retry)
+        self.app.send_task(task, args=args, queue=ROUTES[task], retry=retry, ignore_result=True)
 
     def send_all(self, steps: list[Step]) -> None:
         for step in steps:
