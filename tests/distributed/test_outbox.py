@@ -9,17 +9,27 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from jobs.models import JobStatus
+from jobs.db import Database
+from jobs.models import JobStatus, Window
+from jobs.options import JobOptions
+from jobs.runtime import Runtime
+from jobs.settings import Settings
+from jobs.steps.create import create_job
+from jobs.steps.next import Step
+from jobs.storage import LocalStorage
 from tests.distributed.conftest import Stack
 from tests.documents import check_document
-from tests.fixtures.services import wait_until
+from tests.fixtures.services import Postgres, wait_until
 from tests.speech import Recording
+from workers import meter
 
 KILLED_AFTER_COMMIT = textwrap.dedent(
     """
@@ -96,3 +106,45 @@ def test_a_job_submitted_while_the_broker_is_away_runs_once_it_is_back(
     fetch = c.cli("fetch", job_id, "--output-dir", str(tmp_path / "out"))
     assert fetch.returncode == 0, fetch.stderr
     check_document(tmp_path / "out", marker_recording)
+
+
+def test_meters_and_relays_racing_on_postgresql_send_each_thing_once(
+    postgres: Postgres, tmp_path: Path
+) -> None:
+    """The ``dispatchlock`` row lock serialises meters and relays in separate connections."""
+    settings = Settings(data_dir=tmp_path, database_url=postgres.fresh_database_url(), gpu_queue_target=5)
+    db = Database(settings.resolved_database_url())
+    db.migrate()
+    rt = Runtime(
+        db=db, storage=LocalStorage(tmp_path / "s"), audio=None, settings=settings, engine_factory=None
+    )  # type: ignore[arg-type]
+    jobs = []
+    for n in range(4):
+        job = create_job(rt, f"s3://b/talk{n}.mp3", JobOptions(), tenant=f"t{n % 2}", enqueue=True)
+        assert rt.store.transition(job.id, [JobStatus.queued], JobStatus.splitting)
+        rows = [Window(job_id=job.id, index=i, start_s=i * 60.0, end_s=(i + 1) * 60.0) for i in range(3)]
+        assert rt.store.add_windows(job.id, rows, duration_s=180.0)
+        jobs.append(job.id)
+    sent: list[Step] = []
+    lock = threading.Lock()
+
+    class Shared:
+        def send(self, step: Step, retry: bool = True) -> None:
+            with lock:
+                sent.append(step)
+
+    rt.dispatcher = Shared()
+    barrier = threading.Barrier(8)
+
+    def race(n: int) -> int:
+        barrier.wait()
+        return meter.relay(rt) if n % 2 else meter.meter(rt)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(race, range(8)))
+    splits = [s.job_id for s in sent if s.kind == "split"]
+    windows = [(s.job_id, s.index) for s in sent if s.kind == "window"]
+    assert sorted(splits) == sorted(jobs)
+    assert len(windows) == len(set(windows)) == 5  # the target, not one more
+    # Fair share: the two tenants alternate (t0 owns jobs 0 and 2, t1 jobs 1 and 3).
+    assert windows == [(jobs[0], 0), (jobs[1], 0), (jobs[0], 1), (jobs[1], 1), (jobs[0], 2)]
