@@ -10,13 +10,15 @@ relay and the gpu queue's meter); only it, the sweep timer and webhooks call thi
 from __future__ import annotations
 
 import threading
-
-from celery import Celery
+from typing import TYPE_CHECKING
 
 from jobs.runtime import Runtime
 from jobs.settings import Settings
 from jobs.steps.next import Step
 from workers.queues import CPU_QUEUE, QUEUES, ROUTES, STEP_TASKS, SWEEP, WEBHOOK
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 # Kombu keeps priority messages of queue Q in Redis lists Q, Q\x06\x163, Q\x06\x166, Q\x06\x169.
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
