@@ -580,22 +580,45 @@ class JobStore:
                     .group_by(Job.tenant)
                 ).all()
             }
+            # Only the first ``free`` windows of each (class, tenant) can be chosen: fetch those,
+            # not the whole backlog.
+            head = (
+                func.row_number()
+                .over(
+                    partition_by=[col(Job.priority), func.coalesce(col(Job.tenant), "")],
+                    order_by=[col(Job.created_at), col(Window.job_id), col(Window.index)],
+                )
+                .label("head")
+            )
+            ranked = (
+                sa_select(
+                    col(Window.id).label("wid"),
+                    col(Window.job_id).label("job_id"),
+                    col(Window.index).label("idx"),
+                    (col(Window.end_s) - col(Window.start_s)).label("seconds"),
+                    col(Job.tenant).label("tenant"),
+                    col(Job.priority).label("priority"),
+                    col(Job.created_at).label("created"),
+                    head,
+                )
+                .join(Job, col(Job.id) == col(Window.job_id))
+                .where(unsent)
+                .subquery()
+            )
+            rows = s.execute(
+                sa_select(
+                    ranked.c.wid,
+                    ranked.c.job_id,
+                    ranked.c.idx,
+                    ranked.c.seconds,
+                    ranked.c.tenant,
+                    ranked.c.priority,
+                    ranked.c.created,
+                ).where(ranked.c.head <= free)
+            ).all()
             candidates = [
-                WindowCandidate(wid, job_id, index, end - start, tenant or "", Priority(priority), created)
-                for wid, job_id, index, start, end, tenant, priority, created in s.execute(
-                    sa_select(
-                        col(Window.id),
-                        col(Window.job_id),
-                        col(Window.index),
-                        col(Window.start_s),
-                        col(Window.end_s),
-                        col(Job.tenant),
-                        col(Job.priority),
-                        col(Job.created_at),
-                    )
-                    .join(Job, col(Job.id) == col(Window.job_id))
-                    .where(unsent)
-                ).all()
+                WindowCandidate(wid, job_id, index, float(sec), tenant or "", Priority(priority), created)
+                for wid, job_id, index, sec, tenant, priority, created in rows
             ]
             picks = choose(candidates, in_service, free)
             if not picks:
