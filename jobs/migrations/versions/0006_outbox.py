@@ -8,7 +8,7 @@ Create Date: 2026-12-05 23:40:00
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 import sqlmodel.sql.sqltypes
@@ -50,15 +50,15 @@ def upgrade() -> None:
     claims = conn.execute(
         sa.text("SELECT id, created_at FROM dropobject WHERE job_id IS NULL AND error IS NULL")
     ).all()
+    stamp = sa.text("UPDATE dropobject SET lease_expires_at = :t WHERE id = :id").bindparams(
+        sa.bindparam("t", type_=sqlmodel.sql.sqltypes.UTCDateTime())
+    )
     for row_id, created_at in claims:
         if isinstance(created_at, str):  # SQLite hands back text
-            from datetime import datetime
-
             created_at = datetime.fromisoformat(created_at)
-        conn.execute(
-            sa.text("UPDATE dropobject SET lease_expires_at = :t WHERE id = :id"),
-            {"t": created_at + LEGACY_CLAIM, "id": row_id},
-        )
+        if created_at.tzinfo is None:
+            created_at = created_at.replace(tzinfo=UTC)
+        conn.execute(stamp, {"t": created_at + LEGACY_CLAIM, "id": row_id})
 
 
 def downgrade() -> None:
