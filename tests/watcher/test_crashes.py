@@ -9,13 +9,14 @@ process. Tests wait on conditions, never on a fixed sleep."""
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlmodel import select
 
-from jobs.models import DropObject, Job
+from jobs.models import DropObject, Job, utcnow
 from jobs.options import JobOptions
 from jobs.steps.create import create_job
 from jobs.store import ClaimLost, joined
@@ -92,12 +93,12 @@ def test_a_live_watcher_keeps_its_claim_past_the_lease(
     upload(drop, short_speech, "inbox/slow.wav")
     probing = threading.Event()
     go_on = threading.Event()
-    slow = drop.watcher(submit=real_submit(drop), drop_claim_lease_s=0.6)
+    slow = drop.watcher(submit=real_submit(drop), drop_claim_lease_s=3.0)
     real_probe = slow.probe
 
     def slow_probe(key: str) -> None:
         probing.set()
-        assert go_on.wait(30)
+        assert go_on.wait(60)
         real_probe(key)
 
     slow.probe = slow_probe  # type: ignore[method-assign]
@@ -105,12 +106,14 @@ def test_a_live_watcher_keeps_its_claim_past_the_lease(
     thread = threading.Thread(target=lambda: result.append(slow.scan()))
     thread.start()
     assert probing.wait(30)
-    other = drop.watcher(submit=real_submit(drop), drop_claim_lease_s=0.6)
-    # Several leases go by while the first watcher probes: its renewals keep the claim.
-    renewed = [row.lease_expires_at for row in ledger(drop)]
-    wait_until(lambda: [row.lease_expires_at for row in ledger(drop)] != renewed, 10, "a renewal")
-    wait_until(lambda: [row.lease_expires_at for row in ledger(drop)] != renewed, 10, "another")
-    assert other.scan().submitted == []
+    (row,) = ledger(drop)
+    first_expiry = row.lease_expires_at
+    assert first_expiry is not None
+    # The first lease runs out while the watcher still probes: its renewals keep the claim.
+    wait_until(lambda: utcnow() > first_expiry + timedelta(seconds=0.5), 10, "the first lease to pass")
+    (row,) = ledger(drop)
+    assert row.lease_expires_at is not None and row.lease_expires_at > utcnow()
+    assert drop.watcher(submit=real_submit(drop), drop_claim_lease_s=3.0).scan().submitted == []
     go_on.set()
     thread.join(30)
     assert len(result[0].submitted) == 1 and len(jobs(drop)) == 1
