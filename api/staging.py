@@ -84,7 +84,8 @@ def check_options(rt: Runtime, options: JobOptions) -> JobOptions:
 
 
 def job_from_upload(rt: Runtime, key: str, name: str, options: JobOptions, tenant: str) -> Job:
-    """Probe the stored upload, then create its job and enqueue the split (as `submit` does).
+    """Probe the stored upload, then create its job with its split in the outbox, and relay it (as
+    `submit` does).
 
     Whatever refuses it (options, webhook address, not audio, too long, the tenant's limits), the
     stored upload is deleted: no file is left behind without a job.
@@ -94,7 +95,14 @@ def job_from_upload(rt: Runtime, key: str, name: str, options: JobOptions, tenan
         info = rt.audio.probe(rt.storage.readable_url(key, expires_s=3600))
         log.info("upload %s: %.1f s of %s audio", key, info.duration_s, info.codec)
         job = create_job(
-            rt, name, options, source_name=name, source_key=key, tenant=tenant, duration_s=info.duration_s
+            rt,
+            name,
+            options,
+            source_name=name,
+            source_key=key,
+            tenant=tenant,
+            duration_s=info.duration_s,
+            enqueue=True,
         )
     except InputError as exc:
         discard(rt.storage, key)
@@ -103,7 +111,7 @@ def job_from_upload(rt: Runtime, key: str, name: str, options: JobOptions, tenan
     except BaseException:
         discard(rt.storage, key)
         raise
-    submission.enqueue_next(rt, job.id)
+    submission.relay_now(rt, job.id)
     return job
 
 

@@ -32,7 +32,6 @@ from jobs.settings import Settings
 from jobs.steps.local import run_local
 from jobs.storage import LocalStorage
 from tests.speech import Marker, Silence, build_recording
-from workers import submission
 from workers.audio import FfmpegAudio
 
 
@@ -40,8 +39,8 @@ class _Queue:
     def __init__(self) -> None:
         self.sent: list[object] = []
 
-    def send_all(self, steps: list[object]) -> None:
-        self.sent.extend(steps)
+    def send(self, step: object, retry: bool = True) -> None:
+        self.sent.append(step)
 
 
 def rss_mb() -> float:
@@ -86,7 +85,7 @@ def main() -> None:
         engine_factory=InstantEngine,
     )
     queue = _Queue()
-    submission.Dispatcher = lambda s: queue  # type: ignore[assignment,misc,return-value]
+    rt.dispatcher = queue  # the Runtime's dispatcher: steps are kept, not sent to a broker
     rec = build_recording([Silence(1.0), Marker(1), Silence(3.0)], tmp / "r.flac").path
     port = socket.socket()
     port.bind(("127.0.0.1", 0))

@@ -169,6 +169,31 @@ class DropObject(SQLModel, table=True):
     job_id: str | None = Field(default=None, index=True, max_length=32)
     error: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow)
+    # A claim (no job, no error yet) belongs to the watcher that renews this lease; once it has
+    # expired any watcher may take the recording over (workers/drop_ledger.py).
+    lease_owner: str | None = Field(default=None, max_length=200)
+    lease_expires_at: datetime | None = None
+
+
+class QueuedStep(SQLModel, table=True):
+    """The transactional outbox: a step written in the same transaction as the change that makes
+    it due (a new job row), deleted in the transaction that hands it to the broker
+    (``workers.meter.relay``). Owned by ``jobs.store``."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(index=True, max_length=32)
+    kind: str = Field(max_length=16)
+    index: int | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class DispatchLock(SQLModel, table=True):
+    """One row per thing that is dispatched under a lock (``outbox``, ``windows``): a transaction
+    that updates the row holds it (PostgreSQL's row lock; SQLite's write lock) until it commits,
+    so relays and meters in several processes take turns."""
+
+    name: str = Field(primary_key=True, max_length=32)
+    turns: int = 0
 
 
 MAX_IDEMPOTENCY_KEY_CHARS = 200

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from jobs.db import Database
 from jobs.engine import AudioTool, Engine
@@ -26,6 +27,9 @@ class Runtime:
     settings: Settings
     engine_factory: Callable[[], Engine]
     on_job_end: list[Callable[[Runtime, str], None]] = field(default_factory=list)
+    # What sends steps to the broker (``workers.dispatch.Dispatcher``): one per Runtime, built by
+    # ``workers.dispatch.dispatcher`` on first use; ``jobs`` never calls it.
+    dispatcher: Any = field(default=None, repr=False)
     _engine: Engine | None = field(default=None, repr=False)
     _engine_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -101,6 +101,19 @@ class Settings(BaseSettings):
     # A queued or transcribing job with no progress for this long, no running window and an empty
     # queue has lost its messages (e.g. Redis died without its AOF): the sweep enqueues them again.
     orphan_after_s: float = 900.0
+    # Fair metering (workers/meter.py): windows sent to the gpu queue and not yet taken by a gpu
+    # worker, at most. The next window is chosen when a slot frees, so a new interactive job waits
+    # behind at most this many queued windows, not behind the whole backlog.
+    gpu_queue_target: int = Field(default=2, ge=1)
+    # A window sent this long ago, still untaken while the gpu queue is empty, lost its message
+    # (Redis restarted without its data): the sweep sends it again.
+    window_lost_after_s: float = Field(default=60.0, gt=0)
+    # Cpu workers look for steps left in the outbox (their submitter died right after the commit)
+    # this often; a submitter relays its own steps at once.
+    relay_poll_s: float = Field(default=2.0, gt=0)
+    # A watcher's claim on a recording lasts this long unless the live watcher renews it; then any
+    # watcher takes the recording over at its next scan.
+    drop_claim_lease_s: float = Field(default=30.0, gt=0)
     max_window_attempts: int = 4
     flower_basic_auth: str | None = None
     flower_url: str | None = None

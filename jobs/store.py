@@ -11,16 +11,20 @@ raises ``InvalidTransition``.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, or_, update
-from sqlmodel import col, select
+from sqlalchemy import case, delete, func, or_, update
+from sqlalchemy import select as sa_select
+from sqlmodel import Session, col, select
 
 from jobs.db import Database
 from jobs.errors import NotFound
-from jobs.models import Job, JobStatus, Window, WindowStatus, utcnow
+from jobs.models import DispatchLock, Job, JobStatus, Priority, QueuedStep, Window, WindowStatus, utcnow
 from jobs.states import ACTIVE, ENDED, InvalidTransition, check_transition
 
 _NO_LEASE: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
@@ -28,6 +32,56 @@ _NO_LEASE: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
 
 def _changed(result: Any) -> int:
     return int(result.rowcount)
+
+
+# Jobs whose windows the meter may send: the split may still be cutting them.
+METERED = (JobStatus.splitting, JobStatus.transcribing)
+
+JoinedCheck = Callable[[Session, str], bool]
+_joined: ContextVar[tuple[JoinedCheck, ...]] = ContextVar("voxbatch_joined", default=())
+
+
+class ClaimLost(Exception):
+    """A check joined to the job's transaction (``joined``) said no: the job was not created."""
+
+
+@contextmanager
+def joined(check: JoinedCheck) -> Iterator[None]:
+    """Run ``check(session, job_id)`` inside the transaction that adds a job in this context.
+
+    The drop folder's watcher joins its claim on a recording: the claim is confirmed and the job id
+    written on the ledger row in the job's own transaction, so a watcher killed at any point leaves
+    either no job (the claim lapses, another watcher takes the recording) or a job the ledger
+    names (nobody takes it again). When ``check`` answers False the transaction is rolled back and
+    ``ClaimLost`` raised.
+    """
+    token = _joined.set((*_joined.get(), check))
+    try:
+        yield
+    finally:
+        _joined.reset(token)
+
+
+@dataclass(frozen=True)
+class WindowCandidate:
+    """A window the meter may send next: pending, not sent, its job still running."""
+
+    window_id: int
+    job_id: str
+    index: int
+    seconds: float  # of audio
+    tenant: str  # "" for jobs with no tenant
+    priority: Priority
+    created_at: datetime  # the job's
+
+
+def take_turn(s: Session, name: str) -> None:
+    """Serialise with every other holder of lock ``name`` until ``s`` commits or rolls back.
+
+    An UPDATE of the lock's row: PostgreSQL holds the row lock to the end of the transaction;
+    SQLite's first write takes the database's write lock. Must be the transaction's first
+    statement (a SQLite transaction that read first may be refused the lock instead of waiting)."""
+    s.execute(update(DispatchLock).where(col(DispatchLock.name) == name).values(turns=DispatchLock.turns + 1))
 
 
 class JobStore:
@@ -43,12 +97,64 @@ class JobStore:
 
     # --- jobs -----------------------------------------------------------------------------------
 
-    def add(self, job: Job) -> Job:
+    def add(self, job: Job, *, enqueue: bool = False) -> Job:
+        """Insert the job; with ``enqueue`` its split goes into the outbox in the same transaction
+        (``workers.meter.relay`` hands it to the broker), so the job and its first message are one
+        durable act. Checks ``joined`` in this context run in the same transaction."""
         with self.db.session() as s:
             s.add(job)
+            s.flush()
+            for check in _joined.get():
+                if not check(s, job.id):
+                    s.rollback()
+                    raise ClaimLost(f"job for {job.source_name}: the claim it was made under is lost")
+            if enqueue:
+                s.add(QueuedStep(job_id=job.id, kind="split"))
             s.commit()
             s.refresh(job)
         return job
+
+    def make_ready(self, job_id: str, **values: Any) -> None:
+        """Set fields the split needs (an uploaded source's key) and put the split into the
+        outbox, in one transaction."""
+        with self.db.session() as s:
+            s.execute(update(Job).where(col(Job.id) == job_id).values(updated_at=utcnow(), **values))
+            s.add(QueuedStep(job_id=job_id, kind="split"))
+            s.commit()
+
+    # --- the outbox -----------------------------------------------------------------------------
+
+    def queue_steps(self, steps: Collection[tuple[str, str, int | None]]) -> None:
+        """Put steps (kind, job id, window index) into the outbox in one transaction."""
+        if not steps:
+            return
+        with self.db.session() as s:
+            s.add_all([QueuedStep(kind=kind, job_id=job_id, index=index) for kind, job_id, index in steps])
+            s.commit()
+
+    def relay(self, send: Callable[[QueuedStep], None], limit: int = 200) -> int:
+        """Hand the outbox's steps to ``send`` and delete them, under the ``outbox`` lock; returns
+        how many were sent. A step whose send raises stays (with those after it) for the next
+        relay, and the error propagates; a relay killed mid-way sends a step twice at worst."""
+        with self.db.session() as s:
+            if s.exec(select(QueuedStep.id).limit(1)).first() is None:
+                return 0  # the common case: nothing to relay, no lock taken
+        sent = 0
+        with self.db.session() as s:
+            take_turn(s, "outbox")
+            rows = list(s.exec(select(QueuedStep).order_by(col(QueuedStep.id)).limit(limit)))
+            try:
+                for row in rows:
+                    send(row)
+                    s.execute(delete(QueuedStep).where(col(QueuedStep.id) == row.id))
+                    sent += 1
+            finally:
+                s.commit()
+        return sent
+
+    def queued_steps(self) -> list[QueuedStep]:
+        with self.db.session() as s:
+            return list(s.exec(select(QueuedStep).order_by(col(QueuedStep.id))))
 
     def find(self, job_id: str) -> Job | None:
         with self.db.session() as s:
@@ -292,6 +398,7 @@ class JobStore:
             "status": WindowStatus.pending,
             "lease_owner": None,
             "lease_expires_at": None,
+            "dispatched_at": None,  # their messages are gone or stale: the meter sends them again
         }
         query = update(Window).where(col(Window.job_id) == job_id)
         if only_running:
@@ -359,7 +466,7 @@ class JobStore:
             col(Window.status) == WindowStatus.running,
             col(Window.lease_expires_at) < utcnow(),
         ]
-        return self._update(Window, where, status=WindowStatus.pending, **_NO_LEASE) == 1
+        return self._update(Window, where, status=WindowStatus.pending, dispatched_at=None, **_NO_LEASE) == 1
 
     def release_leases(self, owner_prefix: str) -> list[tuple[str, int]]:
         """Give back the leases of windows whose owner starts with ``owner_prefix`` (a stopping
@@ -377,10 +484,159 @@ class JobStore:
                 update(Window)
                 .where(col(Window.status) == WindowStatus.running)
                 .where(owned)
-                .values(status=WindowStatus.pending, lease_owner=None, lease_expires_at=None)
+                .values(
+                    status=WindowStatus.pending, lease_owner=None, lease_expires_at=None, dispatched_at=None
+                )
             )
             s.commit()
         return [(j, i) for j, i in rows]
+
+    # --- metering windows into the gpu queue (workers/meter.py decides which) ----------------------
+
+    def undispatch(self, job_id: str, index: int | None = None) -> int:
+        """Mark a job's pending windows (or one) as not sent: the meter sends them again."""
+        where = [col(Window.job_id) == job_id, col(Window.status) == WindowStatus.pending]
+        if index is not None:
+            where.append(col(Window.index) == index)
+        return self._update(Window, where, dispatched_at=None)
+
+    def undispatch_lost(self, sent_before: datetime, retrying_before: datetime) -> list[tuple[str, int]]:
+        """Windows sent before ``sent_before`` (before ``retrying_before`` for one that failed and
+        waits for its retry) and still untaken: marked not sent. The caller has seen the gpu queue
+        empty, so their messages are gone."""
+        lost = (
+            (col(Window.status) == WindowStatus.pending)
+            & col(Window.dispatched_at).is_not(None)
+            & (
+                (col(Window.error).is_(None) & (col(Window.dispatched_at) < sent_before))
+                | (col(Window.dispatched_at) < retrying_before)
+            )
+        )
+        with self.db.session() as s:
+            rows = list(
+                s.exec(
+                    select(Window.id, Window.job_id, Window.index)
+                    .join(Job, col(Job.id) == col(Window.job_id))
+                    .where(lost)
+                    .where(col(Job.status).in_(list(METERED)))
+                )
+            )
+            if rows:
+                s.execute(
+                    update(Window)
+                    .where(col(Window.id).in_([r[0] for r in rows]))
+                    .where(lost)
+                    .values(dispatched_at=None)
+                )
+                s.commit()
+        return [(j, i) for _, j, i in rows]
+
+    def meter_windows(
+        self,
+        target: int,
+        choose: Callable[[list[WindowCandidate], dict[str, float], int], list[WindowCandidate]],
+        send: Callable[[list[WindowCandidate]], None],
+        taken: tuple[str, int] | None = None,
+    ) -> list[WindowCandidate]:
+        """Fill the gpu queue up to ``target`` windows sent and not yet taken, under the
+        ``windows`` lock: ``choose(candidates, seconds in service per tenant, free slots)`` picks,
+        the picks get ``dispatched_at``, ``send`` hands them to the broker before the commit (a send
+        that raises rolls the marks back). ``taken``: a window whose message a worker holds now
+        (counted as out of the queue though it is not claimed yet)."""
+        unsent = (
+            (col(Window.status) == WindowStatus.pending)
+            & col(Window.dispatched_at).is_(None)
+            & col(Job.status).in_(list(METERED))
+        )
+        with self.db.session() as s:
+            if (
+                s.exec(
+                    select(Window.id).join(Job, col(Job.id) == col(Window.job_id)).where(unsent).limit(1)
+                ).first()
+                is None
+            ):
+                return []  # nothing to send: no lock taken
+        in_queue = (
+            (col(Window.status) == WindowStatus.pending)
+            & col(Window.dispatched_at).is_not(None)
+            & col(Window.error).is_(None)
+        )
+        running = col(Window.status) == WindowStatus.running
+        active = col(Job.status).in_(list(METERED))
+        with self.db.session() as s:
+            take_turn(s, "windows")
+            count = select(func.count()).select_from(Window).join(Job, col(Job.id) == col(Window.job_id))
+            count = count.where(in_queue, active)
+            if taken is not None:
+                count = count.where(~((col(Window.job_id) == taken[0]) & (col(Window.index) == taken[1])))
+            free = target - int(s.exec(count).one())
+            if free <= 0:
+                s.commit()
+                return []
+            seconds = func.sum(col(Window.end_s) - col(Window.start_s))
+            in_service = {
+                str(tenant or ""): float(total or 0.0)
+                for tenant, total in s.exec(
+                    select(Job.tenant, seconds)
+                    .join(Job, col(Job.id) == col(Window.job_id))
+                    .where(active, in_queue | running)
+                    .group_by(Job.tenant)
+                ).all()
+            }
+            # Only the first ``free`` windows of each (class, tenant) can be chosen: fetch those,
+            # not the whole backlog.
+            head = (
+                func.row_number()
+                .over(
+                    partition_by=[col(Job.priority), func.coalesce(col(Job.tenant), "")],
+                    order_by=[col(Job.created_at), col(Window.job_id), col(Window.index)],
+                )
+                .label("head")
+            )
+            ranked = (
+                sa_select(
+                    col(Window.id).label("wid"),
+                    col(Window.job_id).label("job_id"),
+                    col(Window.index).label("idx"),
+                    (col(Window.end_s) - col(Window.start_s)).label("seconds"),
+                    col(Job.tenant).label("tenant"),
+                    col(Job.priority).label("priority"),
+                    col(Job.created_at).label("created"),
+                    head,
+                )
+                .join(Job, col(Job.id) == col(Window.job_id))
+                .where(unsent)
+                .subquery()
+            )
+            rows = s.execute(
+                sa_select(
+                    ranked.c.wid,
+                    ranked.c.job_id,
+                    ranked.c.idx,
+                    ranked.c.seconds,
+                    ranked.c.tenant,
+                    ranked.c.priority,
+                    ranked.c.created,
+                ).where(ranked.c.head <= free)
+            ).all()
+            candidates = [
+                WindowCandidate(wid, job_id, index, float(sec), tenant or "", Priority(priority), created)
+                for wid, job_id, index, sec, tenant, priority, created in rows
+            ]
+            picks = choose(candidates, in_service, free)
+            if not picks:
+                s.commit()
+                return []
+            now = utcnow()
+            s.execute(
+                update(Window)
+                .where(col(Window.id).in_([p.window_id for p in picks]))
+                .where(col(Window.dispatched_at).is_(None))
+                .values(dispatched_at=now)
+            )
+            send(picks)
+            s.commit()
+        return picks
 
     # --- metrics --------------------------------------------------------------------------------
 

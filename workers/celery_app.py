@@ -30,20 +30,19 @@ from celery.apps.worker import Worker as _CeleryWorker
 from celery.concurrency.thread import TaskPool as _CeleryThreadPool
 
 from jobs.settings import Settings, get_settings
+from workers.queues import (  # noqa: F401  (re-exported: the names a worker serves)
+    CPU_QUEUE,
+    GPU_QUEUE,
+    QUEUES,
+    REDUCE,
+    ROUTES,
+    SPLIT,
+    SWEEP,
+    WEBHOOK,
+    WINDOW,
+)
 
 log = logging.getLogger(__name__)
-
-CPU_QUEUE = "cpu"
-GPU_QUEUE = "gpu"
-QUEUES = (CPU_QUEUE, GPU_QUEUE)
-
-SPLIT = "voxbatch.split"
-WINDOW = "voxbatch.window"
-REDUCE = "voxbatch.reduce"
-SWEEP = "voxbatch.sweep"
-WEBHOOK = "voxbatch.webhook"
-
-ROUTES = {SPLIT: CPU_QUEUE, WINDOW: GPU_QUEUE, REDUCE: CPU_QUEUE, SWEEP: CPU_QUEUE, WEBHOOK: CPU_QUEUE}
 
 # Longest task: a 30-minute window whose requests each may take request_timeout_s (30 min), plus
 # re-cuts. Redis redelivers anything unacked for this long, so it must stay above every task.

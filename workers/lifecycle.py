@@ -1,5 +1,5 @@
-"""A worker process's life: the sweep timer in cpu workers, and handing running windows back on
-shutdown so another worker takes them at once instead of after a lease."""
+"""A worker process's life: the sweep timer and the outbox relay poller in cpu workers, and handing
+running windows back on shutdown so another worker takes them at once instead of after a lease."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ from typing import Any
 from celery import signals
 
 from jobs.settings import get_settings
-from jobs.steps.next import Step
-from workers import celery_app
-from workers.celery_app import CPU_QUEUE
+from workers import celery_app, meter
 from workers.dispatch import Dispatcher
 from workers.engines.http import abort_all
 from workers.runtime import built_runtime
@@ -22,6 +20,7 @@ from workers.sweeper import SweepTimer, sweep_period_s
 log = logging.getLogger(__name__)
 
 _timer: SweepTimer | None = None
+_poller: meter.RelayPoller | None = None
 
 
 def owner_prefix() -> str:
@@ -31,17 +30,20 @@ def owner_prefix() -> str:
 
 @signals.worker_ready.connect
 def _start_sweep_timer(sender: Any = None, **_: Any) -> None:
-    """Every cpu worker runs the sweep timer; the Redis lock keeps it to one sweep per period."""
-    global _timer
+    """Every cpu worker runs the sweep timer (the Redis lock keeps it to one sweep per period) and
+    the outbox relay poller (the outbox's lock keeps each step to one send)."""
+    global _timer, _poller
     consumer = sender
     queues = {q.name for q in consumer.app.amqp.queues.consume_from.values()}
-    if CPU_QUEUE not in queues:
+    if celery_app.CPU_QUEUE not in queues:
         return
     settings = get_settings()
     dispatcher = Dispatcher(settings)
     _timer = SweepTimer(settings.broker_url, sweep_period_s(settings.lease_seconds), dispatcher.send_sweep)
     _timer.start()
     log.info("sweep timer: every %.1f s", _timer.period_s)
+    _poller = meter.RelayPoller(settings, dispatcher)
+    _poller.start()
 
 
 @signals.worker_shutting_down.connect
@@ -51,15 +53,17 @@ def release_on_shutdown(**_: Any) -> None:
     Celery announces the shutdown."""
     if _timer is not None:
         _timer.stop()
+    if _poller is not None:
+        _poller.stop()
     rt = built_runtime()
     if rt is not None:  # a prefork parent runs no task: its children release their own
         try:
             # Celery's threads pool cannot cancel a running task in a cold shutdown, so it would
-            # wait for the window to finish; enqueue it again now so another worker takes it at once.
-            dispatcher = Dispatcher(rt.settings)
+            # wait for the window to finish; the windows go back to the meter (pending, unsent),
+            # which sends them now so another worker takes them at once.
             for job_id, index in rt.store.release_leases(owner_prefix()):
-                dispatcher.send(Step("window", job_id, index))
                 log.warning("job %s: shutting down: window %d handed back to the queue", job_id, index)
+            meter.meter(rt)
         except Exception:
             log.exception("shutting down: could not hand back running windows")
     # Only after the hand-back (an aborted window would otherwise hand itself back as pending with

@@ -15,16 +15,14 @@ import unicodedata
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from sqlmodel import col, select
-
-from jobs.db import Database
 from jobs.documents import DOCUMENT_NAMES
 from jobs.errors import InputError, TransientError
-from jobs.models import DropObject, JobStatus, utcnow
+from jobs.models import JobStatus, utcnow
 from jobs.runtime import Runtime
 from jobs.settings import Settings
 from jobs.storage import Storage
 from jobs.storage_urls import open_storage, parse_s3_url
+from workers.drop_ledger import drop_object_for_job
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +115,6 @@ def write_error(
     outbox.put_bytes(dest, json.dumps(body, ensure_ascii=False, indent=2).encode() + b"\n")
     log.info("drop %s: rejected: %s", printable(key), printable(reason))
     return dest
-
-
-def drop_object_for_job(db: Database, job_id: str) -> DropObject | None:
-    with db.session() as s:
-        return s.exec(select(DropObject).where(col(DropObject.job_id) == job_id)).first()
 
 
 def deliver(rt: Runtime, job_id: str) -> bool:

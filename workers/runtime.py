@@ -1,5 +1,6 @@
 """Builds the pipeline's Runtime for this process from settings: database, storage, ffmpeg, engine,
-and what a job's end sets off here (the drop-folder outbox and the webhook)."""
+and what a job's end sets off here (the drop-folder outbox, the webhook, and the meter: the ended
+job's slots in the gpu queue go to others)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from jobs.db import Database
 from jobs.runtime import Runtime
 from jobs.settings import Settings, get_settings
 from jobs.storage_urls import open_storage
+from workers.meter import wake_after_end
 from workers.outbox import deliver_quietly
 from workers.webhooks import notify
 
@@ -37,7 +39,7 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         audio=FfmpegAudio(),
         settings=settings,
         engine_factory=lambda: build_engine(settings),
-        on_job_end=[announce_end],
+        on_job_end=[announce_end, wake_after_end],
     )
 
 

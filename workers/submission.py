@@ -3,8 +3,10 @@ watcher share.
 
 ``submit`` validates the options before anything is written, copies a local file into object
 storage under ``jobs/<id>/source/<safe name>`` (streamed, memory stays flat) or checks that an
-``s3://`` source exists, creates the job row and only then enqueues the split (outbox order: the
-message never names a job the database does not have yet).
+``s3://`` source exists. The split goes into the outbox in the same transaction that makes the job
+ready (the job row for an ``s3://`` source, the stored source's key for an upload), and is relayed
+to the broker right after the commit (``workers.meter``): the message never names a job the
+database does not have, and a crash after the commit costs the cpu workers' relay poll, seconds.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 from pathlib import Path
 from typing import IO
 
-from jobs.errors import InputError, TransientError
+from jobs.errors import InputError
 from jobs.models import Job
 from jobs.options import JobOptions
 from jobs.runtime import Runtime
@@ -23,7 +25,7 @@ from jobs.steps.create import create_job
 from jobs.steps.ending import fail
 from jobs.steps.next import next_steps
 from jobs.storage_urls import open_storage, parse_s3_url
-from workers.dispatch import Dispatcher
+from workers import meter
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ def submit(
             tenant=tenant,
             fingerprint=fingerprint,
             duration_s=info.duration_s,
+            enqueue=True,
         )
     else:
         path: Path | None = None
@@ -103,11 +106,24 @@ def submit(
         except Exception as exc:
             fail(rt, job.id, f"the upload into storage failed: {exc}")
             raise
-        rt.store.update(job.id, source_key=key)
+        rt.store.make_ready(job.id, source_key=key)
         job.source_key = key
-    enqueue_next(rt, job.id)
+    relay_now(rt, job.id)
     log.info("job %s: submitted (%s)", job.id, job.source_name)
     return job
+
+
+def relay_now(rt: Runtime, job_id: str) -> None:
+    """Hand the job's first step (committed in the outbox) to the broker now. If the broker is
+    away the step stays in the outbox and a cpu worker sends it when it can: the job is queued."""
+    meter.relay(rt)
+    if any(step.job_id == job_id for step in rt.store.queued_steps()):
+        log.warning(
+            "job %s: queued; the broker at %s did not take its first step yet (a cpu worker sends it "
+            "when the broker answers)",
+            job_id,
+            redacted(rt.settings.broker_url),
+        )
 
 
 def unreadable(source: str) -> InputError:
@@ -123,18 +139,10 @@ def resume(rt: Runtime, job_id: str, tenant: str | None = None) -> Job:
 
 
 def enqueue_next(rt: Runtime, job_id: str) -> None:
-    """Enqueue everything the job still needs (``next_steps``); a broker that cannot be reached
-    fails the job with what to do, so that `retry` can pick it up again."""
+    """Enqueue everything the job still needs (``next_steps``): splits and reduces through the
+    outbox, windows through the meter (``workers.meter.enqueue``)."""
     steps = next_steps(rt, job_id)
-    try:
-        Dispatcher(rt.settings).send_all(steps)
-    except Exception as exc:
-        reason = (
-            f"could not reach the broker at {redacted(rt.settings.broker_url)} ({exc.__class__.__name__}); "
-            f"start Redis (or `voxbatch up`), then `voxbatch retry {job_id}`"
-        )
-        fail(rt, job_id, reason)
-        raise TransientError(reason) from exc
+    meter.enqueue(rt, steps)
     log.info("job %s: enqueued %s", job_id, ", ".join(sorted({s.kind for s in steps})) or "nothing")
 
 

@@ -2,16 +2,18 @@
 
 A window holds a lease in the database while it runs (``jobs.steps.window.run_window`` renews it). A
 worker killed with SIGKILL stops renewing; once the lease has expired the sweep turns the window
-back to ``pending`` and enqueues it again, so a lost window costs about one lease, not Redis's
-visibility timeout. Splits and reduces have no lease row of their own: their task keeps the job's
-``updated_at`` fresh (``jobs.steps.leases.job_heartbeat``) and the sweep re-enqueues a job stuck in
-``splitting`` or ``reducing`` whose heartbeat is older than one lease.
+back to ``pending`` and not sent, and the meter sends it again, so a lost window costs about one
+lease, not Redis's visibility timeout. Splits and reduces have no lease row of their own: their task
+keeps the job's ``updated_at`` fresh (``jobs.steps.leases.job_heartbeat``) and the sweep re-enqueues
+a job stuck in ``splitting`` or ``reducing`` whose heartbeat is older than one lease.
 
-Lost messages: a job ``queued`` or ``transcribing`` that has made no progress for
-``orphan_after_s``, has no running window and whose queue is empty has lost its messages (Redis
-restarted without them, a queue flushed by hand); the sweep enqueues its split or its pending
-windows again. Enqueuing twice is harmless (steps are idempotent and claims are conditional), but
-the empty-queue test keeps a long backlog from being duplicated.
+Lost messages: a window sent more than ``window_lost_after_s`` ago and still untaken while the gpu
+queue is empty lost its message (Redis restarted without its data); the sweep marks it unsent and
+the meter sends it again. A job ``queued`` or ``transcribing`` that has made no progress for
+``orphan_after_s``, has no running window and whose queue is empty has lost its messages too; the
+sweep enqueues what ``next_steps`` says it needs. Enqueuing twice is harmless (steps are idempotent
+and claims are conditional), but the empty-queue test keeps a long backlog from being duplicated.
+Every sweep ends by relaying the outbox and metering the gpu queue (``workers.meter.wake``).
 
 The sweep runs every ``lease_seconds / 4`` in every cpu worker (``SweepTimer``); a Redis key taken
 with ``SET NX PX`` lets only one of them enqueue ``voxbatch.sweep`` per period.
@@ -29,9 +31,11 @@ import redis
 
 from jobs.models import JobStatus, utcnow
 from jobs.runtime import Runtime
-from jobs.steps.next import Step, next_steps
-from workers.celery_app import CPU_QUEUE, GPU_QUEUE
-from workers.dispatch import Dispatcher, queue_depths
+from jobs.steps.next import next_steps
+from workers import meter
+from workers.celery_app import RETRY_BACKOFF_MAX_S
+from workers.dispatch import dispatcher, queue_depths
+from workers.queues import CPU_QUEUE, GPU_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -44,68 +48,75 @@ class SweepReport:
     splits: list[str] = field(default_factory=list)
     reduces: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    lost: list[tuple[str, int]] = field(default_factory=list)  # sent windows whose message vanished
 
 
 def sweep_period_s(lease_seconds: float) -> float:
     return max(1.0, lease_seconds / 4)
 
 
-def sweep(
-    rt: Runtime, dispatcher: Dispatcher, queue_depth: Callable[[], dict[str, int]] | None = None
-) -> SweepReport:
-    """Re-enqueue windows with expired leases, splits/reduces whose worker stopped beating, and
-    the work of orphaned jobs. ``queue_depth`` (messages waiting per queue) defaults to asking the
-    dispatcher's broker."""
+def sweep(rt: Runtime, queue_depth: Callable[[], dict[str, int]] | None = None) -> SweepReport:
+    """Give back windows with expired leases, re-enqueue splits/reduces whose worker stopped
+    beating and the work of orphaned jobs, mark lost window messages unsent; then relay and meter.
+    ``queue_depth`` (messages waiting per queue) defaults to asking the Runtime's broker."""
     report = SweepReport()
-    depths = queue_depth or (lambda: queue_depths(dispatcher.broker_url))
-    _sweep_orphans(rt, dispatcher, depths, report)
+    depths = queue_depth or (lambda: queue_depths(dispatcher(rt).broker_url))
+    _sweep_orphans(rt, depths, report)
     for job_id, index in rt.store.expired_leases():
-        # Conditional, so two sweeps (or a worker reclaiming in between) enqueue it once; pending
-        # windows are not swept again, so a backlog does not fill the queue with copies.
+        # Conditional, so two sweeps (or a worker reclaiming in between) act once; the meter sends it.
         if rt.store.requeue_expired(job_id, index):
-            log.warning("job %s: window %d lost its worker (lease expired); re-enqueued", job_id, index)
-            dispatcher.send(Step("window", job_id, index))
+            log.warning("job %s: window %d lost its worker (lease expired); back to the meter", job_id, index)
             report.windows.append((job_id, index))
     stale = utcnow() - timedelta(seconds=rt.settings.lease_seconds)
     for job_id, status in rt.store.stale([JobStatus.splitting, JobStatus.reducing], stale):
         # Touch the heartbeat so the next sweep waits another lease for the new task.
         if rt.store.touch_if_stale(job_id, status, stale):
             log.warning("job %s: stuck in %s (worker lost); re-enqueued", job_id, status)
-            if status == JobStatus.splitting:
-                dispatcher.send(Step("split", job_id))
-                report.splits.append(job_id)
-            else:
-                dispatcher.send(Step("reduce", job_id))
-                report.reduces.append(job_id)
+            meter.enqueue(rt, [s for s in next_steps(rt, job_id) if s.kind != "window"])
+            (report.splits if status == JobStatus.splitting else report.reduces).append(job_id)
+    meter.wake(rt)
     return report
 
 
-def _sweep_orphans(
-    rt: Runtime, dispatcher: Dispatcher, queue_depth: Callable[[], dict[str, int]], report: SweepReport
-) -> None:
-    idle = utcnow() - timedelta(seconds=rt.settings.orphan_after_s)
+def _sweep_orphans(rt: Runtime, queue_depth: Callable[[], dict[str, int]], report: SweepReport) -> None:
+    now = utcnow()
+    idle = now - timedelta(seconds=rt.settings.orphan_after_s)
     candidates = rt.store.stale([JobStatus.queued, JobStatus.transcribing], idle)
-    if not candidates:
-        return
-    depth = queue_depth()
-    for job_id, status in candidates:
-        queue = CPU_QUEUE if status == JobStatus.queued else GPU_QUEUE
-        if depth.get(queue, 0) > 0:
-            continue  # its messages may be waiting behind others
-        if rt.store.has_running_window(job_id):
-            continue
-        # Touch the job: the next sweep waits another orphan_after_s for these messages.
-        if not rt.store.touch_if_stale(job_id, status, idle):
-            continue
-        steps = next_steps(rt, job_id)
-        log.warning(
-            "job %s: %s with no message on the queue; enqueued again: %s",
-            job_id,
-            status,
-            ", ".join(sorted({s.kind for s in steps})) or "nothing",
-        )
-        dispatcher.send_all(steps)
-        report.orphans.append(job_id)
+    depth: dict[str, int] | None = None
+    if candidates:
+        depth = queue_depth()
+        for job_id, status in candidates:
+            queue = CPU_QUEUE if status == JobStatus.queued else GPU_QUEUE
+            if depth.get(queue, 0) > 0:
+                continue  # its messages may be waiting behind others
+            if rt.store.has_running_window(job_id):
+                continue
+            # Touch the job: the next sweep waits another orphan_after_s for these messages.
+            if not rt.store.touch_if_stale(job_id, status, idle):
+                continue
+            steps = next_steps(rt, job_id)
+            log.warning(
+                "job %s: %s with no message on the queue; enqueued again: %s",
+                job_id,
+                status,
+                ", ".join(sorted({s.kind for s in steps})) or "nothing",
+            )
+            rt.store.undispatch(job_id)
+            meter.enqueue(rt, steps)
+            report.orphans.append(job_id)
+    # Sent windows nobody took while the gpu queue is empty: their messages are gone.
+    sent_before = now - timedelta(seconds=rt.settings.window_lost_after_s)
+    retrying_before = now - timedelta(seconds=max(rt.settings.window_lost_after_s, 2 * RETRY_BACKOFF_MAX_S))
+    if depth is None:
+        try:
+            depth = queue_depth()
+        except Exception as exc:
+            log.warning("sweep: could not read the queues' depths: %s", exc)
+            return
+    if depth.get(GPU_QUEUE, 0) == 0:
+        for job_id, index in rt.store.undispatch_lost(sent_before, retrying_before):
+            log.warning("job %s: window %d was sent but its message is gone; sending it again", job_id, index)
+            report.lost.append((job_id, index))
 
 
 class SweepTimer:

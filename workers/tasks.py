@@ -1,8 +1,9 @@
-"""Thin tasks: ids in, one step, then what ``next_steps`` says is due is enqueued.
+"""Thin tasks: ids in, one step, then what ``next_steps`` says is due goes to ``workers.meter``.
 
-Fan-out: after the split every pending window is enqueued. Fan-in: after a window, ``next_steps``
-asks the database barrier (``JobStore.claim_reduce``); only the one caller it lets through enqueues
-the reduce (no chord).
+Fan-out: each window the split cuts wakes the meter, which sends windows into the gpu queue by
+fair share as slots free (a window task's start and end wake it too). Fan-in: after a window,
+``next_steps`` asks the database barrier (``JobStore.claim_reduce``); only the one caller it lets
+through enqueues the reduce (no chord).
 
 Errors: ``TransientError`` is retried with exponential backoff (``autoretry_for``); anything else
 fails the job with its reason (``JobTask.on_failure`` → ``jobs.steps.ending.fail``, which also runs
@@ -18,15 +19,15 @@ from typing import Any
 from celery import Task
 
 from jobs.errors import JobCancelled, TransientError
+from jobs.models import JobStatus
 from jobs.steps.ending import fail, failure_reason
 from jobs.steps.leases import job_heartbeat
-from jobs.steps.next import Step, next_steps
+from jobs.steps.next import next_steps
 from jobs.steps.reduce import reduce_job
 from jobs.steps.split import split_job
 from jobs.steps.window import run_window
-from workers import celery_app, deliveries, lifecycle, webhooks
+from workers import celery_app, deliveries, lifecycle, meter, webhooks
 from workers.celery_app import app
-from workers.dispatch import Dispatcher
 from workers.engines.http import EngineAborted
 from workers.runtime import process_runtime
 from workers.sweeper import sweep
@@ -66,7 +67,7 @@ class JobTask(Task):
 
 def _enqueue_next(job_id: str, after: str) -> None:
     rt = process_runtime()
-    Dispatcher(rt.settings).send_all(next_steps(rt, job_id, after=after))  # type: ignore[arg-type]
+    meter.enqueue(rt, next_steps(rt, job_id, after=after))  # type: ignore[arg-type]
 
 
 @app.task(base=JobTask, name=celery_app.SPLIT, bind=True)
@@ -74,22 +75,20 @@ def split(self: JobTask, job_id: str) -> int:
     rt = process_runtime()
     if not self.first_deliveries(job_id):
         return 0
-    dispatcher = Dispatcher(rt.settings)
-    sent: set[int] = set()
 
-    def send_window(index: int, _samples: object) -> None:
-        # Each window goes to the gpu queue as soon as it is cut: the model works while we split.
-        dispatcher.send(Step("window", job_id, index))
-        sent.add(index)
+    def window_cut(index: int, _samples: object) -> None:
+        # Each window may go to the gpu queue as soon as it is cut (the model works while we
+        # split): whether it goes now is the meter's call.
+        meter.meter(rt)
 
     try:
         with job_heartbeat(rt, job_id):
-            total = split_job(rt, job_id, on_window=send_window)
+            total = split_job(rt, job_id, on_window=window_cut)
     except JobCancelled:
         log.info("job %s: cancelled; split stopped", job_id)
+        meter.meter(rt)
         return 0
-    due = next_steps(rt, job_id, after="split")
-    dispatcher.send_all([s for s in due if s.kind != "window" or s.index not in sent])
+    _enqueue_next(job_id, after="split")
     return total
 
 
@@ -101,6 +100,11 @@ def window(self: JobTask, job_id: str, index: int) -> bool:
         return False
     if self.request.delivery_info and self.request.delivery_info.get("redelivered"):
         log.info("job %s: window %d redelivered", job_id, index)
+    # This message has left the gpu queue: its slot goes to the next window now.
+    meter.meter(rt, taken=(job_id, index))
+    if JobStatus(rt.store.get(job_id).status).finished:
+        log.info("job %s: ended; window %d skipped", job_id, index)  # failed or cancelled meanwhile
+        return False
     try:
         all_done = run_window(rt, job_id, index, owner=owner)
     except JobCancelled:
@@ -108,13 +112,16 @@ def window(self: JobTask, job_id: str, index: int) -> bool:
         return False
     except EngineAborted:
         # The worker is stopping: the window is pending again (ours or the shutdown hook's doing).
-        # Send it once more ourselves: the hook may have run before this window was claimed, and
-        # a second message for a window is harmless (the claim decides).
-        Dispatcher(rt.settings).send(Step("window", job_id, index))
-        log.info("job %s: window %d stopped with the worker; handed back to the queue", job_id, index)
+        # Mark it unsent so the meter sends it once more: the hook may have run before this
+        # window was claimed, and a second message for a window is harmless (the claim decides).
+        rt.store.undispatch(job_id, index)
+        meter.meter(rt)
+        log.info("job %s: window %d stopped with the worker; handed back to the meter", job_id, index)
         return False
     if all_done:
         _enqueue_next(job_id, after="window")
+    else:
+        meter.meter(rt)
     return all_done
 
 
@@ -135,12 +142,13 @@ def reduce(self: JobTask, job_id: str) -> str:
 @app.task(name=celery_app.SWEEP, ignore_result=True)
 def sweep_leases() -> dict[str, int]:
     rt = process_runtime()
-    report = sweep(rt, Dispatcher(rt.settings))
+    report = sweep(rt)
     return {
         "windows": len(report.windows),
         "splits": len(report.splits),
         "reduces": len(report.reduces),
         "orphans": len(report.orphans),
+        "lost": len(report.lost),
     }
 
 

@@ -2,7 +2,11 @@
 
 Identity is ``(bucket, key, ETag)`` in the ``DropObject`` ledger. A recording is taken by inserting
 its row; the database's unique constraint decides between scans, restarts and several watchers,
-and whoever loses the insert does nothing. A new ETag (the object overwritten) is a new job.
+and whoever loses the insert does nothing. The row is this watcher's claim, on a lease it renews
+while it probes and submits; the job is created in the same transaction that writes its id on the
+row, and only while the claim is still ours (``workers.drop_ledger``). A watcher killed at any
+point leaves either a lapsed claim (any watcher takes the recording at its next scan or event) or
+a job the ledger names. A new ETag (the object overwritten) is a new job.
 Never a LastModified watermark: on AWS a multipart upload's LastModified is when it *started*,
 so "everything since T" misses long uploads (shared/reference/celery-redis-s3.md §5).
 
@@ -27,8 +31,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -41,16 +48,18 @@ from jobs.options import JobOptions
 from jobs.s3 import s3_errors
 from jobs.settings import Settings
 from jobs.storage import Storage
+from jobs.store import ClaimLost, joined
 from workers.drop_events import events_in, make_client, sqs_client
 from workers.drop_ledger import (
     DropItem,
     claim,
+    claim_kept,
+    job_check,
     known_versions,
     normalize_etag,
     record_error,
     record_job,
     release,
-    release_stale_claims,
 )
 from workers.drop_tenant import drop_tenant
 from workers.outbox import DropFolder, open_outbox, printable, write_error
@@ -79,6 +88,8 @@ class Submit(Protocol):
     """Create a job for an ``s3://`` source and enqueue it; returns the job id.
 
     Raises InputError (or another PermanentError) when the recording cannot become a document.
+    The job must be created through ``JobStore.add`` in the caller's context: the watcher joins
+    its claim to that transaction (``jobs.store.joined``).
     """
 
     def __call__(
@@ -128,6 +139,8 @@ class Watcher:
         self.db = db
         self.submit = submit
         self.folder = DropFolder.from_settings(settings)
+        # Names this watcher's claims in the ledger: unique per process and per Watcher.
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.outbox = outbox or open_outbox(self.folder, settings)
         self.s3 = s3 or make_client("s3", settings.s3_endpoint_url)
         self.queue_url = settings.drop_sqs_queue_url
@@ -157,9 +170,6 @@ class Watcher:
     def scan(self) -> ScanReport:
         """One pass over the whole inbox. Raises when the listing itself fails."""
         report = ScanReport()
-        released = release_stale_claims(self.db, self.folder.bucket)
-        if released:
-            log.warning("drop: released %d claims left by a watcher that stopped", released)
         for page in self.pages():
             report.listed += len(page)
             items = [
@@ -200,21 +210,31 @@ class Watcher:
 
     def _ingest_new(self, item: DropItem, report: ScanReport) -> None:
         report.new += 1
-        row_id = claim(self.db, item)
+        lease_s = self.settings.drop_claim_lease_s
+        row_id = claim(self.db, item, self.owner, lease_s)
         if row_id is None:
             report.raced += 1
             return
+        confirmed: list[str] = []
         try:
-            if item.size == 0:
-                raise InputError(f"{PurePosixPath(item.key).name} is empty (0 bytes)")
-            options, tenant = self.options_for(item.key)
-            self.probe(item.key)
-            job_id = self.submit(
-                self.folder.source_url(item.key),
-                options,
-                source_name=PurePosixPath(item.key).name,
-                tenant=tenant,
-            )
+            with claim_kept(self.db, row_id, self.owner, lease_s):
+                if item.size == 0:
+                    raise InputError(f"{PurePosixPath(item.key).name} is empty (0 bytes)")
+                options, tenant = self.options_for(item.key)
+                self.probe(item.key)
+                with joined(job_check(row_id, self.owner, confirmed)):
+                    job_id = self.submit(
+                        self.folder.source_url(item.key),
+                        options,
+                        source_name=PurePosixPath(item.key).name,
+                        tenant=tenant,
+                    )
+        except ClaimLost:
+            # Our claim lapsed (this watcher stalled past its lease) and another watcher took the
+            # recording over: no job was made here.
+            log.warning("drop %s: taken over by another watcher; not submitted here", printable(item.key))
+            report.raced += 1
+            return
         except PermanentError as exc:
             reason = str(exc)
             record_error(self.db, row_id, reason)
@@ -223,14 +243,15 @@ class Watcher:
             report.rejected.append(item.key)
             return
         except Exception as exc:
-            # Broker, database or S3 trouble: nothing was decided about this recording.
-            release(self.db, row_id)
+            # Database or S3 trouble: nothing was decided about this recording.
+            release(self.db, row_id, self.owner)
             log.warning(
                 "drop %s: not submitted this time, will retry: %s", printable(item.key), exc, exc_info=True
             )
             report.deferred.append(item.key)
             return
-        record_job(self.db, row_id, job_id)
+        if not confirmed:  # a submitter that did not create the job through JobStore.add
+            record_job(self.db, row_id, job_id)
         self._tag(item, job_id)
         report.submitted.append(job_id)
         log.info("drop %s: job %s", printable(item.key), job_id)

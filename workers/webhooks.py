@@ -43,7 +43,7 @@ from jobs.errors import InputError
 from jobs.models import Job, JobStatus, utcnow
 from jobs.runtime import Runtime
 from jobs.tenants import tenant_secret
-from workers.dispatch import Dispatcher
+from workers.dispatch import dispatcher
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def notify(rt: Runtime, job_id: str) -> bool:
         }
         if not _append(rt, job_id, record, unless_queued=True):
             return False
-        Dispatcher(rt.settings).send_webhook(job_id, job.attempt)
+        dispatcher(rt).send_webhook(job_id, job.attempt)
         log.info("job %s: webhook queued (%s)", job_id, job.status)
         return True
     except Exception:

@@ -1,4 +1,5 @@
-"""Creating a job: options checked, one row written; nothing is queued here (see ``next``)."""
+"""Creating a job: options checked, one row written, and with ``enqueue`` its split in the outbox in
+the same transaction (what runs next is ``next``'s answer)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,13 @@ def create_job(
     tenant: str | None = None,
     fingerprint: str | None = None,
     duration_s: float | None = None,
+    enqueue: bool = False,
 ) -> Job:
-    """``duration_s`` (from ffprobe) is checked against the limits before the row is written."""
+    """``duration_s`` (from ffprobe) is checked against the limits before the row is written.
+
+    ``enqueue``: the job's split goes into the outbox in the row's own transaction (the workers'
+    path; ``workers.meter`` relays it). A local run, or a job whose source is still being stored,
+    leaves it out."""
     opts = options.validated(rt.settings)
     admit(rt, duration_s, tenant)
     job = Job(
@@ -42,6 +48,6 @@ def create_job(
         vocabulary=opts.vocabulary,
         priority=Priority(opts.priority or Priority.interactive),
     )
-    rt.store.add(job)
+    rt.store.add(job, enqueue=enqueue)
     log.info("job %s: created for %s", job.id, job.source_name)
     return job

@@ -1,15 +1,19 @@
-"""What must run next for a job: the one answer the task layer, ``retry``, the sweep and the local
-run all use.
+"""What must run next for a job, and why: the one answer the task layer, ``retry``, the sweep and
+the local run all use.
 
 ``after`` names the step that just finished, because the answers differ: after a split every
 pending window is due; after a window only the reduce can be (its siblings have their own
 messages), and only for the one caller the barrier lets through; with no ``after`` (resume, the
-sweep of a job whose messages were lost, a local run) everything missing is due.
+sweep of a job whose messages were lost or whose worker died, a local run) everything missing is
+due. Each step carries the reason it is due (for logs); steps compare equal whatever the reason.
+
+Which of the due windows goes to the gpu queue when is not decided here but by the meter
+(``workers.meter``); the local run takes them in order.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from jobs.models import JobStatus
@@ -23,6 +27,7 @@ class Step:
     kind: StepKind
     job_id: str
     index: int | None = None  # the window's, for "window"
+    reason: str = field(default="", compare=False)
 
 
 def next_steps(rt: Runtime, job_id: str, after: StepKind | None = None) -> list[Step]:
@@ -31,12 +36,13 @@ def next_steps(rt: Runtime, job_id: str, after: StepKind | None = None) -> list[
         return []
     if job.status == JobStatus.reducing:
         # Claimed already: the reduce is due only when nobody else was told (resume, lost message).
-        return [] if after is not None else [Step("reduce", job_id)]
+        return [] if after is not None else [Step("reduce", job_id, reason="reducing, no reduce running")]
     if job.windows_total is None:
-        return [] if after is not None else [Step("split", job_id)]
+        return [] if after is not None else [Step("split", job_id, reason=f"{job.status}, not split yet")]
     pending = [] if after == "window" else rt.store.pending_windows(job_id)
     if pending:
-        return [Step("window", job_id, index) for index in pending]
+        why = "cut by the split" if after == "split" else "not done yet"
+        return [Step("window", job_id, index, reason=why) for index in pending]
     if rt.store.claim_reduce(job_id):
-        return [Step("reduce", job_id)]
+        return [Step("reduce", job_id, reason="every window done; the barrier let this caller through")]
     return []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,6 +30,7 @@ from jobs.steps.split import split_job
 from jobs.steps.window import run_window
 from tests.inprocess.conftest import MARKERS, FakeEngine, RecordingDispatcher
 from tests.speech import Recording, duration_s
+from workers import meter
 from workers.sweeper import sweep
 
 
@@ -119,9 +121,14 @@ def test_retry_resumes_and_redoes_only_what_is_missing(
         retry(rt, job_id)
 
 
-def test_the_sweep_requeues_a_dead_workers_window_once(rt: Runtime, tones: Recording) -> None:
+def test_the_sweep_requeues_a_dead_workers_window_once(
+    make_runtime: Callable[..., Runtime], tones: Recording
+) -> None:
+    rt = make_runtime(gpu_queue_target=3)  # room in the gpu queue for every window
     job_id = _job(rt, tones)
     split_job(rt, job_id)
+    rt.dispatcher = RecordingDispatcher()
+    meter.meter(rt)  # the three windows are sent, as the split task's meter would
     claimed = rt.store.claim_window(job_id, 1, "dead-host:1:task", lease_s=30)
     assert claimed is not None
     assert rt.store.claim_window(job_id, 1, "other:2:task", lease_s=30) is None  # lease still valid
@@ -131,12 +138,12 @@ def test_the_sweep_requeues_a_dead_workers_window_once(rt: Runtime, tones: Recor
         row.lease_expires_at = utcnow() - timedelta(seconds=1)
         s.add(row)
         s.commit()
-    dispatcher = RecordingDispatcher()
-    report = sweep(rt, dispatcher, queue_depth=lambda: {"cpu": 0, "gpu": 5})  # type: ignore[arg-type]
+    rt.dispatcher = dispatcher = RecordingDispatcher()
+    report = sweep(rt, queue_depth=lambda: {"cpu": 0, "gpu": 5})
     assert report.windows == [(job_id, 1)]
     assert dispatcher.sent == [Step("window", job_id, 1)]
-    again = RecordingDispatcher()
-    assert sweep(rt, again, queue_depth=lambda: {"cpu": 0, "gpu": 5}).windows == []  # type: ignore[arg-type]
+    rt.dispatcher = RecordingDispatcher()
+    assert sweep(rt, queue_depth=lambda: {"cpu": 0, "gpu": 5}).windows == []
     assert rt.store.windows(job_id)[1].status == WindowStatus.pending
 
 
@@ -147,8 +154,8 @@ def test_the_sweep_enqueues_the_work_of_a_job_whose_messages_were_lost(rt: Runti
     rt.store.update(job_id)  # bump, then age it past orphan_after_s
     aged = utcnow() - timedelta(seconds=rt.settings.orphan_after_s + 5)
     rt.store._update(type(rt.store.get(job_id)), [], updated_at=aged)
-    dispatcher = RecordingDispatcher()
-    sweep(rt, dispatcher, queue_depth=lambda: {"cpu": 0, "gpu": 0})  # type: ignore[arg-type]
+    rt.dispatcher = dispatcher = RecordingDispatcher()
+    sweep(rt, queue_depth=lambda: {"cpu": 0, "gpu": 0})
     assert dispatcher.sent == [Step("window", job_id, 1), Step("window", job_id, 2)]
 
 

@@ -50,7 +50,7 @@ class LiveApi:
 @pytest.fixture
 def dispatcher(monkeypatch: pytest.MonkeyPatch) -> RecordingDispatcher:
     sent = RecordingDispatcher()
-    monkeypatch.setattr("workers.submission.Dispatcher", lambda settings: sent)
+    monkeypatch.setattr("workers.dispatch.Dispatcher", lambda settings: sent)
     return sent
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 revision: str = "0005"
@@ -18,13 +19,15 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+PRIORITY = sa.Enum("interactive", "batch", name="priority")
+
+
 def upgrade() -> None:
+    PRIORITY.create(op.get_bind(), checkfirst=True)  # PostgreSQL's enum type; nothing on SQLite
     with op.batch_alter_table("job") as batch:
-        batch.add_column(
-            sa.Column("priority", sa.String(length=16), nullable=False, server_default="interactive")
-        )
+        batch.add_column(sa.Column("priority", PRIORITY, nullable=False, server_default="interactive"))
     with op.batch_alter_table("window") as batch:
-        batch.add_column(sa.Column("dispatched_at", sa.DateTime(), nullable=True))
+        batch.add_column(sa.Column("dispatched_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True))
 
 
 def downgrade() -> None:
@@ -32,3 +35,4 @@ def downgrade() -> None:
         batch.drop_column("dispatched_at")
     with op.batch_alter_table("job") as batch:
         batch.drop_column("priority")
+    PRIORITY.drop(op.get_bind(), checkfirst=True)

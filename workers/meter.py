@@ -1,0 +1,164 @@
+"""What goes to the broker, and when: the one module that decides (docs/architecture.md, "What runs
+next, and when it is sent").
+
+``jobs.steps.next.next_steps`` says what a job needs; everything that acts on the answer calls
+``enqueue`` here, and everything that may free a gpu slot or make work appear calls ``wake``.
+
+- **The outbox relay** (``relay``). A job's split is written into the ``queuedstep`` table in the
+  job row's own transaction (``JobStore.add(enqueue=True)``, ``JobStore.make_ready``); the relay
+  sends what the table holds and deletes it, under a database lock, sending before it commits. The
+  process that committed relays at once (``relay`` right after the commit: the API, `voxbatch
+  submit`, the watcher); if it died in between, a cpu worker's ``RelayPoller`` sends the step within
+  ``relay_poll_s``. A crash after the send and before the commit sends the step twice: harmless,
+  steps are idempotent and claims conditional.
+- **The gpu queue's meter** (``meter``). Windows are not sent when the split cuts them. A window is
+  sent only while fewer than ``gpu_queue_target`` windows are sent and not yet taken by a gpu
+  worker; the next one is chosen by ``choose``: class first (``interactive`` before ``batch``),
+  then the tenant with the fewest seconds of audio in service (windows sent or running), then the
+  oldest job, then the window's order. The choice is recorded in ``Window.dispatched_at`` under the
+  ``windows`` lock, and the message sent before the commit, so two meters never send one window
+  and a send that fails leaves it for the next turn. The meter runs after a split registers a
+  window, when a window is taken or finishes, on every sweep, and after a job ends (its unsent
+  windows are never sent: only running jobs' windows are candidates; its sent ones return quietly).
+  A sent window whose message vanished (Redis lost its data) is marked unsent by the sweep
+  (``JobStore.undispatch_lost``) and sent again here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from jobs.models import Priority
+from jobs.runtime import Runtime
+from jobs.settings import Settings
+from jobs.steps.next import Step
+from jobs.store import JobStore, WindowCandidate
+from workers.dispatch import Dispatcher, dispatcher
+
+log = logging.getLogger(__name__)
+
+_CLASS_ORDER = {Priority.interactive: 0, Priority.batch: 1}
+
+
+def choose(candidates: list[WindowCandidate], in_service: dict[str, float], n: int) -> list[WindowCandidate]:
+    """The next ``n`` windows to send, in order: class, then fair share by audio seconds, then age.
+
+    ``in_service``: seconds of audio per tenant in windows sent or running. Each pick adds its
+    window's seconds to its tenant before the next pick, so a tenant with a long backlog and one
+    with a single clip alternate by audio time, not by arrival.
+    """
+    service = dict(in_service)
+    # Per (class, tenant), the windows in their own order: only each queue's head competes.
+    heads: dict[tuple[int, str], list[WindowCandidate]] = {}
+    for c in sorted(candidates, key=lambda c: (c.created_at, c.job_id, c.index)):
+        heads.setdefault((_CLASS_ORDER.get(c.priority, 1), c.tenant), []).append(c)
+    picks: list[WindowCandidate] = []
+    while len(picks) < n and heads:
+        cls, tenant = min(
+            heads, key=lambda k: (k[0], service.get(k[1], 0.0), heads[k][0].created_at, heads[k][0].index)
+        )
+        queue = heads[(cls, tenant)]
+        pick = queue.pop(0)
+        if not queue:
+            del heads[(cls, tenant)]
+        picks.append(pick)
+        service[tenant] = service.get(tenant, 0.0) + pick.seconds
+    return picks
+
+
+def relay(rt: Runtime) -> int:
+    """Send the outbox's steps now; never raises (what could not be sent stays for the poller)."""
+    return relay_with(rt.store, lambda: dispatcher(rt))
+
+
+def relay_with(store: JobStore, sender: Callable[[], Dispatcher]) -> int:
+    def send(row: Any) -> None:
+        sender().send(Step(row.kind, row.job_id, row.index, reason="relayed from the outbox"), retry=False)
+
+    try:
+        sent = store.relay(send)
+    except Exception as exc:
+        log.warning("outbox: could not hand steps to the broker now (a cpu worker retries): %s", exc)
+        return 0
+    if sent:
+        log.info("outbox: %d step(s) sent", sent)
+    return sent
+
+
+def meter(rt: Runtime, taken: tuple[str, int] | None = None) -> int:
+    """Fill the gpu queue up to its target with the fairest next windows; never raises.
+
+    ``taken``: the window a gpu worker just received (its slot in the queue is free)."""
+
+    def send(picks: list[WindowCandidate]) -> None:
+        sender = dispatcher(rt)
+        for p in picks:
+            sender.send(Step("window", p.job_id, p.index, reason="metered into the gpu queue"), retry=False)
+
+    try:
+        picks = rt.store.meter_windows(rt.settings.gpu_queue_target, choose, send, taken=taken)
+    except Exception as exc:
+        log.warning("meter: could not send windows now (the next wake or sweep retries): %s", exc)
+        return 0
+    for p in picks:
+        log.info(
+            "job %s: window %d sent to the gpu queue (tenant %r, %s)", p.job_id, p.index, p.tenant, p.priority
+        )
+    return len(picks)
+
+
+def wake(rt: Runtime, taken: tuple[str, int] | None = None) -> None:
+    """Relay the outbox, then meter the gpu queue: after anything that may make work due or free
+    a slot. Never raises."""
+    relay(rt)
+    meter(rt, taken)
+
+
+def enqueue(rt: Runtime, steps: Iterable[Step]) -> None:
+    """Act on ``next_steps``' answer: splits and reduces through the outbox (sent at once, kept
+    if the broker is away), windows through the meter. Never raises."""
+    steps = list(steps)
+    other = [(s.kind, s.job_id, s.index) for s in steps if s.kind != "window"]
+    for s in steps:
+        log.info(
+            "job %s: due: %s%s (%s)", s.job_id, s.kind, "" if s.index is None else f" {s.index}", s.reason
+        )
+    if other:
+        try:
+            rt.store.queue_steps(other)
+        except Exception:
+            log.exception("could not write steps into the outbox: %s", other)
+    wake(rt)
+
+
+def wake_after_end(rt: Runtime, job_id: str) -> None:
+    """A Runtime end hook: an ended job's slots in the gpu queue go to other jobs at once."""
+    meter(rt)
+
+
+class RelayPoller:
+    """A daemon thread in a cpu worker's main process: every ``relay_poll_s`` it relays steps a
+    submitter committed but did not send (it died right after the commit, or the broker was away),
+    so such a job waits seconds, not the sweep's ``orphan_after_s``."""
+
+    def __init__(self, settings: Settings, sender: Dispatcher) -> None:
+        self.settings = settings
+        self.sender = sender
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="voxbatch-outbox-relay", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        from jobs.db import Database
+
+        store = JobStore(Database(self.settings.resolved_database_url()))
+        while not self._stop.wait(self.settings.relay_poll_s):
+            relay_with(store, lambda: self.sender)

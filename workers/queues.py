@@ -1,0 +1,22 @@
+"""Queue names, task names and routes: what every process that sends or consumes work agrees on.
+
+No Celery here, and nothing is built at import: the API, the CLI and the watcher import this to
+name queues without loading the workers' Celery app (``workers.celery_app`` builds that one).
+"""
+
+from __future__ import annotations
+
+CPU_QUEUE = "cpu"
+GPU_QUEUE = "gpu"
+QUEUES = (CPU_QUEUE, GPU_QUEUE)
+
+SPLIT = "voxbatch.split"
+WINDOW = "voxbatch.window"
+REDUCE = "voxbatch.reduce"
+SWEEP = "voxbatch.sweep"
+WEBHOOK = "voxbatch.webhook"
+
+ROUTES = {SPLIT: CPU_QUEUE, WINDOW: GPU_QUEUE, REDUCE: CPU_QUEUE, SWEEP: CPU_QUEUE, WEBHOOK: CPU_QUEUE}
+
+# The task a step of jobs.steps.next becomes.
+STEP_TASKS = {"split": SPLIT, "window": WINDOW, "reduce": REDUCE}
