@@ -13,7 +13,7 @@ Why each setting (shared/reference/celery-redis-s3.md §1):
   tasks a few seconds, then restores their messages to the queue at once.
 - Events on and ``task_send_sent_event`` so Flower shows queued tasks too.
 
-Task names (``voxbatch.split|window|reduce|sweep``) carry the job id as their first argument, so
+Task names (``voxbatch.split|window|overall|reduce|sweep``) carry the job id as their first argument, so
 Flower's search finds every task of a job.
 """
 
@@ -33,6 +33,7 @@ from jobs.settings import Settings, get_settings
 from workers.queues import (  # noqa: F401  (re-exported: the names a worker serves)
     CPU_QUEUE,
     GPU_QUEUE,
+    OVERALL,
     QUEUES,
     REDUCE,
     ROUTES,

@@ -12,11 +12,21 @@ QUEUES = (CPU_QUEUE, GPU_QUEUE)
 
 SPLIT = "voxbatch.split"
 WINDOW = "voxbatch.window"
+OVERALL = "voxbatch.overall"
 REDUCE = "voxbatch.reduce"
 SWEEP = "voxbatch.sweep"
 WEBHOOK = "voxbatch.webhook"
 
-ROUTES = {SPLIT: CPU_QUEUE, WINDOW: GPU_QUEUE, REDUCE: CPU_QUEUE, SWEEP: CPU_QUEUE, WEBHOOK: CPU_QUEUE}
+# The overall summary is a model request: it waits where model requests are sent (a gpu worker's
+# request scheduler), never in a cpu worker's slot.
+ROUTES = {
+    SPLIT: CPU_QUEUE,
+    WINDOW: GPU_QUEUE,
+    OVERALL: GPU_QUEUE,
+    REDUCE: CPU_QUEUE,
+    SWEEP: CPU_QUEUE,
+    WEBHOOK: CPU_QUEUE,
+}
 
 # The task a step of jobs.steps.next becomes.
-STEP_TASKS = {"split": SPLIT, "window": WINDOW, "reduce": REDUCE}
+STEP_TASKS = {"split": SPLIT, "window": WINDOW, "overall": OVERALL, "reduce": REDUCE}

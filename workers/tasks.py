@@ -23,6 +23,7 @@ from jobs.models import JobStatus
 from jobs.steps.ending import fail, failure_reason
 from jobs.steps.leases import job_heartbeat
 from jobs.steps.next import next_steps
+from jobs.steps.overall import summarize_job
 from jobs.steps.reduce import reduce_job
 from jobs.steps.split import split_job
 from jobs.steps.window import run_window
@@ -123,6 +124,22 @@ def window(self: JobTask, job_id: str, index: int) -> bool:
     else:
         meter.meter(rt)
     return all_done
+
+
+@app.task(base=JobTask, name=celery_app.OVERALL, bind=True)
+def overall(self: JobTask, job_id: str) -> bool:
+    """The overall summary, on a gpu worker: its request joins the windows' in the scheduler."""
+    rt = process_runtime()
+    if not self.first_deliveries(job_id):
+        return False
+    try:
+        with job_heartbeat(rt, job_id):
+            summarize_job(rt, job_id)
+    except JobCancelled:
+        log.info("job %s: cancelled; overall summary skipped", job_id)
+        return False
+    _enqueue_next(job_id, after="overall")
+    return True
 
 
 @app.task(base=JobTask, name=celery_app.REDUCE, bind=True)

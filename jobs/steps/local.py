@@ -27,6 +27,7 @@ from jobs.steps.control import prepare_rerun
 from jobs.steps.create import create_job
 from jobs.steps.ending import fail, failure_reason
 from jobs.steps.next import Step, next_steps
+from jobs.steps.overall import summarize_job
 from jobs.steps.reduce import reduce_job
 from jobs.steps.split import split_job
 from jobs.steps.window import run_window
@@ -90,6 +91,8 @@ def _drive(rt: Runtime, job_id: str, progress: Progress | None) -> None:
         for step in steps:
             if step.kind == "split":
                 _split_while_windows_run(rt, job_id)
+            elif step.kind == "overall":
+                summarize_job(rt, job_id)
             elif step.kind == "reduce":
                 reduce_job(rt, job_id)
         if progress is not None:

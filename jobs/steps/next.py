@@ -2,8 +2,9 @@
 the local run all use.
 
 ``after`` names the step that just finished, because the answers differ: after a split every
-pending window is due; after a window only the reduce can be (its siblings have their own
-messages), and only for the one caller the barrier lets through; with no ``after`` (resume, the
+pending window is due; after a window only the overall summary or the reduce can be (its siblings
+have their own messages), and only for the one caller the barrier lets through; after the overall
+summary, the reduce; with no ``after`` (resume, the
 sweep of a job whose messages were lost or whose worker died, a local run) everything missing is
 due. Each step carries the reason it is due (for logs); steps compare equal whatever the reason.
 
@@ -16,10 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from jobs.models import JobStatus
+from jobs.models import Job, JobStatus
 from jobs.runtime import Runtime
+from jobs.steps.overall import needs_overall
 
-StepKind = Literal["split", "window", "reduce"]
+StepKind = Literal["split", "window", "overall", "reduce"]
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,10 @@ def next_steps(rt: Runtime, job_id: str, after: StepKind | None = None) -> list[
     if JobStatus(job.status).finished:
         return []
     if job.status == JobStatus.reducing:
-        # Claimed already: the reduce is due only when nobody else was told (resume, lost message).
-        return [] if after is not None else [Step("reduce", job_id, reason="reducing, no reduce running")]
+        if after == "overall":
+            return [Step("reduce", job_id, reason="the overall summary is stored")]
+        # Claimed already: due only when nobody else was told (resume, lost message).
+        return [] if after is not None else [_reducing(rt, job, "reducing, nothing running")]
     if job.windows_total is None:
         return [] if after is not None else [Step("split", job_id, reason=f"{job.status}, not split yet")]
     pending = [] if after == "window" else rt.store.pending_windows(job_id)
@@ -44,5 +48,13 @@ def next_steps(rt: Runtime, job_id: str, after: StepKind | None = None) -> list[
         why = "cut by the split" if after == "split" else "not done yet"
         return [Step("window", job_id, index, reason=why) for index in pending]
     if rt.store.claim_reduce(job_id):
-        return [Step("reduce", job_id, reason="every window done; the barrier let this caller through")]
+        return [_reducing(rt, rt.store.get(job_id), "every window done; the barrier let this caller through")]
     return []
+
+
+def _reducing(rt: Runtime, job: Job, why: str) -> Step:
+    """A reducing job's next step: its overall summary where that is a model call still to make
+    (a gpu worker's, ``jobs/steps/overall.py``), else the reduce."""
+    if needs_overall(rt, job):
+        return Step("overall", job.id, reason=f"{why}; the overall summary is a model call")
+    return Step("reduce", job.id, reason=why)

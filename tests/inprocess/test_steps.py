@@ -369,3 +369,25 @@ def test_a_window_whose_requests_make_no_progress_stops_renewing_its_lease(
     clock.tick()  # an answer again: renewed again
     renew()
     assert lease() > renewed
+
+
+def test_after_the_last_window_the_overall_summary_is_due_then_the_reduce(
+    rt: Runtime, tones: Recording
+) -> None:
+    job_id = _job(rt, tones)
+    split_job(rt, job_id)
+    for index in (0, 1):
+        run_window(rt, job_id, index)
+    run_window(rt, job_id, 2)
+    assert [s.kind for s in next_steps(rt, job_id, after="window")] == ["overall"]  # a gpu worker's
+    assert [s.kind for s in next_steps(rt, job_id)] == ["overall"]  # the sweep, while it is missing
+    summarize_job(rt, job_id)
+    assert [s.kind for s in next_steps(rt, job_id, after="overall")] == ["reduce"]
+    assert [s.kind for s in next_steps(rt, job_id)] == ["reduce"]  # stored: only the reduce is left
+
+
+def test_a_one_window_job_goes_from_its_window_to_the_reduce(rt: Runtime, tones: Recording) -> None:
+    job = create_job(rt, str(tones.path), JobOptions(window_minutes=5), duration_s=duration_s(tones.path))
+    split_job(rt, job.id)
+    run_window(rt, job.id, 0)
+    assert [s.kind for s in next_steps(rt, job.id, after="window")] == ["reduce"]
