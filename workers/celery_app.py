@@ -31,6 +31,7 @@ from celery.concurrency.thread import TaskPool as _CeleryThreadPool
 
 from jobs.settings import Settings, get_settings
 from workers.queues import (  # noqa: F401  (re-exported: the names a worker serves)
+    ANNOUNCE,
     CPU_QUEUE,
     GPU_QUEUE,
     OVERALL,

@@ -14,6 +14,7 @@ SPLIT = "voxbatch.split"
 WINDOW = "voxbatch.window"
 OVERALL = "voxbatch.overall"
 REDUCE = "voxbatch.reduce"
+ANNOUNCE = "voxbatch.announce"
 SWEEP = "voxbatch.sweep"
 WEBHOOK = "voxbatch.webhook"
 
@@ -24,9 +25,10 @@ ROUTES = {
     WINDOW: GPU_QUEUE,
     OVERALL: GPU_QUEUE,
     REDUCE: CPU_QUEUE,
+    ANNOUNCE: CPU_QUEUE,
     SWEEP: CPU_QUEUE,
     WEBHOOK: CPU_QUEUE,
 }
 
 # The task a step of jobs.steps.next becomes.
-STEP_TASKS = {"split": SPLIT, "window": WINDOW, "overall": OVERALL, "reduce": REDUCE}
+STEP_TASKS = {"split": SPLIT, "window": WINDOW, "overall": OVERALL, "reduce": REDUCE, "announce": ANNOUNCE}

@@ -30,7 +30,7 @@ from jobs.steps.window import run_window
 from workers import celery_app, deliveries, lifecycle, meter, webhooks
 from workers.celery_app import app
 from workers.engines.http import EngineAborted
-from workers.runtime import process_runtime
+from workers.runtime import announce_end, process_runtime
 from workers.sweeper import sweep
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,13 @@ def reduce(self: JobTask, job_id: str) -> str:
         log.info("job %s: cancelled; reduce skipped", job_id)
         return "cancelled"
     return str(job.status)
+
+
+@app.task(name=celery_app.ANNOUNCE, bind=True, acks_late=True, ignore_result=True)
+def announce(self: Any, job_id: str) -> None:
+    """A job's end, announced: documents or error.json to the drop-folder outbox, then the webhook
+    (queued here by whichever process ended the job)."""
+    announce_end(process_runtime(), job_id)
 
 
 @app.task(name=celery_app.SWEEP, ignore_result=True)

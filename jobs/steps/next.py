@@ -21,7 +21,9 @@ from jobs.models import Job, JobStatus
 from jobs.runtime import Runtime
 from jobs.steps.overall import needs_overall
 
-StepKind = Literal["split", "window", "overall", "reduce"]
+# "announce" (a job's end sent to the drop-folder outbox and its webhook) is queued by the end hook,
+# never answered here.
+StepKind = Literal["split", "window", "overall", "reduce", "announce"]
 
 
 @dataclass(frozen=True)

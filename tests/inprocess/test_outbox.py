@@ -267,3 +267,28 @@ def test_the_sweep_sends_again_a_window_whose_message_vanished(rt: Runtime, tone
     assert sorted(report.lost) == [(job_id, 0), (job_id, 1)]
     assert windows_sent(d)[2:] == [(job_id, 0), (job_id, 1)]
     assert [w.status for w in rt.store.windows(job_id)] == [WindowStatus.pending] * 3
+
+
+# --- a job's end ------------------------------------------------------------------------------------
+
+
+def test_a_cancel_queues_the_jobs_announcement_instead_of_delivering_it_itself(
+    rt: Runtime, tones: Recording, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workers import runtime as worker_runtime
+
+    rt.dispatcher = d = RecordingDispatcher()
+    rt.on_job_end.append(worker_runtime.queue_announcement)
+    called: list[str] = []
+    monkeypatch.setattr(worker_runtime, "notify", lambda _rt, job_id: called.append(job_id))
+    monkeypatch.setattr(worker_runtime, "deliver_quietly", lambda _rt, job_id: called.append(job_id))
+    hooked = create_job(rt, str(tones.path), JobOptions(webhook_url="https://example.com/hook"))
+    plain = create_job(rt, str(tones.path), JobOptions())
+    cancel(rt, hooked.id)
+    cancel(rt, plain.id)
+    # The process that ended the job sent one step and delivered nothing itself (an API cancel
+    # does not wait on S3 or a webhook receiver); a job with nothing to announce queues nothing.
+    assert [(s.kind, s.job_id) for s in d.sent] == [("announce", hooked.id)]
+    assert called == []
+    worker_runtime.announce_end(rt, hooked.id)  # what the cpu worker's announce task runs
+    assert called == [hooked.id, hooked.id]
