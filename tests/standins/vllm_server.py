@@ -2,8 +2,8 @@
 
 It speaks vLLM's OpenAI-compatible API (``GET /v1/models``, ``POST /v1/audio/transcriptions``,
 ``POST /v1/chat/completions``) and refuses what a recent vLLM serving Voxtral refuses, with the same
-status codes and messages (tests/realvllm compares them with the real server's): unknown model (404), a response
-format other than json/text (400), a language that is not ISO 639-1 (400), an upload over
+status codes and messages (tests/realvllm compares them with the real server's): unknown model
+(404), a response format other than json/text (400), a language that is not ISO 639-1 (400), an upload over
 ``VLLM_MAX_AUDIO_CLIP_FILESIZE_MB`` (400), audio longer than ``VLLM_MAX_AUDIO_DECODE_DURATION_S``
 (400), a native decode over ``VLLM_MAX_AUDIO_DECODE_BYTES`` (400), a prompt over the 32k context (400;
 a completion that would overrun it is cut short instead), a system message beside audio (400) and
