@@ -102,6 +102,17 @@ def test_dropped_and_held_requests_are_counted(tmp_path: Path) -> None:
         traffic = server.stats()["traffic"]
         assert traffic["dropped"] == 1 and traffic["answers"] == 0 and traffic["in_flight"] == 0
         assert traffic["max_sends"] == 1
+    with StandInVLLM(drop_upload_every=2, fault_seed=5, fast=True) as server:
+        outcomes = []
+        for _ in range(4):
+            try:
+                outcomes.append(post(server).status_code)
+            except httpx.TransportError:
+                outcomes.append(0)
+        assert sorted(outcomes) == [0, 0, 200, 200]
+        traffic = server.stats()["traffic"]
+        # Both drops are attributed to the one request they began: four attempts in all.
+        assert traffic["dropped"] == 2 and traffic["distinct_requests"] == 1 and traffic["max_sends"] == 4
     with StandInVLLM(hold_every=2, fault_seed=3, fast=True) as server:
         results = []
         for _ in range(4):

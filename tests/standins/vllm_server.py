@@ -245,9 +245,11 @@ class Traffic:
     A model POST is *in flight* from its request line until its answer is sent or its connection
     ends. ``longest_gap_s`` is the longest time with requests in flight and no answer sent (the
     server's silence: a wedged client pool or a lost request shows here; the current gap counts).
-    ``sends`` counts each distinct request by a key: the digest of its declared length and its
-    first ``min(64 KiB, length / 2)`` bytes, multipart boundary removed; a request dropped
-    mid-body has the same key as its complete resend, so ``max_sends`` counts every attempt.
+    ``sends`` counts each distinct request by the digest of its whole body (multipart boundary
+    removed). A request dropped mid-body was never read whole: it is known by the digest of its
+    declared length and first ``min(64 KiB, length / 2)`` bytes, and counted as a send of the
+    complete request with the same beginning (the least-sent one when several share it:
+    ``ambiguous_drops``), so ``max_sends`` counts every attempt.
     """
 
     def __init__(self, drop_every: int = 0, hold_every: int = 0, seed: int = 0) -> None:
@@ -266,7 +268,9 @@ class Traffic:
             self.dropped = 0
             self.held = 0
             self.holding = 0
-            self.sends: dict[str, int] = {}
+            self.sends: dict[str, int] = {}  # whole-body key -> complete receipts
+            self.beginnings: dict[str, set[str]] = {}  # beginning key -> whole-body keys
+            self.dropped_beginnings: dict[str, int] = {}
 
     def _chosen(self, n: int, every: int, salt: str) -> bool:
         # Exactly one arrival in each block of ``every``, at a position drawn from the seed.
@@ -292,9 +296,31 @@ class Traffic:
             return "hold"
         return None
 
-    def sent(self, key: str) -> None:
+    def sent(self, key: str, beginning: str) -> None:
         with self.lock:
             self.sends[key] = self.sends.get(key, 0) + 1
+            self.beginnings.setdefault(beginning, set()).add(key)
+
+    def dropped_at(self, beginning: str) -> None:
+        with self.lock:
+            self.dropped += 1
+            self.dropped_beginnings[beginning] = self.dropped_beginnings.get(beginning, 0) + 1
+
+    def _attempts(self) -> tuple[dict[str, int], int, int]:
+        """Sends per whole-body key with the drops attributed; drops matching several requests,
+        and drops whose request never arrived whole."""
+        counts = dict(self.sends)
+        ambiguous = unmatched = 0
+        for beginning, n in self.dropped_beginnings.items():
+            keys = self.beginnings.get(beginning)
+            if not keys:
+                unmatched += n
+                counts[f"dropped:{beginning}"] = n
+                continue
+            ambiguous += n if len(keys) > 1 else 0
+            least = min(keys, key=lambda k: counts[k])
+            counts[least] += n
+        return counts, ambiguous, unmatched
 
     def answer(self) -> None:
         now = time.monotonic()
@@ -314,7 +340,8 @@ class Traffic:
         now = time.monotonic()
         with self.lock:
             gap = max(self.longest_gap_s, now - self.mark if self.in_flight else 0.0)
-            counts = list(self.sends.values())
+            attempts, ambiguous, unmatched = self._attempts()
+            counts = list(attempts.values())
             return {
                 "arrivals": self.arrivals,
                 "in_flight": self.in_flight,
@@ -324,6 +351,8 @@ class Traffic:
                 "dropped": self.dropped,
                 "held": self.held,
                 "holding": self.holding,
+                "ambiguous_drops": ambiguous,
+                "unmatched_drops": unmatched,
                 "distinct_requests": len(counts),
                 "max_sends": max(counts, default=0),
                 "sends_histogram": {str(k): counts.count(k) for k in sorted(set(counts))},
@@ -370,29 +399,51 @@ class _Watched:
                 buffered.append(message)
                 prefix += message.get("body", b"")
                 more = bool(message.get("more_body", False))
-            traffic.sent(Traffic.key(bytes(prefix[:want]), length, _boundary(headers)))
+            boundary = _boundary(headers)
+            beginning = Traffic.key(bytes(prefix[:want]), length, boundary)
             if fault == "drop":
                 transport = getattr(getattr(receive, "__self__", None), "transport", None)
-                with traffic.lock:
-                    traffic.dropped += 1
                 if transport is not None:
+                    traffic.dropped_at(beginning)
                     transport.abort()  # the connection closes in the middle of the body
                     return
                 fault = "hold"  # a server without a transport to close: never answer instead
+            body = bytearray(prefix)
+
+            def received(complete: bool) -> None:
+                if complete:
+                    traffic.sent(Traffic.key(bytes(body), length, boundary), beginning)
+
+            if not more:
+                received(True)
             if fault == "hold":
                 with traffic.lock:
                     traffic.held += 1
                     traffic.holding += 1
                 try:
-                    while (await receive())["type"] != "http.disconnect":
-                        pass  # the rest of the body, then nothing until the client goes away
+                    while True:  # the rest of the body, then nothing until the client goes away
+                        message = await receive()
+                        if message["type"] == "http.disconnect":
+                            break
+                        if more:
+                            body.extend(message.get("body", b""))
+                            more = bool(message.get("more_body", False))
+                            received(not more)
                 finally:
                     with traffic.lock:
                         traffic.holding -= 1
                 return
 
             async def replay() -> Any:
-                return buffered.pop(0) if buffered else await receive()
+                nonlocal more
+                if buffered:
+                    return buffered.pop(0)
+                message = await receive()
+                if more and message["type"] == "http.request":
+                    body.extend(message.get("body", b""))
+                    more = bool(message.get("more_body", False))
+                    received(not more)
+                return message
 
             async def watch(message: Any) -> None:
                 nonlocal answered
