@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEPLOY_TOOLS := $(VENV)/.deploy-tools
 
-.PHONY: setup demo test fast lint typecheck tiers realvllm bench clean deploy-tools deploy-test
+.PHONY: setup demo test fast lint typecheck tiers realvllm bench storm clean deploy-tools deploy-test
 
 $(STAMP): pyproject.toml
 	infra/dev/system-packages.sh
@@ -68,3 +68,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf voxbatch-data voxbatch-output .pytest_cache .mypy_cache .ruff_cache
+
+## A hundred recordings at once in the S3 drop folder (bench/storm.py: two watchers, one killed),
+## then one scan of an inbox holding 10,000 ingested recordings. Minutes; prints its figures.
+storm: $(STAMP)
+	$(BIN)/python -m bench.storm
+	$(BIN)/python -m bench.storm --scan 10000
