@@ -180,7 +180,7 @@ def fleet(args: argparse.Namespace) -> None:
                         a_files[: sizes[0]],
                         b_file,
                         args.b_delay,
-                        args.timeout,
+                        args.faults_timeout or args.timeout,
                     )
                     phases.append(faulted)
         finally:
@@ -324,6 +324,9 @@ def main() -> None:
     )
     parser.add_argument("--fault-seed", type=int, default=18)
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one phase may take")
+    parser.add_argument(
+        "--faults-timeout", type=float, default=None, help="the faulted phase's (default --timeout)"
+    )
     parser.add_argument("--local", action="store_true", help="voxbatch run of one long talk instead")
     parser.add_argument("--local-hours", type=float, default=3.0)
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs)")

@@ -1135,11 +1135,10 @@ class RealtimeGpu:
         with self.cond:
             requests = list(self.requests)
             span = self.last_finish - self.first_arrival if self.first_arrival is not None else 0.0
-            return {
+            report = {
                 "requests": len(requests),
                 "busy_s": self.engine.busy_s,
                 "span_s": span,
-                "ideal_s": self.model.ideal_s(requests),
                 "steps": self.engine.steps,
                 "max_active": self.engine.max_active,
                 "time_scale": self.scale,
@@ -1147,6 +1146,9 @@ class RealtimeGpu:
                 "last_finish_s": self.last_finish,
                 "now_s": self.now(),
             }
+        # The replay runs outside the lock: the modelled GPU keeps serving meanwhile.
+        report["ideal_s"] = self.model.ideal_s(requests)
+        return report
 
 
 @dataclass
