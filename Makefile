@@ -7,7 +7,7 @@ DEPLOY_TOOLS := $(VENV)/.deploy-tools
 # Each pytest run of `make test` writes the time spent in each tier here (tests/conftest.py).
 TIMES := test-artifacts/tier-times
 
-.PHONY: setup demo test fast lint typecheck tiers realvllm bench clean deploy-tools deploy-test
+.PHONY: setup demo test fast lint typecheck tiers realvllm bench storm clean deploy-tools deploy-test
 
 $(STAMP): pyproject.toml
 	infra/dev/system-packages.sh
@@ -74,3 +74,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf voxbatch-data voxbatch-output .pytest_cache .mypy_cache .ruff_cache
+
+## A hundred recordings at once in the S3 drop folder (bench/storm.py: two watchers, one killed),
+## then one scan of an inbox holding 10,000 ingested recordings. Minutes; prints its figures.
+storm: $(STAMP)
+	$(BIN)/python -m bench.storm
+	$(BIN)/python -m bench.storm --scan 10000

@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.speech import PARAGRAPHS, Speech, build_recording
 from tests.standins.gpu_model import GpuFigures, GpuModel, GpuRequest
@@ -45,3 +46,83 @@ def test_gpu_mode_holds_answers_and_reports_the_model(tmp_path: Path) -> None:
 def test_default_mode_has_no_gpu() -> None:
     with StandInVLLM() as server:
         assert "gpu" not in server.stats()
+
+
+def test_cost_scale_multiplies_every_cost() -> None:
+    from tests.standins.vllm_server import scaled_costs
+
+    base = GpuFigures()
+    slow = scaled_costs(base, 10.0)
+    requests = [GpuRequest(30.0)] * 50
+    assert GpuModel(slow).ideal_s(requests) == pytest.approx(10 * GpuModel(base).ideal_s(requests))
+    assert slow.max_sequences == base.max_sequences and slow.tokens_per_speech_s == base.tokens_per_speech_s
+
+
+def test_fast_mode_measures_without_hearing_and_refuses_alike(tmp_path: Path) -> None:
+    audio = build_recording([Speech(PARAGRAPHS[0])], tmp_path / "speech.wav").path.read_bytes()
+    long = build_recording([Speech(PARAGRAPHS[1])], tmp_path / "long.flac").path.read_bytes()
+    answers = {}
+    for fast in (False, True):
+        with StandInVLLM(fast=fast, max_duration_s=3.0) as server:
+            ok = httpx.post(
+                f"{server.url}/audio/transcriptions",
+                files={"file": ("a.wav", audio[:44] + audio[44 : 44 + 2 * 32000])},
+                data={"model": VOXTRAL_SMALL},
+                timeout=60,
+            )
+            refused = httpx.post(
+                f"{server.url}/audio/transcriptions",
+                files={"file": ("b.flac", long)},
+                data={"model": VOXTRAL_SMALL},
+                timeout=60,
+            )
+            answers[fast] = (ok.status_code, refused.status_code, refused.json())
+            if fast:
+                assert ok.json()["text"].startswith("speech ")
+                entry = server.stats()["log"][0]
+                assert entry["markers"] == [] and entry["duration_s"] > 0
+    assert answers[True][1:] == answers[False][1:]
+    assert answers[True][0] == answers[False][0] == 200
+
+
+def test_dropped_and_held_requests_are_counted(tmp_path: Path) -> None:
+    audio = build_recording([Speech(PARAGRAPHS[0])], tmp_path / "speech.wav").path.read_bytes()
+
+    def post(server: StandInVLLM, timeout: float = 30) -> httpx.Response:
+        return httpx.post(
+            f"{server.url}/audio/transcriptions",
+            files={"file": ("a.wav", audio)},
+            data={"model": VOXTRAL_SMALL},
+            timeout=timeout,
+        )
+
+    with StandInVLLM(drop_upload_every=1, fast=True) as server:
+        with pytest.raises(httpx.TransportError):
+            post(server)
+        traffic = server.stats()["traffic"]
+        assert traffic["dropped"] == 1 and traffic["answers"] == 0 and traffic["in_flight"] == 0
+        assert traffic["max_sends"] == 1
+    with StandInVLLM(drop_upload_every=2, fault_seed=5, fast=True) as server:
+        outcomes = []
+        for _ in range(4):
+            try:
+                outcomes.append(post(server).status_code)
+            except httpx.TransportError:
+                outcomes.append(0)
+        assert sorted(outcomes) == [0, 0, 200, 200]
+        traffic = server.stats()["traffic"]
+        # Both drops are attributed to the one request they began: four attempts in all.
+        assert traffic["dropped"] == 2 and traffic["distinct_requests"] == 1 and traffic["max_sends"] == 4
+    with StandInVLLM(hold_every=2, fault_seed=3, fast=True) as server:
+        results = []
+        for _ in range(4):
+            try:
+                results.append(post(server, timeout=1.0).status_code)
+            except httpx.ReadTimeout:
+                results.append(0)
+        assert sorted(results) == [0, 0, 200, 200]  # one in every two, never answered
+        stats = server.stats()["traffic"]
+        assert stats["held"] == 2 and stats["max_sends"] == 4 and stats["distinct_requests"] == 1
+        assert stats["longest_gap_s"] >= 0.9
+        httpx.post(f"{server.url.removesuffix('/v1')}/stats/reset", timeout=10)
+        assert server.stats()["traffic"]["arrivals"] == 0

@@ -24,9 +24,20 @@ Fault injection: ``fail_every=N`` answers every Nth POST with 503, ``latency_s``
 ``error_200_every=N`` answers every Nth POST with an error body under status 200 (as some vLLM
 versions do for undecodable uploads), ``hold_markers={k, ...}`` keeps every answer to audio holding
 one of those markers until ``release()`` (``holding`` in the stats counts the answers waiting), so a
-test decides when a window finishes instead of racing it. ``GET /stats`` returns request counts per
-endpoint and a log of every request (endpoint, status, audio duration, markers, sampling parameters,
-message roles).
+test decides when a window finishes instead of racing it. Transport faults, chosen by arrival order
+from ``fault_seed`` (``--fault-seed``): ``drop_upload_every=N`` (``--drop-upload-every``) closes the
+connection of one model POST in every N while its body is being read; ``hold_every=M``
+(``--hold-every``) reads one in every M completely and never answers it (until the client goes
+away). ``GET /stats`` returns request counts per endpoint, a log of every request (endpoint, status,
+audio duration, markers, sampling parameters, message roles; ``?log=false`` leaves it out) and
+``traffic``: peak requests in flight, the longest time with requests in flight and no answer, and
+how many times each distinct request was received (class ``Traffic``). ``POST /stats/reset`` starts
+the counts again.
+
+``fast=True`` (``--fast``) measures audio from its WAV/FLAC header (ffprobe otherwise) without
+decoding it: nothing is heard (no markers, no loops), answers name a digest of the audio
+(``"speech 1a2b3c4d5e6f"``), and every cap and refusal is unchanged. For benchmarks whose CPU must go
+to the workers, not to the stand-in.
 
 ``mode="mistral"`` speaks the hosted Mistral API's shapes instead: ``input_audio`` is a plain base64
 string, a Bearer key is required, model ids are ``voxtral-*-latest`` and duration limits are the
@@ -49,7 +60,8 @@ Run it as a process::
 or in-process with ``with StandInVLLM(max_duration_s=2400) as server: server.url, server.stats()``.
 
 ``--gpu`` / ``StandInVLLM(gpu=True, gpu_time_scale=0.01)`` adds a modelled GPU with continuous
-batching (section "GPU mode" below; the model is tests/standins/gpu_model.py).
+batching (section "GPU mode" below; the model is tests/standins/gpu_model.py); ``--gpu-cost-scale K``
+multiplies its costs (a GPU K times slower, in wall seconds).
 """
 
 from __future__ import annotations
@@ -57,6 +69,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import hashlib
 import io
 import json
 import math
@@ -68,7 +81,7 @@ import threading
 import time
 import uuid
 import wave
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -138,6 +151,15 @@ class ServerConfig:
     latency_s: float = 0.0
     hold_markers: frozenset[int] = frozenset()  # answers hearing one of these wait for release()
     profile: str | None = None  # a jobs/profiles.py name: that model's rules instead of Voxtral's
+    # Fast mode: audio is measured (WAV/FLAC headers, ffprobe otherwise) but not decoded; nothing
+    # is heard (no markers), and answers name a digest of the audio instead. Caps unchanged.
+    fast: bool = False
+    # Transport faults, chosen from ``fault_seed`` by arrival order: in every block of N model
+    # POSTs exactly one is dropped mid-body (the connection closed while the body is read), and in
+    # every block of M one is never answered (held until the client goes away).
+    drop_upload_every: int = 0
+    hold_every: int = 0
+    fault_seed: int = 0
 
     def __post_init__(self) -> None:
         served = self.model_profile()
@@ -169,6 +191,7 @@ class Heard:
     duration_s: float
     markers: list[int]
     loop: bool
+    tag: str | None = None  # fast mode: a digest of the audio, named in the answers
 
 
 @dataclass
@@ -181,6 +204,11 @@ class ServerState:
     released: threading.Event = field(default_factory=threading.Event)
     holding: int = 0  # answers held (config.hold_markers) and not yet recorded
     held: int = 0  # answers ever held
+    traffic: Traffic | None = None
+
+    def __post_init__(self) -> None:
+        c = self.config
+        self.traffic = Traffic(c.drop_upload_every, c.hold_every, c.fault_seed)
 
     def next_post(self) -> int:
         with self.lock:
@@ -207,19 +235,247 @@ class ServerState:
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
-            return {
+            snap: dict[str, Any] = {
                 "counts": dict(self.counts),
                 "posts": self.posts,
                 "log": [dict(e) for e in self.log],
                 "holding": self.holding,
                 "held": self.held,
             }
+        if self.traffic is not None:
+            snap["traffic"] = self.traffic.report()
+        return snap
 
     def reset(self) -> None:
         with self.lock:
             self.posts = 0
             self.counts.clear()
             self.log.clear()
+        if self.traffic is not None:
+            self.traffic.reset()
+
+
+MODEL_ROUTES = ("/v1/audio/transcriptions", "/v1/chat/completions")
+KEY_PREFIX_BYTES = 64 * 1024
+
+
+class Traffic:
+    """What the clients do to the server, seen at the HTTP level (``/stats``' ``traffic``), and the
+    transport faults (``drop_upload_every``, ``hold_every``).
+
+    A model POST is *in flight* from its request line until its answer is sent or its connection
+    ends. ``longest_gap_s`` is the longest time with requests in flight and no answer sent (the
+    server's silence: a wedged client pool or a lost request shows here; the current gap counts).
+    ``sends`` counts each distinct request by the digest of its whole body (multipart boundary
+    removed). A request dropped mid-body was never read whole: it is known by the digest of its
+    declared length and first ``min(64 KiB, length / 2)`` bytes, and counted as a send of the
+    complete request with the same beginning (the least-sent one when several share it:
+    ``ambiguous_drops``), so ``max_sends`` counts every attempt.
+    """
+
+    def __init__(self, drop_every: int = 0, hold_every: int = 0, seed: int = 0) -> None:
+        self.drop_every, self.hold_every, self.seed = drop_every, hold_every, seed
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.arrivals = 0
+            self.in_flight = 0
+            self.peak_in_flight = 0
+            self.mark = 0.0  # when the current wait for an answer began
+            self.longest_gap_s = 0.0
+            self.answers = 0
+            self.dropped = 0
+            self.held = 0
+            self.holding = 0
+            self.sends: dict[str, int] = {}  # whole-body key -> complete receipts
+            self.beginnings: dict[str, set[str]] = {}  # beginning key -> whole-body keys
+            self.dropped_beginnings: dict[str, int] = {}
+
+    def _chosen(self, n: int, every: int, salt: str) -> bool:
+        # Exactly one arrival in each block of ``every``, at a position drawn from the seed.
+        if every <= 0:
+            return False
+        block, pos = divmod(n - 1, every)
+        digest = hashlib.sha256(f"{self.seed}:{salt}:{block}".encode()).digest()
+        return pos == int.from_bytes(digest[:8], "big") % every
+
+    def arrive(self) -> str | None:
+        """A model POST began; returns the fault chosen for it ("drop", "hold" or None)."""
+        now = time.monotonic()
+        with self.lock:
+            self.arrivals += 1
+            n = self.arrivals
+            if self.in_flight == 0:
+                self.mark = now
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        if self._chosen(n, self.drop_every, "drop"):
+            return "drop"
+        if self._chosen(n, self.hold_every, "hold"):
+            return "hold"
+        return None
+
+    def sent(self, key: str, beginning: str) -> None:
+        with self.lock:
+            self.sends[key] = self.sends.get(key, 0) + 1
+            self.beginnings.setdefault(beginning, set()).add(key)
+
+    def dropped_at(self, beginning: str) -> None:
+        with self.lock:
+            self.dropped += 1
+            self.dropped_beginnings[beginning] = self.dropped_beginnings.get(beginning, 0) + 1
+
+    def _attempts(self) -> tuple[dict[str, int], int, int]:
+        """Sends per whole-body key with the drops attributed; drops matching several requests,
+        and drops whose request never arrived whole."""
+        counts = dict(self.sends)
+        ambiguous = unmatched = 0
+        for beginning, n in self.dropped_beginnings.items():
+            keys = self.beginnings.get(beginning)
+            if not keys:
+                unmatched += n
+                counts[f"dropped:{beginning}"] = n
+                continue
+            ambiguous += n if len(keys) > 1 else 0
+            least = min(keys, key=lambda k: counts[k])
+            counts[least] += n
+        return counts, ambiguous, unmatched
+
+    def answer(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            self.answers += 1
+            self.longest_gap_s = max(self.longest_gap_s, now - self.mark)
+            self.mark = now
+
+    def leave(self, answered: bool) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if not answered:
+                self.longest_gap_s = max(self.longest_gap_s, now - self.mark)
+            self.in_flight -= 1
+
+    def report(self) -> dict[str, Any]:
+        now = time.monotonic()
+        with self.lock:
+            gap = max(self.longest_gap_s, now - self.mark if self.in_flight else 0.0)
+            attempts, ambiguous, unmatched = self._attempts()
+            counts = list(attempts.values())
+            return {
+                "arrivals": self.arrivals,
+                "in_flight": self.in_flight,
+                "peak_in_flight": self.peak_in_flight,
+                "answers": self.answers,
+                "longest_gap_s": round(gap, 3),
+                "dropped": self.dropped,
+                "held": self.held,
+                "holding": self.holding,
+                "ambiguous_drops": ambiguous,
+                "unmatched_drops": unmatched,
+                "distinct_requests": len(counts),
+                "max_sends": max(counts, default=0),
+                "sends_histogram": {str(k): counts.count(k) for k in sorted(set(counts))},
+            }
+
+    @staticmethod
+    def key(prefix: bytes, length: int | None, boundary: bytes | None) -> str:
+        if boundary:
+            prefix = prefix.replace(boundary, b"")
+        return hashlib.sha1(f"{length}:".encode() + prefix).hexdigest()
+
+
+def _boundary(headers: dict[bytes, bytes]) -> bytes | None:
+    found = re.search(rb"boundary=\"?([^\";]+)", headers.get(b"content-type", b""))
+    return found.group(1) if found else None
+
+
+class _Watched:
+    """ASGI wrapper: every model POST is counted by ``Traffic`` and may get a transport fault."""
+
+    def __init__(self, app: Any, traffic: Traffic) -> None:
+        self.app = app
+        self.traffic = traffic
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in MODEL_ROUTES:
+            await self.app(scope, receive, send)
+            return
+        traffic = self.traffic
+        fault = traffic.arrive()
+        answered = False
+        try:
+            headers = dict(scope["headers"])
+            raw_length = headers.get(b"content-length")
+            length = int(raw_length) if raw_length and raw_length.isdigit() else None
+            want = min(KEY_PREFIX_BYTES, length // 2) if length else KEY_PREFIX_BYTES
+            buffered: list[dict[str, Any]] = []
+            prefix = bytearray()
+            more = True
+            while more and len(prefix) < max(1, want):
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                buffered.append(message)
+                prefix += message.get("body", b"")
+                more = bool(message.get("more_body", False))
+            boundary = _boundary(headers)
+            beginning = Traffic.key(bytes(prefix[:want]), length, boundary)
+            if fault == "drop":
+                transport = getattr(getattr(receive, "__self__", None), "transport", None)
+                if transport is not None:
+                    traffic.dropped_at(beginning)
+                    transport.abort()  # the connection closes in the middle of the body
+                    return
+                fault = "hold"  # a server without a transport to close: never answer instead
+            body = bytearray(prefix)
+
+            def received(complete: bool) -> None:
+                if complete:
+                    traffic.sent(Traffic.key(bytes(body), length, boundary), beginning)
+
+            if not more:
+                received(True)
+            if fault == "hold":
+                with traffic.lock:
+                    traffic.held += 1
+                    traffic.holding += 1
+                try:
+                    while True:  # the rest of the body, then nothing until the client goes away
+                        message = await receive()
+                        if message["type"] == "http.disconnect":
+                            break
+                        if more:
+                            body.extend(message.get("body", b""))
+                            more = bool(message.get("more_body", False))
+                            received(not more)
+                finally:
+                    with traffic.lock:
+                        traffic.holding -= 1
+                return
+
+            async def replay() -> Any:
+                nonlocal more
+                if buffered:
+                    return buffered.pop(0)
+                message = await receive()
+                if more and message["type"] == "http.request":
+                    body.extend(message.get("body", b""))
+                    more = bool(message.get("more_body", False))
+                    received(not more)
+                return message
+
+            async def watch(message: Any) -> None:
+                nonlocal answered
+                if message["type"] == "http.response.start" and not answered:
+                    answered = True
+                    traffic.answer()
+                await send(message)
+
+            await self.app(scope, replay, watch)
+        finally:
+            traffic.leave(answered)
 
 
 # --- audio ---------------------------------------------------------------------------------
@@ -239,8 +495,11 @@ def hear(data: bytes, config: ServerConfig, max_duration_s: float, keep_s: float
     with tempfile.NamedTemporaryFile(suffix=".audio") as tmp:
         tmp.write(data)
         tmp.flush()
-        pcm = _pcm16_mono_wav(data)
-        if pcm is not None:  # what voxbatch sends as segments: read without two subprocesses
+        pcm = _pcm16_mono_wav(data)  # numpy over the bytes: no decoding to skip
+        measured = _header_duration(data) if config.fast and pcm is None else None
+        if measured is not None:
+            duration_s, native_rate, channels, container = measured
+        elif pcm is not None:  # what voxbatch sends as segments: read without two subprocesses
             duration_s, native_rate, channels, container = len(pcm) / SAMPLE_RATE, SAMPLE_RATE, 1, "wav"
         else:
             duration_s, native_rate, channels, container = _probe(Path(tmp.name))
@@ -273,6 +532,9 @@ def hear(data: bytes, config: ServerConfig, max_duration_s: float, keep_s: float
                 f"{channels} channels x 4B), exceeding the {config.max_decode_bytes / MIB:.0f} MiB "
                 "limit. Set VLLM_MAX_AUDIO_DECODE_BYTES to increase this limit.",
             )
+        if config.fast:
+            kept = duration_s if keep_s is None else min(duration_s, keep_s)
+            return Heard(duration_s=kept, markers=[], loop=False, tag=hashlib.sha1(data).hexdigest()[:12])
         samples = pcm if pcm is not None else _decode(Path(tmp.name))
     if keep_s is not None:
         samples = samples[: int(keep_s * SAMPLE_RATE)]
@@ -281,6 +543,27 @@ def hear(data: bytes, config: ServerConfig, max_duration_s: float, keep_s: float
 
 
 SOUNDFILE_FORMATS = ("wav", "flac", "ogg", "mp3")  # libsndfile reads MP3 too
+
+
+def _header_duration(data: bytes) -> tuple[float, int, int, str] | None:
+    """Duration, rate, channels and container of WAV or FLAC audio from its header (fast mode);
+    None for anything else, which ffprobe measures."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        try:
+            with wave.open(io.BytesIO(data), "rb") as w:
+                frames = len(w.readframes(w.getnframes())) // (w.getsampwidth() * w.getnchannels())
+                return frames / w.getframerate(), w.getframerate(), w.getnchannels(), "wav"
+        except (wave.Error, EOFError):
+            return None
+    if data[:4] == b"fLaC":
+        import soundfile
+
+        try:
+            info = soundfile.info(io.BytesIO(data))
+        except (RuntimeError, soundfile.LibsndfileError):
+            return None
+        return info.frames / info.samplerate, info.samplerate, info.channels, "flac"
+    return None
 
 
 def _pcm16_mono_wav(data: bytes) -> np.ndarray | None:
@@ -478,7 +761,7 @@ def transcribe(
     entry.update(duration_s=heard.duration_s, markers=heard.markers, loop=heard.loop)
     prompt_tokens = _item_tokens(config, heard.duration_s) + PROMPT_OVERHEAD_TOKENS
     budget = _check_context(config, prompt_tokens, max_tokens)
-    text = markers.words(heard.markers)
+    text = markers.words(heard.markers) if heard.tag is None else f"speech {heard.tag}"
     if heard.loop and not _penalized(params):
         text = _loop_text(text, budget)
     return text, response_format, heard
@@ -589,7 +872,8 @@ def chat(config: ServerConfig, body: dict[str, Any], entry: dict[str, Any]) -> t
     budget = _check_context(config, prompt_tokens, max_tokens)
     echo = prompt[:ECHO_CHARS]
     if heard:
-        heard_words = markers.words(entry["markers"]) or "no markers"
+        tags = " ".join(h.tag for h in heard if h.tag)
+        heard_words = markers.words(entry["markers"]) or (f"speech {tags}" if tags else "no markers")
         answer = f"Summary of {entry['duration_s']:.0f} s: {heard_words}. Prompt: {echo}"
         if entry["loop"] and not _penalized(body):
             answer = _loop_text(f"Summary of {entry['duration_s']:.0f} s:", budget)
@@ -680,8 +964,16 @@ def create_app(state: ServerState) -> FastAPI:
         return JSONResponse({"object": "list", "data": data})
 
     @app.get("/stats")
-    def stats() -> Response:
-        return JSONResponse(state.snapshot())
+    def stats(log: bool = True) -> Response:
+        snap = state.snapshot()
+        if not log:
+            snap.pop("log", None)
+        return JSONResponse(snap)
+
+    @app.post("/stats/reset")
+    def reset_stats() -> Response:
+        state.reset()
+        return JSONResponse({"reset": True})
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request) -> Response:
@@ -852,19 +1144,34 @@ class RealtimeGpu:
                 else:
                     self.cond.wait(timeout=max(0.0, (self.engine.t - self.now()) * self.scale))
 
+    def reset(self) -> None:
+        """Forget the requests served so far (a benchmark's next phase); the clock runs on."""
+        with self.cond:
+            self.requests = []
+            self.first_arrival = None
+            self.last_finish = 0.0
+            self.engine.busy_s = 0.0
+            self.engine.steps = 0
+            self.engine.max_active = len(self.engine.active)
+
     def report(self) -> dict[str, Any]:
         with self.cond:
             requests = list(self.requests)
             span = self.last_finish - self.first_arrival if self.first_arrival is not None else 0.0
-            return {
+            report = {
                 "requests": len(requests),
                 "busy_s": self.engine.busy_s,
                 "span_s": span,
-                "ideal_s": self.model.ideal_s(requests),
                 "steps": self.engine.steps,
                 "max_active": self.engine.max_active,
                 "time_scale": self.scale,
+                "first_arrival_s": self.first_arrival,
+                "last_finish_s": self.last_finish,
+                "now_s": self.now(),
             }
+        # The replay runs outside the lock: the modelled GPU keeps serving meanwhile.
+        report["ideal_s"] = self.model.ideal_s(requests)
+        return report
 
 
 @dataclass
@@ -918,6 +1225,11 @@ class GpuServerState(ServerState):
             snap["gpu"] = self.gpu.report()
         return snap
 
+    def reset(self) -> None:
+        super().reset()
+        if self.gpu is not None:
+            self.gpu.reset()
+
 
 class _ManyThreads:
     """ASGI wrapper: lets as many requests wait on the modelled GPU as it holds sequences (the
@@ -936,17 +1248,36 @@ class _ManyThreads:
         await self.app(scope, receive, send)
 
 
+def scaled_costs(figures: GpuFigures, factor: float) -> GpuFigures:
+    """The same GPU with every cost (prefill, decode step) multiplied by ``factor``: a slower GPU
+    whose seconds are still wall seconds (``gpu_time_scale`` slows the clock instead, and reports
+    modelled seconds). A benchmark raises it until the modelled GPU, not the CPUs running the
+    stand-in and the workers, is the bottleneck, as it is in production."""
+    if factor <= 0:
+        raise ValueError(f"the cost scale must be positive, got {factor}")
+    return replace(
+        figures,
+        prefill_s_per_token=figures.prefill_s_per_token * factor,
+        step_fixed_s=figures.step_fixed_s * factor,
+        step_per_seq_s=figures.step_per_seq_s * factor,
+        step_per_context_token_s=figures.step_per_context_token_s * factor,
+    )
+
+
 def make_state(
     config: ServerConfig,
     gpu: bool | GpuFigures = False,
     gpu_time_scale: float = 1.0,
     gpu_speech_fraction: float = 1.0,
     gpu_chat_tokens: int = 300,
+    gpu_cost_scale: float = 1.0,
 ) -> ServerState:
     """Plain state, or GPU-mode state when ``gpu`` is True or a set of figures."""
     if gpu is False:
         return ServerState(config)
     figures = gpu if isinstance(gpu, GpuFigures) else GpuFigures()
+    if gpu_cost_scale != 1.0:
+        figures = scaled_costs(figures, gpu_cost_scale)
     return GpuServerState(
         config,
         gpu=RealtimeGpu(figures, gpu_time_scale),
@@ -957,10 +1288,10 @@ def make_state(
 
 def build_app(state: ServerState) -> Any:
     """The stand-in's ASGI app (with room for every in-flight sequence in GPU mode)."""
-    app = create_app(state)
+    app: Any = create_app(state)
     if isinstance(state, GpuServerState) and state.gpu is not None:
-        return _ManyThreads(app, state.gpu.model.figures.max_sequences + 64)
-    return app
+        app = _ManyThreads(app, state.gpu.model.figures.max_sequences + 64)
+    return _Watched(app, state.traffic) if state.traffic is not None else app
 
 
 class StandInVLLM:
@@ -971,10 +1302,13 @@ class StandInVLLM:
         gpu: bool | GpuFigures = False,
         gpu_time_scale: float = 1.0,
         gpu_speech_fraction: float = 1.0,
+        gpu_cost_scale: float = 1.0,
         **config: Any,
     ) -> None:
         self.config = ServerConfig(**config)
-        self.state = make_state(self.config, gpu, gpu_time_scale, gpu_speech_fraction)
+        self.state = make_state(
+            self.config, gpu, gpu_time_scale, gpu_speech_fraction, gpu_cost_scale=gpu_cost_scale
+        )
         self._sock: socket.socket | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -1047,6 +1381,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu-time-scale", type=float, default=1.0)
     parser.add_argument("--gpu-max-seqs", type=int, default=GpuFigures().max_sequences)
     parser.add_argument("--gpu-speech-fraction", type=float, default=1.0)
+    parser.add_argument(
+        "--gpu-cost-scale", type=float, default=1.0, help="multiply every modelled GPU cost (a slower GPU)"
+    )
+    parser.add_argument("--fast", action="store_true", help="measure audio without decoding it")
+    parser.add_argument("--drop-upload-every", type=int, default=0, help="drop 1 model POST in N mid-body")
+    parser.add_argument("--hold-every", type=int, default=0, help="never answer 1 model POST in M")
+    parser.add_argument("--fault-seed", type=int, default=0)
     args = parser.parse_args(argv)
     config = ServerConfig(
         model=args.model,
@@ -1060,9 +1401,15 @@ def main(argv: list[str] | None = None) -> None:
         error_200_every=args.error_200_every,
         latency_s=args.latency,
         profile=args.profile,
+        fast=args.fast,
+        drop_upload_every=args.drop_upload_every,
+        hold_every=args.hold_every,
+        fault_seed=args.fault_seed,
     )
     gpu = GpuFigures(max_sequences=args.gpu_max_seqs) if args.gpu else False
-    state = make_state(config, gpu, args.gpu_time_scale, args.gpu_speech_fraction)
+    state = make_state(
+        config, gpu, args.gpu_time_scale, args.gpu_speech_fraction, gpu_cost_scale=args.gpu_cost_scale
+    )
     shown = {k: v for k, v in asdict(config).items() if k != "api_key"}
     print(json.dumps({"listening": f"http://{args.host}:{args.port}/v1", **shown}))
     uvicorn.run(build_app(state), host=args.host, port=args.port, log_level="warning")
