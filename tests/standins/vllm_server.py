@@ -1411,7 +1411,7 @@ def main(argv: list[str] | None = None) -> None:
         config, gpu, args.gpu_time_scale, args.gpu_speech_fraction, gpu_cost_scale=args.gpu_cost_scale
     )
     shown = {k: v for k, v in asdict(config).items() if k != "api_key"}
-    print(json.dumps({"listening": f"http://{args.host}:{args.port}/v1", **shown}))
+    print(json.dumps({"listening": f"http://{args.host}:{args.port}/v1", **shown}, default=sorted))
     uvicorn.run(build_app(state), host=args.host, port=args.port, log_level="warning")
 
 
