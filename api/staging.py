@@ -18,6 +18,7 @@ import uuid
 from typing import IO, Any
 
 from api.upload_stream import UploadTooLarge
+from jobs.collections import with_collection
 from jobs.errors import InputError, NotFound
 from jobs.models import Job
 from jobs.options import JobOptions
@@ -75,9 +76,10 @@ def discard(storage: Storage, key: str) -> None:
         log.warning("could not delete the refused upload %s", key, exc_info=True)
 
 
-def check_options(rt: Runtime, options: JobOptions) -> JobOptions:
-    """Everything about the options that can be checked before a byte is stored."""
-    options = options.validated(rt.settings)
+def check_options(rt: Runtime, options: JobOptions, tenant: str | None) -> JobOptions:
+    """Everything about the options that can be checked before a byte is stored (the collection's
+    shared options filled in first)."""
+    options = with_collection(rt.db, tenant, options).validated(rt.settings)
     if options.webhook_url:
         webhooks.check_url(options.webhook_url, rt.settings.webhook_allow_private)
     return options
@@ -91,7 +93,7 @@ def job_from_upload(rt: Runtime, key: str, name: str, options: JobOptions, tenan
     stored upload is deleted: no file is left behind without a job.
     """
     try:
-        options = check_options(rt, options)
+        options = check_options(rt, options, tenant)
         info = rt.audio.probe(rt.storage.readable_url(key, expires_s=3600))
         log.info("upload %s: %.1f s of %s audio", key, info.duration_s, info.codec)
         job = create_job(
@@ -148,7 +150,7 @@ def job_from_source(rt: Runtime, source: str, options: JobOptions, tenant: str) 
     folder's inbox or outbox; a key a tenant may not read answers exactly as a missing one.
     """
     # Options first: a bad option is the same answer whatever the source.
-    options = check_options(rt, options)
+    options = check_options(rt, options, tenant)
     if not source.startswith("s3://"):
         raise InputError("source must be an s3://bucket/key URL")
     storage = rt.storage

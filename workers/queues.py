@@ -14,6 +14,7 @@ SPLIT = "voxbatch.split"
 WINDOW = "voxbatch.window"
 OVERALL = "voxbatch.overall"
 REDUCE = "voxbatch.reduce"
+PROCEEDINGS = "voxbatch.proceedings"
 SWEEP = "voxbatch.sweep"
 WEBHOOK = "voxbatch.webhook"
 
@@ -24,9 +25,17 @@ ROUTES = {
     WINDOW: GPU_QUEUE,
     OVERALL: GPU_QUEUE,
     REDUCE: CPU_QUEUE,
+    # A collection's proceedings end with its summary, a text-only model request.
+    PROCEEDINGS: GPU_QUEUE,
     SWEEP: CPU_QUEUE,
     WEBHOOK: CPU_QUEUE,
 }
 
 # The task a step of jobs.steps.next becomes.
-STEP_TASKS = {"split": SPLIT, "window": WINDOW, "overall": OVERALL, "reduce": REDUCE}
+STEP_TASKS = {
+    "split": SPLIT,
+    "window": WINDOW,
+    "overall": OVERALL,
+    "reduce": REDUCE,
+    "proceedings": PROCEEDINGS,
+}

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import IO
 
+from jobs.collections import with_collection
 from jobs.errors import InputError
 from jobs.models import Job
 from jobs.options import JobOptions
@@ -56,7 +57,7 @@ def submit(
 
     With ``stream``, ``source`` is only the name the user knows the recording by (an upload).
     """
-    options = options.validated(rt.settings)
+    options = with_collection(rt.db, tenant, options).validated(rt.settings)
     name = source_name
     if stream is None and source.startswith("s3://"):
         bucket, key = parse_s3_url(source)
