@@ -5,14 +5,26 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from api import job_routes, staging
 from api.auth import RuntimeDep, TenantDep
 from api.limits import read_json_body
-from api.schemas import CollectionCreate, CollectionList, CollectionOut, Problem, job_out
+from api.schemas import (
+    CollectionCreate,
+    CollectionList,
+    CollectionOut,
+    JobList,
+    ManifestProblems,
+    Problem,
+    job_out,
+)
+from api.upload_stream import UploadTooLarge
 from jobs import collections, proceedings, retention
+from jobs import manifest as manifests
 from jobs.errors import InputError, NotFound
 from jobs.models import Collection
 from jobs.options import JobOptions, parse_vocabulary
@@ -112,6 +124,76 @@ def get_proceedings(ref: str, name: str, rt: RuntimeDep, tenant: TenantDep) -> R
             "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
         )
     return Response(rt.storage.get_bytes(key), media_type=proceedings.NAMES[name], headers=headers)
+
+
+@router.get(
+    "/{ref}/documents/talks/{job_id}/{name}",
+    responses={**ERRORS, 200: {"content": {"text/markdown": {}, "application/json": {}, "text/vtt": {}}}},
+    response_class=Response,
+)
+def get_talk_document(ref: str, job_id: str, name: str, rt: RuntimeDep, tenant: TenantDep) -> Response:
+    """A talk's document as the proceedings link it (`talks/<job id>/<name>`, beside index.html)."""
+    row = collections.get(rt.db, tenant, ref)
+    job = rt.store.get(job_id, tenant)
+    if job.collection_id != row.id:
+        raise NotFound(f"no job {job_id[:64]} in collection {row.name!r}")
+    return job_routes.get_document(job_id, name, rt, tenant)
+
+
+MANIFEST_TYPES = {
+    "text/csv": "manifest.csv",
+    "application/x-ndjson": "manifest.jsonl",
+    "application/jsonl": "manifest.jsonl",
+}
+
+
+@router.post(
+    "/{ref}/manifest",
+    status_code=202,
+    response_model=JobList,
+    responses={
+        **ERRORS,
+        415: {"model": Problem, "description": "neither text/csv nor application/x-ndjson"},
+        422: {"model": ManifestProblems, "description": "refused whole: one line per problem"},
+        429: {"model": Problem, "description": "over the tenant's limits"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            },
+        }
+    },
+)
+async def submit_manifest(request: Request, ref: str, rt: RuntimeDep, tenant: TenantDep) -> Any:
+    """Submit every recording a manifest lists into the collection: CSV with a header, or JSONL,
+    fields `source` (s3://bucket/key, or the id of a completed upload), `title`, `speakers`,
+    `vocabulary`. Nothing is submitted unless every row is right; a refusal lists every problem."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    name = MANIFEST_TYPES.get(ctype)
+    if name is None:
+        return JSONResponse(
+            {"detail": "send the manifest as text/csv or application/x-ndjson"}, status_code=415
+        )
+    data = await read_limited(request, manifests.MAX_MANIFEST_BYTES)
+    try:
+        jobs = await anyio.to_thread.run_sync(lambda: staging.manifest_jobs(rt, tenant, ref, data, name))
+    except manifests.ManifestRefused as exc:
+        return JSONResponse({"detail": str(exc).split("\n", 1)[0], "problems": exc.problems}, status_code=422)
+    base = str(request.base_url)
+    out = [job_out(j, base, rt.settings.flower_url) for j in jobs]
+    return JobList(jobs=out, total=len(out), limit=len(out), offset=0, next=None)
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise UploadTooLarge(f"the manifest is larger than {limit // 1024} KB")
+    return body
 
 
 @router.delete(

@@ -18,8 +18,10 @@ import uuid
 from typing import IO, Any
 
 from api.upload_stream import UploadTooLarge
+from jobs import manifest
 from jobs.collections import with_collection
 from jobs.errors import InputError, NotFound
+from jobs.manifest import ManifestRow
 from jobs.models import Job
 from jobs.options import JobOptions
 from jobs.runtime import Runtime
@@ -151,6 +153,13 @@ def job_from_source(rt: Runtime, source: str, options: JobOptions, tenant: str) 
     """
     # Options first: a bad option is the same answer whatever the source.
     options = check_options(rt, options, tenant)
+    check_source(rt, source, tenant)
+    return submission.submit(rt, source, options, tenant=tenant)
+
+
+def check_source(rt: Runtime, source: str, tenant: str) -> None:
+    """InputError unless ``source`` is an ``s3://`` object this tenant may name (a key it may not
+    read answers exactly as a missing one)."""
     if not source.startswith("s3://"):
         raise InputError("source must be an s3://bucket/key URL")
     storage = rt.storage
@@ -167,7 +176,33 @@ def job_from_source(rt: Runtime, source: str, options: JobOptions, tenant: str) 
         key.startswith(p) for p in _reserved_prefixes(rt, bucket)
     ):
         raise submission.unreadable(source)
-    return submission.submit(rt, source, options, tenant=tenant)
+
+
+def manifest_jobs(rt: Runtime, tenant: str, collection: str, data: bytes, name: str) -> list[Job]:
+    """A manifest sent to the API: each row's source is an ``s3://`` object the tenant may name or
+    the id of one of its completed uploads (POST /v1/uploads); checked whole, then submitted."""
+
+    def upload(row: ManifestRow) -> str | None:
+        return find_upload(rt, tenant, row.source) if _UPLOAD_ID.match(row.source) else None
+
+    def probe(row: ManifestRow) -> float:
+        if row.source.startswith("s3://"):
+            check_source(rt, row.source, tenant)
+            return submission.probe_s3(rt, row.source)
+        key = upload(row)
+        if key is None:
+            raise InputError("a source is s3://bucket/key or the id of a completed upload")
+        return rt.audio.probe(rt.storage.readable_url(key, expires_s=3600)).duration_s
+
+    def submit_one(row: ManifestRow, options: JobOptions) -> Job:
+        if row.source.startswith("s3://"):
+            return submission.submit(rt, row.source, options, tenant=tenant)
+        key = upload(row)
+        assert key is not None  # probed above
+        return job_from_upload(rt, key, key.rsplit("/", 1)[-1], options, tenant)
+
+    rows = manifest.parse(data, name)
+    return submission.submit_manifest(rt, tenant, collection, rows, probe, submit_one)
 
 
 def find_upload(rt: Runtime, tenant: str, upload_id: str) -> str:

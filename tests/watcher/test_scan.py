@@ -353,3 +353,18 @@ def test_a_storm_past_an_api_tenants_limit_is_not_refused(drop: DropWorld, short
     report = drop.watcher().scan()
     assert report.deferred == ["inbox/storm/4.wav"] and report.rejected == []
     assert drop.outbox_keys() == []
+
+
+def test_a_folder_named_like_a_collection_joins_it(drop: DropWorld, short_speech: Path) -> None:
+    from jobs import collections
+
+    dev = collections.create(drop.db, "drop", "DevConf 2027", JobOptions(preset="panel", language="en"))
+    for key in ("inbox/DevConf 2027/room a/keynote.wav", "inbox/Elsewhere/talk.wav", "inbox/loose.wav"):
+        drop.s3.upload_file(str(short_speech), drop.bucket, key)
+    assert len(drop.watcher().scan().submitted) == 3
+    joined = {j.source_name: (j.collection_id, j.preset, j.language) for j in jobs(drop)}
+    assert joined == {
+        "keynote.wav": (dev.id, "panel", "en"),
+        "talk.wav": (None, "conference-talk", None),
+        "loose.wav": (None, "conference-talk", None),
+    }
