@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from sqlalchemy import delete
+from sqlalchemy import delete, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -75,11 +75,16 @@ def find(db: Database, tenant: str | None, ref: str) -> Collection | None:
     if not ref:
         return None
     with db.session() as s:
-        for field in (Collection.id, Collection.name):
-            row = s.exec(select(Collection).where(_mine(tenant), col(field) == ref)).first()  # type: ignore[arg-type]
-            if row is not None:
-                return row
-    return None
+        rows = list(
+            s.exec(
+                select(Collection).where(
+                    _mine(tenant),  # type: ignore[arg-type]
+                    or_(col(Collection.id) == ref, col(Collection.name) == ref),
+                )
+            )
+        )
+    # An id wins over another collection's name that happens to look like it.
+    return next((r for r in rows if r.id == ref), rows[0] if rows else None)
 
 
 def find_by_id(db: Database, collection_id: str) -> Collection | None:

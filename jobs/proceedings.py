@@ -66,9 +66,10 @@ def built(storage: Storage, collection_id: str) -> list[str]:
 def _talks(rt: Runtime, jobs: list[Job]) -> list[Talk]:
     talks = []
     for job in jobs:
-        if job.status != JobStatus.succeeded:
-            continue
-        doc = json.loads(rt.storage.get_bytes(job.output_prefix + "document.json"))
+        key = job.output_prefix + "document.json"
+        if job.status != JobStatus.succeeded or not rt.storage.exists(key):
+            continue  # not finished, or being deleted
+        doc = json.loads(rt.storage.get_bytes(key))
         talks.append(
             Talk(
                 job_id=job.id,
