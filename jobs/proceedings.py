@@ -118,9 +118,9 @@ def _collection_summary(rt: Runtime, collection: Collection, talks: list[Talk], 
 
 def build(rt: Runtime, job_id: str) -> list[str]:
     """Build the proceedings of the collection of ``job_id``; returns the talks listed."""
-    trigger = rt.store.get(job_id)
-    if not trigger.collection_id:
-        return []
+    trigger = rt.store.find(job_id)
+    if trigger is None or not trigger.collection_id:
+        return []  # deleted meanwhile, or in no collection
     collection = find_by_id(rt.db, trigger.collection_id)
     if collection is None:
         return []  # deleted meanwhile
