@@ -120,3 +120,23 @@ def test_the_reduce_indexes_and_delete_removes(
     assert gone.status_code == 204
     assert _get(api, acme, q="marker").json()["hits"] == []
     assert search.indexed(api.rt.db, job_id) is None
+
+
+def test_another_tenants_job_cannot_be_deleted_and_a_drop_folder_source_is_kept(
+    two_tenants: tuple[LiveApi, str, str, dict[str, str]],
+) -> None:
+    api, acme, bolt, jobs = two_tenants
+    theirs = httpx.delete(
+        f"{api.url}/v1/jobs/{jobs['bolt']}", headers={"Authorization": f"Bearer {acme}"}, timeout=30
+    )
+    assert theirs.status_code == 404
+    assert api.rt.store.find(jobs["bolt"]) is not None and search.indexed(api.rt.db, jobs["bolt"])
+    # A drop-folder job's recording is the inbox's object: only the job's own keys go.
+    api.rt.storage.put_bytes("inbox/team/board.mp3", b"the drop folder's recording")
+    api.rt.store.update(jobs["bolt"], source="s3://drop/inbox/team/board.mp3", source_key=None)
+    mine = httpx.delete(
+        f"{api.url}/v1/jobs/{jobs['bolt']}", headers={"Authorization": f"Bearer {bolt}"}, timeout=30
+    )
+    assert mine.status_code == 204
+    assert api.rt.storage.get_bytes("inbox/team/board.mp3") == b"the drop folder's recording"
+    assert list(api.rt.storage.list(f"jobs/{jobs['bolt']}/")) == []
