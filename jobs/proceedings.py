@@ -99,17 +99,21 @@ def summary_prompt(collection: Collection, talks: list[Talk]) -> str:
     return "\n\n".join(parts)
 
 
-def _collection_summary(rt: Runtime, collection: Collection, talks: list[Talk], trigger: Job) -> str | None:
-    """The collection-level summary: one text-only model call, reused while the inputs are the same."""
+def _collection_summary(
+    rt: Runtime, collection: Collection, talks: list[Talk], trigger: Job | None
+) -> str | None:
+    """The collection-level summary: one text-only model call, reused while the inputs are the same
+    (and, with no ``trigger``, reused as it is: a rebuild after a deletion makes no model call)."""
+    key = proceedings_prefix(collection.id) + SUMMARY_KEY
+    stored = json.loads(rt.storage.get_bytes(key)) if rt.storage.exists(key) else {}
+    if trigger is None:
+        return stored.get("summary") or None
     if not rt.engine.capabilities.summaries or not any(t.summary for t in talks):
         return None
     prompt = summary_prompt(collection, talks)
     digest = hashlib.sha256(prompt.encode()).hexdigest()
-    key = proceedings_prefix(collection.id) + SUMMARY_KEY
-    if rt.storage.exists(key):
-        stored = json.loads(rt.storage.get_bytes(key))
-        if stored.get("inputs") == digest:
-            return stored.get("summary") or None
+    if stored.get("inputs") == digest:
+        return stored.get("summary") or None
     with charged_to(share_of(trigger)):
         summary = rt.engine.complete(prompt).strip() or None
     rt.storage.put_bytes(key, json.dumps({"inputs": digest, "summary": summary}, ensure_ascii=False).encode())
@@ -121,10 +125,24 @@ def build(rt: Runtime, job_id: str) -> list[str]:
     trigger = rt.store.find(job_id)
     if trigger is None or not trigger.collection_id:
         return []  # deleted meanwhile, or in no collection
-    collection = find_by_id(rt.db, trigger.collection_id)
+    return _build(rt, trigger.collection_id, trigger)
+
+
+def rebuild_without_model(rt: Runtime, collection_id: str) -> list[str]:
+    """After one of its jobs was deleted: the lists again, the stored summary as it is (no model
+    call; the next job that succeeds brings it up to date). Nothing left: no proceedings."""
+    if not rt.store.in_collection(collection_id):
+        for key in list(rt.storage.list(proceedings_prefix(collection_id))):
+            rt.storage.delete(key)
+        return []
+    return _build(rt, collection_id, None)
+
+
+def _build(rt: Runtime, collection_id: str, trigger: Job | None) -> list[str]:
+    collection = find_by_id(rt.db, collection_id)
     if collection is None:
         return []  # deleted meanwhile
-    listed: list[str] = []
+    listed: list[str] | None = None  # what the last write listed
     for _ in range(MAX_BUILDS):
         jobs = rt.store.in_collection(collection.id)
         talks = _talks(rt, jobs)
@@ -142,8 +160,8 @@ def build(rt: Runtime, job_id: str) -> list[str]:
         rt.storage.put_bytes(prefix + "collection.md", render_markdown(data).encode())
         rt.storage.put_bytes(prefix + "index.html", render_html(data).encode())
         listed = [t.job_id for t in talks]
-    log.info("collection %s: proceedings built with %d talk(s)", collection.id, len(listed))
-    return listed
+    log.info("collection %s: proceedings built with %d talk(s)", collection.id, len(listed or []))
+    return listed or []
 
 
 def to_dict(collection: Collection, talks: list[Talk], summary: str | None, pending: int) -> dict[str, Any]:

@@ -7,7 +7,8 @@ copy of a local file made by ``submit``), the upload it was made from (``uploads
 Idempotency-Key, then its rows (``JobStore.delete``). The user's own recording (an ``s3://`` source,
 a drop-folder object, a local path) is never touched, and the drop folder's ledger keeps its row,
 so the recording is not taken again. A job that has not ended is refused (cancel it first): no step
-may write after its files are gone.
+may write after its files are gone. A deleted job of a collection leaves its proceedings at once
+(rebuilt without a model call; the collection's summary catches up when another job succeeds).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from jobs import collections, idempotency, search, tenants
+from jobs import collections, idempotency, proceedings, search, tenants
 from jobs.errors import Conflict
 from jobs.models import Job, utcnow
 from jobs.runtime import Runtime
@@ -35,7 +36,7 @@ def delete_job(rt: Runtime, job_id: str, tenant: str | None = None) -> None:
     _remove(rt, job)
 
 
-def _remove(rt: Runtime, job: Job) -> None:
+def _remove(rt: Runtime, job: Job, *, collection_going: bool = False) -> None:
     search.unindex_job(rt.db, job.id)
     for key in list(rt.storage.list(f"jobs/{job.id}/")):
         rt.storage.delete(key)
@@ -44,6 +45,8 @@ def _remove(rt: Runtime, job: Job) -> None:
     idempotency.forget_job(rt.db, job.id)
     rt.store.delete(job.id)
     log.info("job %s: deleted", job.id)
+    if job.collection_id and not collection_going:
+        proceedings.rebuild_without_model(rt, job.collection_id)  # its talk leaves the proceedings
 
 
 def delete_collection(rt: Runtime, tenant: str | None, ref: str) -> int:
@@ -58,7 +61,7 @@ def delete_collection(rt: Runtime, tenant: str | None, ref: str) -> int:
             "cancel them first"
         )
     for job in jobs:
-        _remove(rt, job)
+        _remove(rt, job, collection_going=True)
     for key in list(rt.storage.list(collections.proceedings_prefix(row.id))):
         rt.storage.delete(key)
     collections.remove(rt.db, row.id)

@@ -178,6 +178,13 @@ def test_proceedings_list_every_finished_talk_with_one_summary_call_per_change(
         "collection.md",
         "index.html",
     ]
+    # A deleted talk leaves the proceedings at once, with no model call; the last takes them along.
+    retention.delete_job(rt, first.id, "acme")
+    built = json.loads(rt.storage.get_bytes(prefix + "collection.json"))
+    assert [t["job_id"] for t in built["talks"]] == [second.id] and built["summary"] == "overall summary"
+    assert len([p for p in prompts if "recordings of one collection" in p]) == 2
+    retention.delete_job(rt, second.id, "acme")
+    assert proceedings.built(rt.storage, conf.id) == []
 
 
 def test_deleting_a_job_leaves_nothing_of_its_own_and_never_the_users_recording(
