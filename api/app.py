@@ -15,11 +15,11 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import health, job_routes, metrics, recording_routes, upload_routes
+from api import collection_routes, health, job_routes, metrics, recording_routes, search_routes, upload_routes
 from api.job_routes import DocumentNotReady
 from api.limits import UploadSlots
 from api.upload_stream import RequestTimedOut, UploadTooLarge
-from jobs.errors import InputError, NotFound, PermanentError, TooBusy, TransientError, VoxbatchError
+from jobs.errors import Conflict, InputError, NotFound, PermanentError, TooBusy, TransientError, VoxbatchError
 from jobs.idempotency import IdempotencyInProgress
 from jobs.runtime import Runtime
 from jobs.settings import Settings, get_settings
@@ -50,6 +50,7 @@ STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
     (TooBusy, 429),
     (NotFound, 404),
     (DocumentNotReady, 409),
+    (Conflict, 409),
     (InputError, 422),
     (PermanentError, 422),
     (TransientError, 503),
@@ -115,6 +116,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         openapi_tags=[
             {"name": "jobs", "description": "Recordings becoming documents."},
             {"name": "uploads", "description": "Presigned S3 multipart uploads for large files."},
+            {"name": "collections", "description": "Recordings that belong together, and their proceedings."},
+            {"name": "search", "description": "Words and phrases across your transcripts."},
             {"name": "health", "description": "Probes and Prometheus metrics."},
         ],
     )
@@ -129,6 +132,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(job_routes.router)
     app.include_router(upload_routes.router)
     app.include_router(recording_routes.router)
+    app.include_router(collection_routes.router)
+    app.include_router(search_routes.router)
     app.include_router(health.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

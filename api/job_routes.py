@@ -18,10 +18,10 @@ from api.auth import RuntimeDep, TenantDep
 from api.limits import UploadSlots, chunks_with_timeout, read_json_body
 from api.schemas import JobFromSource, JobList, JobOut, Problem, job_out
 from api.upload_stream import FILE_FIELD, StreamingForm, UploadTooLarge
-from jobs import idempotency
+from jobs import idempotency, retention
 from jobs.documents import DOCUMENT_NAMES
 from jobs.errors import InputError, NotFound, PermanentError
-from jobs.limits import MAX_INSTRUCTIONS_CHARS, MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
+from jobs.limits import MAX_INSTRUCTIONS_CHARS, MAX_TITLE_CHARS, MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
 from jobs.models import Job, JobStatus, Priority
 from jobs.options import JobOptions
 from jobs.presets import PRESETS
@@ -57,6 +57,8 @@ _OPTION_FIELDS = (
     "webhook_url",
     "vocabulary",
     "priority",
+    "collection",
+    "title",
 )
 
 _CREATE_BODY: dict[str, Any] = {
@@ -84,6 +86,12 @@ _CREATE_BODY: dict[str, Any] = {
                             "enum": [p.value for p in Priority],
                             "description": "interactive (default) or batch",
                         },
+                        "collection": {
+                            "type": "string",
+                            "maxLength": 200,
+                            "description": "id or name of a collection to join (its options are defaults)",
+                        },
+                        "title": {"type": "string", "maxLength": MAX_TITLE_CHARS},
                     },
                 },
                 "encoding": {FILE_FIELD: {"contentType": "application/octet-stream"}},
@@ -126,6 +134,8 @@ def _options(fields: dict[str, Any]) -> JobOptions:
         webhook_url=text["webhook_url"],
         vocabulary=text["vocabulary"],
         priority=text["priority"],
+        collection=text["collection"],
+        title=text["title"],
     )
 
 
@@ -254,7 +264,7 @@ async def _create_from_form(request: Request, rt: Runtime, tenant: str, reserve:
         if not form.to_file():
             raise InputError(f"the form has no '{FILE_FIELD}' field with a recording")
         # Options sent before the file are checked before a byte is stored (the webhook address too).
-        staging.check_options(rt, _options(form.fields))
+        staging.check_options(rt, _options(form.fields), tenant)
         name = form.filename or "recording"
         key = staging.upload_key(tenant, staging.new_upload_id(), name)
         staging.store(rt, key, form)  # type: ignore[arg-type]
@@ -351,3 +361,16 @@ def cancel_job(request: Request, job_id: str, rt: RuntimeDep, tenant: TenantDep)
 def retry_job(request: Request, job_id: str, rt: RuntimeDep, tenant: TenantDep) -> JobOut:
     """Retry a failed or cancelled job: windows already done are kept, the rest is enqueued."""
     return _out(request, rt, submission.resume(rt, job_id, tenant))
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    response_class=Response,
+    responses={**ERRORS, 409: {"model": Problem, "description": "the job is still running: cancel it first"}},
+)
+def delete_job(job_id: str, rt: RuntimeDep, tenant: TenantDep) -> Response:
+    """Delete a job that has ended: its documents, segments, search index rows and the recording
+    stored for it (an upload). A recording it was given as s3:// or from the drop folder is kept."""
+    retention.delete_job(rt, job_id, tenant)
+    return Response(status_code=204)

@@ -9,7 +9,13 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from jobs.documents import DOCUMENT_NAMES
-from jobs.limits import MAX_INSTRUCTIONS_CHARS, MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
+from jobs.limits import (
+    MAX_COLLECTION_NAME_CHARS,
+    MAX_INSTRUCTIONS_CHARS,
+    MAX_TITLE_CHARS,
+    MAX_WINDOW_MINUTES,
+    MIN_WINDOW_MINUTES,
+)
 from jobs.models import Job, JobStatus, Priority
 from jobs.options import parse_vocabulary
 from jobs.presets import PRESETS
@@ -77,6 +83,8 @@ class JobOut(BaseModel):
     timings_s: Timings
     webhook_url: str | None
     webhook_attempts: list[WebhookAttempt]
+    collection_id: str | None = Field(default=None, description="the collection the job belongs to")
+    title: str | None = Field(default=None, description="the title given at submission")
     links: Links
 
 
@@ -109,6 +117,12 @@ class JobFromSource(BaseModel):
         description="interactive (default) or batch: interactive work is served first; "
         "tenants share each class fairly",
     )
+    collection: str | None = Field(
+        default=None,
+        max_length=200,
+        description="id or name of a collection to join (its options are defaults)",
+    )
+    title: str | None = Field(default=None, max_length=MAX_TITLE_CHARS, description="the document's title")
 
 
 class UploadCreate(BaseModel):
@@ -184,5 +198,60 @@ def job_out(job: Job, base_url: str, flower_url: str | None) -> JobOut:
         timings_s=Timings(**job_timings(job)),
         webhook_url=job.webhook_url,
         webhook_attempts=[WebhookAttempt.model_validate(a) for a in attempts if isinstance(a, dict)],
+        collection_id=job.collection_id,
+        title=job.title,
         links=Links(self=self_url, documents=documents, flower=flower),
     )
+
+
+class CollectionCreate(BaseModel):
+    """A collection and the options its jobs share (a job's own options win)."""
+
+    name: str = Field(min_length=1, max_length=MAX_COLLECTION_NAME_CHARS)
+    preset: str | None = Field(default=None, description="one of: " + ", ".join(PRESETS))
+    instructions: str | None = Field(default=None, max_length=MAX_INSTRUCTIONS_CHARS)
+    vocabulary: str | list[str] | None = Field(default=None, description="names and terms of every talk")
+    language: str | None = Field(default=None, description="ISO 639-1 code")
+    priority: Priority | None = None
+
+
+class CollectionOut(BaseModel):
+    id: str
+    name: str
+    preset: str | None
+    instructions: str | None
+    vocabulary: list[str]
+    language: str | None
+    priority: str | None
+    created_at: datetime
+    jobs: list[JobOut] = Field(
+        default_factory=list, description="its jobs, oldest first (GET of one collection)"
+    )
+    documents: dict[str, str] = Field(
+        default_factory=dict,
+        description="the proceedings (collection.md, collection.json, index.html) → URL, once built",
+    )
+
+
+class CollectionList(BaseModel):
+    collections: list[CollectionOut]
+
+
+class SearchHit(BaseModel):
+    job_id: str
+    segment: int = Field(description="the segment's index in document.json's segments")
+    start_s: float
+    end_s: float
+    snippet: str = Field(description="HTML-escaped text around the match, matched words in <mark>")
+
+
+class SearchResults(BaseModel):
+    query: str
+    hits: list[SearchHit]
+    limit: int
+    offset: int
+
+
+class ManifestProblems(BaseModel):
+    detail: str
+    problems: list[str] = Field(description="one line per problem; nothing was submitted")

@@ -18,7 +18,10 @@ import uuid
 from typing import IO, Any
 
 from api.upload_stream import UploadTooLarge
+from jobs import manifest
+from jobs.collections import with_collection
 from jobs.errors import InputError, NotFound
+from jobs.manifest import ManifestRow
 from jobs.models import Job
 from jobs.options import JobOptions
 from jobs.runtime import Runtime
@@ -75,9 +78,10 @@ def discard(storage: Storage, key: str) -> None:
         log.warning("could not delete the refused upload %s", key, exc_info=True)
 
 
-def check_options(rt: Runtime, options: JobOptions) -> JobOptions:
-    """Everything about the options that can be checked before a byte is stored."""
-    options = options.validated(rt.settings)
+def check_options(rt: Runtime, options: JobOptions, tenant: str | None) -> JobOptions:
+    """Everything about the options that can be checked before a byte is stored (the collection's
+    shared options filled in first)."""
+    options = with_collection(rt.db, tenant, options).validated(rt.settings)
     if options.webhook_url:
         webhooks.check_url(options.webhook_url, rt.settings.webhook_allow_private)
     return options
@@ -91,7 +95,7 @@ def job_from_upload(rt: Runtime, key: str, name: str, options: JobOptions, tenan
     stored upload is deleted: no file is left behind without a job.
     """
     try:
-        options = check_options(rt, options)
+        options = check_options(rt, options, tenant)
         info = rt.audio.probe(rt.storage.readable_url(key, expires_s=3600))
         log.info("upload %s: %.1f s of %s audio", key, info.duration_s, info.codec)
         job = create_job(
@@ -148,7 +152,14 @@ def job_from_source(rt: Runtime, source: str, options: JobOptions, tenant: str) 
     folder's inbox or outbox; a key a tenant may not read answers exactly as a missing one.
     """
     # Options first: a bad option is the same answer whatever the source.
-    options = check_options(rt, options)
+    options = check_options(rt, options, tenant)
+    check_source(rt, source, tenant)
+    return submission.submit(rt, source, options, tenant=tenant)
+
+
+def check_source(rt: Runtime, source: str, tenant: str) -> None:
+    """InputError unless ``source`` is an ``s3://`` object this tenant may name (a key it may not
+    read answers exactly as a missing one)."""
     if not source.startswith("s3://"):
         raise InputError("source must be an s3://bucket/key URL")
     storage = rt.storage
@@ -165,7 +176,33 @@ def job_from_source(rt: Runtime, source: str, options: JobOptions, tenant: str) 
         key.startswith(p) for p in _reserved_prefixes(rt, bucket)
     ):
         raise submission.unreadable(source)
-    return submission.submit(rt, source, options, tenant=tenant)
+
+
+def manifest_jobs(rt: Runtime, tenant: str, collection: str, data: bytes, name: str) -> list[Job]:
+    """A manifest sent to the API: each row's source is an ``s3://`` object the tenant may name or
+    the id of one of its completed uploads (POST /v1/uploads); checked whole, then submitted."""
+
+    def upload(row: ManifestRow) -> str | None:
+        return find_upload(rt, tenant, row.source) if _UPLOAD_ID.match(row.source) else None
+
+    def probe(row: ManifestRow) -> float:
+        if row.source.startswith("s3://"):
+            check_source(rt, row.source, tenant)
+            return submission.probe_s3(rt, row.source)
+        key = upload(row)
+        if key is None:
+            raise InputError("a source is s3://bucket/key or the id of a completed upload")
+        return rt.audio.probe(rt.storage.readable_url(key, expires_s=3600)).duration_s
+
+    def submit_one(row: ManifestRow, options: JobOptions) -> Job:
+        if row.source.startswith("s3://"):
+            return submission.submit(rt, row.source, options, tenant=tenant)
+        key = upload(row)
+        assert key is not None  # probed above
+        return job_from_upload(rt, key, key.rsplit("/", 1)[-1], options, tenant)
+
+    rows = manifest.parse(data, name)
+    return submission.submit_manifest(rt, tenant, collection, rows, probe, submit_one)
 
 
 def find_upload(rt: Runtime, tenant: str, upload_id: str) -> str:

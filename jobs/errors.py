@@ -88,3 +88,7 @@ class TooBusy(TransientError):
     def __init__(self, message: str, retry_after_s: float = 30.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class Conflict(PermanentError):
+    """The request contradicts what exists: a name taken, a job still running (HTTP 409)."""

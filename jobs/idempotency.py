@@ -88,3 +88,10 @@ def _this(tenant: str, key: str) -> list[Any]:
 
 def _aware(at: datetime) -> datetime:
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def forget_job(db: Database, job_id: str) -> None:
+    """Drop the keys that named a job being deleted: a replay makes a new job, not a 404."""
+    with db.session() as s:
+        s.execute(delete(IdempotencyKey).where(col(IdempotencyKey.job_id) == job_id))
+        s.commit()

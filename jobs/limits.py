@@ -11,3 +11,7 @@ MAX_INSTRUCTIONS_CHARS = 8000
 # Names and terms of a job's vocabulary: Mistral's context_bias takes at most 100 entries.
 MAX_VOCABULARY_TERMS = 100
 MAX_VOCABULARY_TERM_CHARS = 100
+# A collection's name: also a folder of the drop folder's inbox (inbox/<collection>/...).
+MAX_COLLECTION_NAME_CHARS = 100
+# A title given at submission (a manifest's row).
+MAX_TITLE_CHARS = 300

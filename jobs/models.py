@@ -9,7 +9,8 @@ import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import Column, Text, UniqueConstraint
+from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlmodel import Field, SQLModel
 
 
@@ -84,6 +85,10 @@ class Job(SQLModel, table=True):
         default=Priority.interactive, max_length=16, sa_column_kwargs={"server_default": "interactive"}
     )
     webhook_attempts: str | None = Field(default=None, sa_column=Column(Text))  # JSON list
+    # The collection it belongs to (jobs/collections.py), and a title given at submission (a
+    # manifest's row); the document's title is the source's name without it.
+    collection_id: str | None = Field(default=None, index=True, max_length=32)
+    title: str | None = Field(default=None, sa_column=Column(Text))
     created_at: datetime = Field(default_factory=utcnow, index=True)
     started_at: datetime | None = None
     split_started_at: datetime | None = None
@@ -141,6 +146,8 @@ class Tenant(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=200)
     webhook_secret: str = Field(max_length=200)
     created_at: datetime = Field(default_factory=utcnow)
+    # Finished jobs older than this many days are deleted by the sweep (jobs/retention.py); None keeps them.
+    retention_days: int | None = None
 
 
 class ApiKey(SQLModel, table=True):
@@ -207,3 +214,57 @@ class IdempotencyKey(SQLModel, table=True):
     request_hash: str = Field(max_length=64)
     job_id: str | None = Field(default=None, max_length=32)
     created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class Collection(SQLModel, table=True):
+    """Recordings that belong together (a conference, a quarter's meetings), with options its jobs
+    share; owned by ``jobs.collections``. Jobs point at it with ``Job.collection_id``."""
+
+    __table_args__ = (UniqueConstraint("tenant", "name", name="uq_collection_tenant_name"),)
+
+    id: str = Field(default_factory=new_job_id, primary_key=True, max_length=32)
+    tenant: str | None = Field(default=None, index=True, max_length=200)
+    name: str = Field(max_length=200)
+    preset: str | None = Field(default=None, max_length=64)
+    instructions: str | None = Field(default=None, sa_column=Column(Text))
+    vocabulary: str | None = Field(default=None, sa_column=Column(Text))
+    language: str | None = Field(default=None, max_length=16)
+    priority: str | None = Field(default=None, max_length=16)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class SearchSegment(SQLModel, table=True):
+    """One speech segment of a finished job, in the full-text index (owned by ``jobs.search``).
+
+    PostgreSQL: ``tsv`` holds ``to_tsvector(config, text)`` under a GIN index. SQLite: ``tsv`` stays
+    empty; FTS5 tables (``searchsegment_fts_<tokenizer>``, made by migration 0007, not modelled)
+    index ``text`` with this table as their external content."""
+
+    __table_args__ = (Index("ix_searchsegment_tsv", "tsv", postgresql_using="gin"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(index=True, max_length=32)
+    tenant: str | None = Field(default=None, index=True, max_length=200)
+    collection_id: str | None = Field(default=None, index=True, max_length=32)
+    segment: int
+    start_s: float
+    end_s: float
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    # The text-search configuration of the job's language (jobs/search.REGCONFIG, 'simple' otherwise).
+    config: str = Field(max_length=32)
+    tsv: str | None = Field(
+        default=None, sa_column=Column(Text().with_variant(TSVECTOR(), "postgresql"), nullable=True)
+    )
+
+
+class SearchDoc(SQLModel, table=True):
+    """One row per job in the full-text index: whose it is, its configuration and sizes (owned by
+    ``jobs.search``)."""
+
+    job_id: str = Field(primary_key=True, max_length=32)
+    tenant: str | None = Field(default=None, index=True, max_length=200)
+    collection_id: str | None = Field(default=None, index=True, max_length=32)
+    config: str = Field(max_length=32)
+    segments: int = 0
+    chars: int = 0
+    indexed_at: datetime = Field(default_factory=utcnow)

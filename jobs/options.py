@@ -8,6 +8,7 @@ from jobs.errors import InputError
 from jobs.languages import check_language
 from jobs.limits import (
     MAX_INSTRUCTIONS_CHARS,
+    MAX_TITLE_CHARS,
     MAX_VOCABULARY_TERM_CHARS,
     MAX_VOCABULARY_TERMS,
     MAX_WINDOW_MINUTES,
@@ -29,6 +30,10 @@ class JobOptions:
     vocabulary: str | None = None
     # interactive (default) or batch: which work goes first (jobs.models.Priority).
     priority: str | None = None
+    # The collection the job joins (its id or its name; jobs/collections.with_collection fills the
+    # options it shares and leaves the id here), and the talk's title for its document.
+    collection: str | None = None
+    title: str | None = None
 
     def validated(self, settings: Settings) -> JobOptions:
         preset = get_preset(self.preset).name
@@ -49,7 +54,18 @@ class JobOptions:
             webhook_url=self.webhook_url,
             vocabulary=check_vocabulary(self.vocabulary),
             priority=check_priority(self.priority),
+            collection=self.collection,
+            title=check_title(self.title),
         )
+
+
+def check_title(value: str | None) -> str | None:
+    title = " ".join((value or "").split())
+    if len(title) > MAX_TITLE_CHARS:
+        raise InputError(f"the title is longer than {MAX_TITLE_CHARS} characters")
+    if any(ord(c) < 32 for c in title):
+        raise InputError("the title holds a control character")
+    return title or None
 
 
 def check_priority(value: str | None) -> Priority:

@@ -167,6 +167,45 @@ class JobStore:
             raise NotFound(f"no job {job_id[:64]}")
         return job
 
+    def delete(self, job_id: str) -> bool:
+        """Delete a job that has ended, with its windows and outbox rows, in one transaction; False
+        when it is not there or has not ended (a job still running keeps its rows)."""
+        ended = [col(Job.id) == job_id, col(Job.status).in_(list(ENDED))]
+        with self.db.session() as s:
+            if s.exec(select(Job.id).where(*ended)).first() is None:
+                return False
+            s.execute(delete(Window).where(col(Window.job_id) == job_id))
+            s.execute(delete(QueuedStep).where(col(QueuedStep.job_id) == job_id))
+            if _changed(s.execute(delete(Job).where(*ended))) != 1:
+                s.rollback()  # it was retried meanwhile: keep everything
+                return False
+            s.commit()
+        return True
+
+    def in_collection(self, collection_id: str) -> list[Job]:
+        """A collection's jobs, oldest first."""
+        with self.db.session() as s:
+            return list(
+                s.exec(
+                    select(Job)
+                    .where(Job.collection_id == collection_id)
+                    .order_by(col(Job.created_at), col(Job.id))
+                )
+            )
+
+    def ended_before(self, tenant: str, before: datetime, limit: int = 100) -> list[str]:
+        """Ids of the tenant's jobs that ended before ``before`` (the retention sweep's)."""
+        with self.db.session() as s:
+            return list(
+                s.exec(
+                    select(Job.id)
+                    .where(Job.tenant == tenant, col(Job.status).in_(list(ENDED)))
+                    .where(col(Job.finished_at) < before)
+                    .order_by(col(Job.finished_at))
+                    .limit(limit)
+                )
+            )
+
     def find_resumable(self, fingerprint: str) -> Job | None:
         """The newest job for the same recording and options, so that a re-run resumes it."""
         with self.db.session() as s:

@@ -35,6 +35,7 @@ from workers.queues import (  # noqa: F401  (re-exported: the names a worker ser
     CPU_QUEUE,
     GPU_QUEUE,
     OVERALL,
+    PROCEEDINGS,
     QUEUES,
     REDUCE,
     ROUTES,

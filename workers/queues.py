@@ -15,6 +15,7 @@ WINDOW = "voxbatch.window"
 OVERALL = "voxbatch.overall"
 REDUCE = "voxbatch.reduce"
 ANNOUNCE = "voxbatch.announce"
+PROCEEDINGS = "voxbatch.proceedings"
 SWEEP = "voxbatch.sweep"
 WEBHOOK = "voxbatch.webhook"
 
@@ -26,9 +27,18 @@ ROUTES = {
     OVERALL: GPU_QUEUE,
     REDUCE: CPU_QUEUE,
     ANNOUNCE: CPU_QUEUE,
+    # A collection's proceedings end with its summary, a text-only model request.
+    PROCEEDINGS: GPU_QUEUE,
     SWEEP: CPU_QUEUE,
     WEBHOOK: CPU_QUEUE,
 }
 
 # The task a step of jobs.steps.next becomes.
-STEP_TASKS = {"split": SPLIT, "window": WINDOW, "overall": OVERALL, "reduce": REDUCE, "announce": ANNOUNCE}
+STEP_TASKS = {
+    "split": SPLIT,
+    "window": WINDOW,
+    "overall": OVERALL,
+    "reduce": REDUCE,
+    "proceedings": PROCEEDINGS,
+    "announce": ANNOUNCE,
+}

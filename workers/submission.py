@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from jobs import collections, manifest
+from jobs.admission import tenant_limits
+from jobs.collections import with_collection
 from jobs.errors import InputError
 from jobs.models import Job
 from jobs.options import JobOptions
@@ -56,16 +60,11 @@ def submit(
 
     With ``stream``, ``source`` is only the name the user knows the recording by (an upload).
     """
-    options = options.validated(rt.settings)
+    options = with_collection(rt.db, tenant, options).validated(rt.settings)
     name = source_name
     if stream is None and source.startswith("s3://"):
-        bucket, key = parse_s3_url(source)
-        if not key or key.endswith("/"):
-            raise InputError(f"{source} names a folder, not a recording")
-        bucket_storage = open_storage(f"s3://{bucket}", rt.settings.s3_endpoint_url)
-        if not bucket_storage.exists(key):
-            raise unreadable(source)
-        info = rt.audio.probe(bucket_storage.readable_url(key, expires_s=3600))
+        key = parse_s3_url(source)[1]
+        duration_s = probe_s3(rt, source)
         job = create_job(
             rt,
             source,
@@ -73,7 +72,7 @@ def submit(
             source_name=name or key.rsplit("/", 1)[-1],
             tenant=tenant,
             fingerprint=fingerprint,
-            duration_s=info.duration_s,
+            duration_s=duration_s,
             enqueue=True,
         )
     else:
@@ -85,7 +84,7 @@ def submit(
             source = str(path)
         name = name or Path(source).name
         # A stream (an upload) is probed where it is stored; a file is probed here, before any row.
-        duration_s = rt.audio.probe(str(path)).duration_s if path is not None else None
+        local_s = rt.audio.probe(str(path)).duration_s if path is not None else None
         job = create_job(
             rt,
             source,
@@ -93,7 +92,7 @@ def submit(
             source_name=name,
             tenant=tenant,
             fingerprint=fingerprint,
-            duration_s=duration_s,
+            duration_s=local_s,
         )
         key = source_key(job.id, name)
         try:
@@ -111,6 +110,41 @@ def submit(
     relay_now(rt, job.id)
     log.info("job %s: submitted (%s)", job.id, job.source_name)
     return job
+
+
+def probe_s3(rt: Runtime, source: str) -> float:
+    """The length of an ``s3://`` recording; InputError when it is missing (or a folder) or not audio."""
+    bucket, key = parse_s3_url(source)
+    if not key or key.endswith("/"):
+        raise InputError(f"{source} names a folder, not a recording")
+    bucket_storage = open_storage(f"s3://{bucket}", rt.settings.s3_endpoint_url)
+    if not bucket_storage.exists(key):
+        raise unreadable(source)
+    return rt.audio.probe(bucket_storage.readable_url(key, expires_s=3600)).duration_s
+
+
+def submit_manifest(
+    rt: Runtime,
+    tenant: str | None,
+    collection: str,
+    rows: list[manifest.ManifestRow],
+    probe: Callable[[manifest.ManifestRow], float],
+    submit_one: Callable[[manifest.ManifestRow, JobOptions], Job],
+) -> list[Job]:
+    """Check a manifest whole (``jobs.manifest.check``: every source probed, the totals against the
+    tenant's limits), then submit one job per row into the collection, in the manifest's order."""
+    target = collections.get(rt.db, tenant, collection)
+    for row in rows:  # a row's options are checked before anything is probed
+        with_collection(rt.db, tenant, row.options(target.id)).validated(rt.settings)
+    limits = manifest.limits_for(
+        rt.settings.max_duration_hours * 3600.0,
+        rt.store.tenant_load(tenant) if tenant else (0, 0.0),
+        tenant_limits(rt.settings, tenant)[:2] if tenant else None,
+    )
+    manifest.check(rows, probe, limits)
+    jobs = [submit_one(row, row.options(target.id)) for row in rows]
+    log.info("collection %s: %d job(s) submitted from a manifest", target.id, len(jobs))
+    return jobs
 
 
 def relay_now(rt: Runtime, job_id: str) -> None:

@@ -13,7 +13,9 @@ the meter sends it again. A job ``queued`` or ``transcribing`` that has made no 
 ``orphan_after_s``, has no running window and whose queue is empty has lost its messages too; the
 sweep enqueues what ``next_steps`` says it needs. Enqueuing twice is harmless (steps are idempotent
 and claims are conditional), but the empty-queue test keeps a long backlog from being duplicated.
-Every sweep ends by relaying the outbox and metering the gpu queue (``workers.meter.wake``).
+Every sweep ends by relaying the outbox and metering the gpu queue (``workers.meter.wake``), then
+deletes the finished jobs of tenants with a retention setting that are older than it
+(``jobs.retention.sweep_expired``).
 
 The sweep runs every ``lease_seconds / 4`` in every cpu worker (``SweepTimer``); a Redis key taken
 with ``SET NX PX`` lets only one of them enqueue ``voxbatch.sweep`` per period.
@@ -29,6 +31,7 @@ from datetime import timedelta
 
 import redis
 
+from jobs import retention
 from jobs.models import JobStatus, utcnow
 from jobs.runtime import Runtime
 from jobs.steps.next import next_steps
@@ -49,6 +52,7 @@ class SweepReport:
     reduces: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     lost: list[tuple[str, int]] = field(default_factory=list)  # sent windows whose message vanished
+    expired: list[str] = field(default_factory=list)  # finished jobs deleted by their tenant's retention
 
 
 def sweep_period_s(lease_seconds: float) -> float:
@@ -75,6 +79,10 @@ def sweep(rt: Runtime, queue_depth: Callable[[], dict[str, int]] | None = None) 
             meter.enqueue(rt, [s for s in next_steps(rt, job_id) if s.kind != "window"])
             (report.splits if status == JobStatus.splitting else report.reduces).append(job_id)
     meter.wake(rt)
+    try:
+        report.expired = retention.sweep_expired(rt)
+    except Exception:
+        log.exception("sweep: the retention step failed (the next sweep tries again)")
     return report
 
 

@@ -20,6 +20,7 @@ from celery import Task
 
 from jobs.errors import JobCancelled, TransientError
 from jobs.models import JobStatus
+from jobs.proceedings import build as build_proceedings
 from jobs.steps.ending import fail, failure_reason
 from jobs.steps.leases import job_heartbeat
 from jobs.steps.next import next_steps
@@ -153,6 +154,7 @@ def reduce(self: JobTask, job_id: str) -> str:
     except JobCancelled:
         log.info("job %s: cancelled; reduce skipped", job_id)
         return "cancelled"
+    _enqueue_next(job_id, after="reduce")
     return str(job.status)
 
 
@@ -161,6 +163,15 @@ def announce(self: Any, job_id: str) -> None:
     """A job's end, announced: documents or error.json to the drop-folder outbox, then the webhook
     (queued here by whichever process ended the job)."""
     announce_end(process_runtime(), job_id)
+
+
+@app.task(base=JobTask, name=celery_app.PROCEEDINGS, bind=True)
+def proceedings(self: JobTask, job_id: str) -> int:
+    """The proceedings of the job's collection, on a gpu worker: their summary is a model request."""
+    rt = process_runtime()
+    if not self.first_deliveries(job_id):
+        return 0
+    return len(build_proceedings(rt, job_id))
 
 
 @app.task(name=celery_app.SWEEP, ignore_result=True)

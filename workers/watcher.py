@@ -25,6 +25,8 @@ Sidecars: ``<name>.json`` next to ``<name>.<ext>`` sets ``instructions``, ``pres
 It is read when its recording is ingested; a sidecar that
 arrives later does not change a job already submitted (upload the sidecar first, or upload the
 recording again: new content, new ETag, new job). The sidecar's preset wins over the prefix's.
+A recording under ``inbox/<name>/…`` joins the collection ``<name>`` of its tenant when there is
+one (``jobs.collections``): the collection's options fill what the sidecar leaves unset.
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any, Protocol
 
+from jobs import collections
 from jobs.db import Database
 from jobs.engine import AudioTool
 from jobs.errors import InputError, NotFound, PermanentError, StorageUnavailable, VoxbatchError
@@ -290,7 +293,13 @@ class Watcher:
             priority=fields.get("priority") or "batch",
         )
         sidecar = f"the sidecar {PurePosixPath(sidecar_key(key)).name}"
-        return options, drop_tenant(self.settings, self.db, fields.get("tenant"), sidecar)
+        tenant = drop_tenant(self.settings, self.db, fields.get("tenant"), sidecar)
+        # inbox/<collection>/...: the first folder joins the tenant's collection of that name, if any.
+        folder = rel.split("/", 1)[0] if "/" in rel else ""
+        target = collections.find(self.db, tenant, folder) if folder else None
+        if target is not None and target.name == folder:
+            options = replace(options, collection=target.id)
+        return options, tenant
 
     def read_sidecar(self, key: str) -> dict[str, Any]:
         side = sidecar_key(key)

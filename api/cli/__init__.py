@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from api.cli import deploy, job_commands, run, server, services, watch
+from api.cli import collection_commands, deploy, job_commands, run, server, services, watch
 from jobs.logconfig import CLI_FORMAT, configure_logging
 
 
@@ -31,6 +31,8 @@ for command in (
     job_commands.cancel,
     job_commands.retry,
     job_commands.list_jobs,
+    job_commands.delete,
+    collection_commands.collection,
     services.worker,
     services.flower,
     services.up,

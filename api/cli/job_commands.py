@@ -53,6 +53,10 @@ def job_report(rt: Runtime, job: Job) -> dict[str, Any]:
 @click.command()
 @click.argument("source")
 @job_options
+@click.option(
+    "--collection", default=None, help="Join this collection (name or id): its options are the defaults."
+)
+@click.option("--title", default=None, help="The document's title (default: the file's name).")
 @one_line_errors
 def submit(
     source: str,
@@ -62,6 +66,8 @@ def submit(
     window_minutes: float | None,
     vocabulary: str | None,
     priority: str | None,
+    collection: str | None,
+    title: str | None,
 ) -> None:
     """Put FILE or s3://bucket/key on the workers' queue; prints the job id as its last line."""
     from jobs.options import JobOptions
@@ -69,8 +75,16 @@ def submit(
 
     settings = load_settings()
     options = JobOptions(
-        instructions, preset, language, window_minutes, vocabulary=vocabulary, priority=priority
-    ).validated(settings)
+        instructions,
+        preset,
+        language,
+        window_minutes,
+        vocabulary=vocabulary,
+        priority=priority,
+        collection=collection,
+        title=title,
+    )
+    options.validated(settings)  # checked before the file is probed; the collection's fill in later
     if not source.startswith("s3://"):
         from workers.audio import FfmpegAudio
 
@@ -257,3 +271,15 @@ def list_jobs(status_filter: str | None, limit: int) -> None:
         progress = f"{job.windows_done}/{job.windows_total if job.windows_total is not None else '?'}"
         created = job.created_at.strftime("%Y-%m-%d %H:%M:%S")
         click.echo(f"{job.id}  {job.status:<12}  {progress:>7}  {created}  {job.source_name}")
+
+
+@click.command()
+@click.argument("job_id")
+@one_line_errors
+def delete(job_id: str) -> None:
+    """Delete a job that has ended: its documents, segments, search index rows and the copy of the
+    recording stored for it (never an s3:// or drop-folder source)."""
+    from jobs.retention import delete_job
+
+    delete_job(runtime(), job_id)
+    click.echo(f"voxbatch: job {job_id} deleted", err=True)

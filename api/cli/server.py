@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from api.cli.common import load_settings, one_line_errors
+from jobs.errors import InputError
 from jobs.settings import Settings
 
 
@@ -63,3 +64,25 @@ def create(name: str) -> None:
     key = create_key(db, name)
     click.echo("voxbatch: store this key now; it is not shown again", err=True)
     click.echo(key)
+
+
+@keys.command("retention")
+@click.argument("name")
+@click.argument("days", type=int, required=False)
+@one_line_errors
+def retention(name: str, days: int | None) -> None:
+    """Delete tenant NAME's finished jobs DAYS days after they end (the sweep does it); no DAYS
+    keeps them."""
+    from jobs.db import Database
+    from jobs.tenants import set_retention
+
+    if days is not None and days < 1:
+        raise InputError("DAYS is at least 1; leave it out to keep finished jobs")
+    settings = load_settings()
+    db = Database(settings.resolved_database_url())
+    db.migrate()
+    if not set_retention(db, name, days):
+        raise InputError(f"no tenant {name!r} (it is made with its first key: voxbatch keys create {name})")
+    click.echo(
+        f"voxbatch: {name}: finished jobs " + (f"deleted after {days} day(s)" if days else "kept"), err=True
+    )

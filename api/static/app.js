@@ -5,7 +5,7 @@
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 2000;
 let apiKey = sessionStorage.getItem("voxbatch-key") || "";
-let chosenFile = null;
+let chosenFiles = [];
 let pollTimer = null;
 let openJob = null;
 
@@ -36,6 +36,7 @@ async function signIn(key) {
   $("sign-out").hidden = false;
   $("who").textContent = "key " + key.slice(0, 12) + "…";
   refreshJobs();
+  loadCollections();
   pollTimer = setInterval(refreshJobs, POLL_MS);
 }
 
@@ -51,54 +52,173 @@ function signOut() {
 
 // --- upload ----------------------------------------------------------------------------------
 
-function choose(file) {
-  chosenFile = file || null;
-  $("file-name").textContent = file ? file.name + " (" + (file.size / 1048576).toFixed(1) + " MB)" : "";
-  $("start").disabled = !file;
+function choose(files) {
+  chosenFiles = Array.from(files || []);
+  const mb = chosenFiles.reduce((n, f) => n + f.size, 0) / 1048576;
+  $("file-name").textContent = chosenFiles.length === 1
+    ? chosenFiles[0].name + " (" + mb.toFixed(1) + " MB)"
+    : chosenFiles.length ? chosenFiles.length + " recordings (" + mb.toFixed(1) + " MB)" : "";
+  $("start").disabled = chosenFiles.length === 0;
 }
 
-function upload() {
-  if (!chosenFile) return;
-  const form = new FormData();
-  // Options first: the server checks them before it stores the recording.
-  form.append("preset", $("preset").value);
-  if ($("language").value.trim()) form.append("language", $("language").value.trim());
-  if ($("instructions").value.trim()) form.append("instructions", $("instructions").value.trim());
-  if ($("vocabulary").value.trim()) form.append("vocabulary", $("vocabulary").value.trim());
-  form.append("file", chosenFile, chosenFile.name);
+// Many files go into one collection, one upload after the other; a new name makes the collection.
+async function uploadAll() {
+  const files = chosenFiles;
+  if (!files.length) return;
+  const collection = $("collection").value.trim();
+  if (collection) {
+    const known = await api("/v1/collections/" + encodeURIComponent(collection));
+    if (known.status === 404) {
+      const made = await api("/v1/collections", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ name: collection }),
+      });
+      if (!made.ok) { $("upload-status").textContent = "Refused: " + await problem(made); return; }
+      loadCollections();
+    }
+  }
+  for (let n = 0; n < files.length; n++) {
+    const ok = await upload(files[n], collection, files.length > 1 ? (n + 1) + "/" + files.length + " " : "");
+    if (!ok) return;
+  }
+  choose([]);
+}
 
-  const xhr = new XMLHttpRequest();
-  const bar = $("upload-progress");
-  bar.hidden = false;
-  bar.value = 0;
-  $("start").disabled = true;
-  $("upload-status").textContent = "Uploading…";
-  xhr.upload.onprogress = (e) => {
-    if (e.lengthComputable) {
-      bar.value = Math.round((e.loaded / e.total) * 100);
-      $("upload-status").textContent = "Uploading… " + bar.value + "%";
-    }
-  };
-  xhr.onload = () => {
-    $("start").disabled = false;
-    let body = {};
-    try { body = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
-    if (xhr.status === 202) {
-      bar.value = 100;
-      $("upload-status").textContent = "Uploaded: job " + body.id + " queued.";
-      choose(null);
-      refreshJobs();
+function upload(file, collection, counter) {
+  return new Promise((resolve) => {
+    const form = new FormData();
+    // Options first: the server checks them before it stores the recording.
+    form.append("preset", $("preset").value);
+    if ($("language").value.trim()) form.append("language", $("language").value.trim());
+    if ($("instructions").value.trim()) form.append("instructions", $("instructions").value.trim());
+    if ($("vocabulary").value.trim()) form.append("vocabulary", $("vocabulary").value.trim());
+    if (collection) form.append("collection", collection);
+    form.append("file", file, file.name);
+
+    const xhr = new XMLHttpRequest();
+    const bar = $("upload-progress");
+    bar.hidden = false;
+    bar.value = 0;
+    $("start").disabled = true;
+    $("upload-status").textContent = counter + "Uploading…";
+    xhr.upload.onprogress = (e) => {
+      if (e.lengthComputable) {
+        bar.value = Math.round((e.loaded / e.total) * 100);
+        $("upload-status").textContent = counter + "Uploading… " + bar.value + "%";
+      }
+    };
+    xhr.onload = () => {
+      $("start").disabled = false;
+      let body = {};
+      try { body = JSON.parse(xhr.responseText); } catch (e) { /* not JSON */ }
+      if (xhr.status === 202) {
+        bar.value = 100;
+        $("upload-status").textContent = counter + "Uploaded: job " + body.id + " queued.";
+        refreshJobs();
+        resolve(true);
+      } else {
+        $("upload-status").textContent = counter + file.name + " refused (" + xhr.status + "): " + (body.detail || xhr.statusText);
+        resolve(false);
+      }
+    };
+    xhr.onerror = () => {
+      $("start").disabled = false;
+      $("upload-status").textContent = counter + "The upload failed (network error).";
+      resolve(false);
+    };
+    xhr.open("POST", "/v1/jobs");
+    xhr.setRequestHeader("Authorization", "Bearer " + apiKey);
+    xhr.send(form);
+  });
+}
+
+async function loadCollections() {
+  const resp = await api("/v1/collections");
+  if (!resp.ok) return;
+  const names = (await resp.json()).collections.map((c) => c.name);
+  $("collection-names").replaceChildren(...names.map((name) => {
+    const option = document.createElement("option");
+    option.value = name;
+    return option;
+  }));
+  const select = $("search-collection");
+  const chosen = select.value;
+  const all = document.createElement("option");
+  all.value = "";
+  all.textContent = "all recordings";
+  select.replaceChildren(all, ...names.map((name) => {
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = name;
+    return option;
+  }));
+  select.value = names.includes(chosen) ? chosen : "";
+}
+
+// --- search: hits open the player at their second ---------------------------------------------
+
+// A snippet is HTML-escaped text with the matches in <mark>: rebuilt as nodes, never parsed as HTML.
+function snippetNodes(snippet) {
+  const unescape = (s) => s.replace(/&lt;/g, "<").replace(/&gt;/g, ">").replace(/&amp;/g, "&");
+  const nodes = [];
+  let marked = false;
+  for (const part of snippet.split(/(<mark>|<\/mark>)/)) {
+    if (part === "<mark>") { marked = true; continue; }
+    if (part === "</mark>") { marked = false; continue; }
+    if (!part) continue;
+    const text = document.createTextNode(unescape(part));
+    if (marked) {
+      const mark = document.createElement("mark");
+      mark.appendChild(text);
+      nodes.push(mark);
     } else {
-      $("upload-status").textContent = "Refused (" + xhr.status + "): " + (body.detail || xhr.statusText);
+      nodes.push(text);
     }
-  };
-  xhr.onerror = () => {
-    $("start").disabled = false;
-    $("upload-status").textContent = "The upload failed (network error).";
-  };
-  xhr.open("POST", "/v1/jobs");
-  xhr.setRequestHeader("Authorization", "Bearer " + apiKey);
-  xhr.send(form);
+  }
+  return nodes;
+}
+
+async function runSearch() {
+  const q = $("search-query").value.trim();
+  if (!q) return;
+  const params = new URLSearchParams({ q, limit: "50" });
+  if ($("search-collection").value) params.set("collection", $("search-collection").value);
+  $("search-status").textContent = "Searching…";
+  const resp = await api("/v1/search?" + params.toString());
+  if (!resp.ok) { $("search-status").textContent = await problem(resp); $("search-hits").replaceChildren(); return; }
+  const hits = (await resp.json()).hits;
+  const jobs = {};
+  await Promise.all([...new Set(hits.map((h) => h.job_id))].map(async (id) => {
+    const r = await api("/v1/jobs/" + id);
+    if (r.ok) jobs[id] = await r.json();
+  }));
+  $("search-status").textContent = hits.length ? hits.length + " passage(s)" : "Nothing found.";
+  $("search-hits").replaceChildren(...hits.filter((h) => jobs[h.job_id]).map((hit) => {
+    const job = jobs[hit.job_id];
+    const li = document.createElement("li");
+    li.tabIndex = 0;
+    li.className = "hit";
+    const title = document.createElement("span");
+    title.className = "title";
+    title.textContent = job.title || job.source_name;
+    const when = document.createElement("span");
+    when.className = "when";
+    when.textContent = clock(hit.start_s);
+    li.append(title, when, ...snippetNodes(hit.snippet));
+    const open = () => openHit(job, hit.start_s);
+    li.addEventListener("click", open);
+    li.addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
+    return li;
+  }));
+}
+
+async function openHit(job, seconds) {
+  if (!openJob || openJob.id !== job.id) await showDocument(job);
+  if (openJob && openJob.id === job.id) {
+    seek(seconds);
+    $("player").scrollIntoView();
+  }
 }
 
 // --- jobs ------------------------------------------------------------------------------------
@@ -431,16 +551,17 @@ async function download(name) {
 document.addEventListener("DOMContentLoaded", () => {
   $("sign-in-form").addEventListener("submit", (e) => { e.preventDefault(); signIn($("api-key").value.trim()); });
   $("sign-out").addEventListener("click", signOut);
-  $("file").addEventListener("change", (e) => choose(e.target.files[0]));
+  $("file").addEventListener("change", (e) => choose(e.target.files));
   const drop = $("drop");
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
     drop.classList.remove("over");
-    if (e.dataTransfer.files.length) choose(e.dataTransfer.files[0]);
+    if (e.dataTransfer.files.length) choose(e.dataTransfer.files);
   });
-  $("start").addEventListener("click", upload);
+  $("start").addEventListener("click", uploadAll);
+  $("search-form").addEventListener("submit", (e) => { e.preventDefault(); runSearch(); });
   $("download-md").addEventListener("click", () => download("document.md"));
   $("download-json").addEventListener("click", () => download("document.json"));
   $("download-txt").addEventListener("click", () => download("transcript.txt"));

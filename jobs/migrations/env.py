@@ -8,6 +8,7 @@ from sqlalchemy import create_engine
 from sqlmodel import SQLModel
 
 from jobs import models  # noqa: F401  (registers the tables)
+from jobs.migrations_runner import include_name
 from jobs.settings import Settings
 
 target_metadata = SQLModel.metadata
@@ -20,6 +21,7 @@ def _configure(connection: object) -> None:
         # SQLite cannot ALTER most things: later migrations rebuild tables in batch mode.
         render_as_batch=True,
         compare_type=True,
+        include_name=include_name,  # not SQLite's FTS5 tables (migration 0007)
     )
 
 

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from jobs.admission import admit
+from jobs.collections import with_collection
 from jobs.models import Job, Priority
 from jobs.options import JobOptions
 from jobs.runtime import Runtime
@@ -31,7 +32,7 @@ def create_job(
     ``enqueue``: the job's split goes into the outbox in the row's own transaction (the workers'
     path; ``workers.meter`` relays it). A local run, or a job whose source is still being stored,
     leaves it out."""
-    opts = options.validated(rt.settings)
+    opts = with_collection(rt.db, tenant, options).validated(rt.settings)
     admit(rt, duration_s, tenant)
     job = Job(
         source=source,
@@ -47,6 +48,8 @@ def create_job(
         webhook_url=opts.webhook_url,
         vocabulary=opts.vocabulary,
         priority=Priority(opts.priority or Priority.interactive),
+        collection_id=opts.collection,
+        title=opts.title,
     )
     rt.store.add(job, enqueue=enqueue)
     log.info("job %s: created for %s", job.id, job.source_name)

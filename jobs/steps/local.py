@@ -22,6 +22,7 @@ from jobs.engine import Samples
 from jobs.errors import JobCancelled, PermanentError
 from jobs.models import Job, JobStatus
 from jobs.options import JobOptions
+from jobs.proceedings import build as build_proceedings
 from jobs.runtime import Runtime
 from jobs.steps.control import prepare_rerun
 from jobs.steps.create import create_job
@@ -95,6 +96,9 @@ def _drive(rt: Runtime, job_id: str, progress: Progress | None) -> None:
                 summarize_job(rt, job_id)
             elif step.kind == "reduce":
                 reduce_job(rt, job_id)
+                for after in next_steps(rt, job_id, after="reduce"):
+                    if after.kind == "proceedings":
+                        build_proceedings(rt, job_id)
         if progress is not None:
             job = rt.store.get(job_id)
             if job.windows_total is not None:

@@ -4,7 +4,8 @@ the local run all use.
 ``after`` names the step that just finished, because the answers differ: after a split every
 pending window is due; after a window only the overall summary or the reduce can be (its siblings
 have their own messages), and only for the one caller the barrier lets through; after the overall
-summary, the reduce; with no ``after`` (resume, the
+summary, the reduce; after the reduce of a job in a collection, the collection's proceedings
+(``jobs/proceedings.py``); with no ``after`` (resume, the
 sweep of a job whose messages were lost or whose worker died, a local run) everything missing is
 due. Each step carries the reason it is due (for logs); steps compare equal whatever the reason.
 
@@ -23,7 +24,7 @@ from jobs.steps.overall import needs_overall
 
 # "announce" (a job's end sent to the drop-folder outbox and its webhook) is queued by the end hook,
 # never answered here.
-StepKind = Literal["split", "window", "overall", "reduce", "announce"]
+StepKind = Literal["split", "window", "overall", "reduce", "proceedings", "announce"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class Step:
 
 def next_steps(rt: Runtime, job_id: str, after: StepKind | None = None) -> list[Step]:
     job = rt.store.get(job_id)
+    if job.status == JobStatus.succeeded and after == "reduce" and job.collection_id:
+        return [Step("proceedings", job_id, reason="a job of its collection succeeded")]
     if JobStatus(job.status).finished:
         return []
     if job.status == JobStatus.reducing:

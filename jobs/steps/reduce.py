@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from jobs import search
 from jobs.documents import RENDERERS, Document
 from jobs.models import Job
 from jobs.runtime import Runtime
@@ -45,7 +46,7 @@ def reduce_job(rt: Runtime, job_id: str) -> Job:
     doc = Document(
         job_id=job.id,
         source=job.source,
-        title=Path(job.source_name).stem or job.source_name or job.id,
+        title=job.title or Path(job.source_name).stem or job.source_name or job.id,
         duration_s=job.duration_s or (results[-1].end_s if results else 0.0),
         language=job.language,
         engine=engine.name,
@@ -58,5 +59,7 @@ def reduce_job(rt: Runtime, job_id: str) -> Job:
     )
     for name, render in RENDERERS.items():
         rt.storage.put_bytes(job.output_prefix + name, render(doc))
+    # Searchable from the moment it has succeeded (replaces what a reduce run before indexed).
+    search.index_job(rt.db, job.id, job.tenant, job.collection_id, job.language, doc.segments())
     succeed(rt, job_id, engine.name, engine.model)
     return rt.store.get(job_id)

@@ -256,3 +256,39 @@ def test_progress_shows_segments_beside_windows(browser: Any, live: LiveApi, rec
     assert row.locator("progress").evaluate("p => [p.value, p.max]") == [41, 120]
     shot(page, "13-progress-segments")
     page.close()
+
+
+def test_a_search_hit_opens_the_player_at_its_second(browser: Any, live: LiveApi, recording: Path) -> None:
+    from jobs import search
+
+    job = finished_job(live.rt, "sam", recording, SEGMENTS, duration_s=DURATION_S)
+    rows = [
+        {"index": n, "start_s": g.start_s, "end_s": g.end_s, "text": g.text} for n, g in enumerate(SEGMENTS)
+    ]
+    search.index_job(live.rt.db, job.id, "sam", None, "en", rows)
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(live.url + "/")
+    page.fill("#api-key", live.key("sam"))
+    page.click("#sign-in-form button")
+    page.wait_for_selector("#search-form")
+    page.fill("#search-query", "markup ampersands")
+    page.click("#search-form button")
+    page.wait_for_selector("#search-hits li.hit")
+    hit = page.locator("#search-hits li.hit")
+    assert hit.count() == 1
+    # The snippet's matches are <mark>s; the transcript's own markup stays text.
+    assert hit.locator("mark").all_text_contents() == ["markup", "ampersands"]
+    assert hit.locator("b").count() == 0 and "<b>" in (hit.text_content() or "")
+    assert hit.locator(".when").text_content() == "00:00:18"
+    shot(page, "12-search-hits")
+    hit.click()
+    page.wait_for_selector("#player:not([hidden]) audio#media")
+    page.wait_for_function(
+        "() => Math.abs(document.querySelector('#media').currentTime - 18) < 1.5", timeout=15_000
+    )
+    page.wait_for_selector("#segments li.current[data-index='2']")
+    shot(page, "13-search-hit-opened")
+    assert errors == []
+    page.close()

@@ -15,16 +15,24 @@ from sqlalchemy import inspect, text
 from sqlmodel import SQLModel
 
 from jobs.db import Database
-from jobs.migrations_runner import FIRST_REVISION, alembic_config, current_revision, head_revision
+from jobs.migrations_runner import (
+    FIRST_REVISION,
+    FTS_TABLE_PREFIX,
+    alembic_config,
+    current_revision,
+    head_revision,
+    include_name,
+)
 from jobs.settings import Settings
 from tests.fixtures.services import Postgres
 
-TABLES = {"job", "window", "tenant", "apikey", "dropobject", "alembic_version"}
+TABLES = {"job", "window", "tenant", "apikey", "dropobject", "collection", "searchsegment", "alembic_version"}
 
 
 def _diff(db: Database) -> list[object]:
     with db.engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        # SQLite's FTS5 tables are raw DDL, not models: test_the_full_text_index_exists checks them.
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True, "include_name": include_name})
         return list(compare_metadata(ctx, SQLModel.metadata))
 
 
@@ -47,6 +55,23 @@ def test_an_empty_database_migrates_to_head_matching_the_models(empty_url: str) 
         assert current_revision(conn) == head_revision()
     assert _diff(db) == []
     db.migrate()  # at head: nothing to do
+
+
+def test_the_full_text_index_exists(empty_url: str) -> None:
+    db = Database(empty_url)
+    db.migrate()
+    if db.engine.dialect.name == "sqlite":
+        with db.engine.connect() as conn:
+            virtual = conn.execute(
+                text("SELECT name FROM sqlite_master WHERE sql LIKE 'CREATE VIRTUAL TABLE%fts5%'")
+            ).scalars()
+            assert {n for n in virtual if n.startswith(FTS_TABLE_PREFIX)} == {
+                "searchsegment_fts_stem",
+                "searchsegment_fts_plain",
+            }
+    else:
+        indexes = {i["name"]: i for i in inspect(db.engine).get_indexes("searchsegment")}
+        assert indexes["ix_searchsegment_tsv"]["dialect_options"].get("postgresql_using") == "gin"
 
 
 def test_a_database_made_before_migrations_is_stamped_then_upgraded(empty_url: str) -> None:
