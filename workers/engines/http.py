@@ -29,6 +29,9 @@ from workers.engines.answers import (
 from workers.engines.scheduler import EngineAborted, Retryable, abort_all, backoff_s, process_scheduler
 
 logger = logging.getLogger(__name__)
+# httpx logs every request at INFO: hundreds a second from a gpu worker would drown its own log
+# (retries and refusals are logged here, by the scheduler, at WARNING).
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 __all__ = ["ApiClient", "EngineAborted", "abort_all", "backoff_s"]
 
