@@ -152,7 +152,7 @@ def fleet(args: argparse.Namespace) -> None:
                 stack.create_key("tenant-a")
                 stack.create_key("tenant-b")
                 stack.cluster.start_worker("cpu", concurrency=2)
-                stack.cluster.start_worker("gpu")  # default settings: VOXBATCH_GPU_CONCURRENCY
+                stack.cluster.start_worker("gpu", concurrency=None)  # default: VOXBATCH_GPU_CONCURRENCY
                 print(f"stack up in {tmp}", flush=True)
                 b_alone = run_phase(stack, server, "B alone", [], b_file, 0, args.timeout)
                 phases.append(b_alone)

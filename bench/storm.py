@@ -301,7 +301,7 @@ def run_storm(
             stack.start_api()
             stack.create_key("api-tenant")
             stack.cluster.start_worker("cpu", concurrency=2)
-            stack.cluster.start_worker("gpu")
+            stack.cluster.start_worker("gpu", concurrency=None)  # default: VOXBATCH_GPU_CONCURRENCY
             say(f"stack up in {tmp}; the API tenant's {clips} clips alone ...")
             alone, alone_failed = _clip_times(stack, _post_clips(stack, clip_files, "api-tenant"), timeout_s)
             say(f"alone: {', '.join(f'{t:.1f}' for t in alone)} s")
