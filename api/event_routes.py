@@ -15,12 +15,14 @@ import json
 import logging
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import Receive, Scope, Send
 
 from api.auth import RuntimeDep, TenantDep
@@ -45,6 +47,7 @@ class StreamSlots:
         self.per_tenant = per_tenant
         self._lock = threading.Lock()
         self._open: Counter[str] = Counter()
+        self.cut = 0  # streams ended because their client read nothing
 
     def open_streams(self, tenant: str | None = None) -> int:
         with self._lock:
@@ -60,11 +63,29 @@ class StreamSlots:
                 )
             self._open[tenant] += 1
 
-    def give(self, tenant: str) -> None:
+    def give(self, tenant: str, cut: bool = False) -> None:
         with self._lock:
+            self.cut += cut
             self._open[tenant] -= 1
             if self._open[tenant] <= 0:
                 del self._open[tenant]
+
+
+class OpenStreams(Collector):
+    """``voxbatch_event_streams_open``: event streams open in this API process (for /metrics)."""
+
+    def __init__(self, slots: StreamSlots) -> None:
+        self.slots = slots
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily("voxbatch_event_streams_open", "Event streams open in this API process")
+        gauge.add_metric([], float(self.slots.open_streams()))
+        cut = CounterMetricFamily(
+            "voxbatch_event_streams_cut", "Event streams this API process cut: their client read nothing"
+        )
+        cut.add_metric([], float(self.slots.cut))
+        yield gauge
+        yield cut
 
 
 class SlowReader(Exception):
@@ -83,7 +104,7 @@ class EventStreamResponse(Response):
     media_type = "text/event-stream"
 
     def __init__(
-        self, chunks: AsyncIterator[bytes], send_timeout_s: float, on_close: Callable[[], None]
+        self, chunks: AsyncIterator[bytes], send_timeout_s: float, on_close: Callable[[bool], None]
     ) -> None:
         self.chunks = chunks
         self.send_timeout_s = send_timeout_s
@@ -111,7 +132,8 @@ class EventStreamResponse(Response):
                     async for chunk in self.chunks:
                         with anyio.fail_after(self.send_timeout_s):
                             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    with anyio.fail_after(self.send_timeout_s):
+                        await send({"type": "http.response.body", "body": b"", "more_body": False})
                 except TimeoutError:
                     slow = True
                 except OSError:
@@ -119,7 +141,7 @@ class EventStreamResponse(Response):
                 tg.cancel_scope.cancel()
         finally:
             await self.chunks.aclose()  # type: ignore[attr-defined]
-            self.on_close()
+            self.on_close(slow)
         if slow:
             # Raising is how an ASGI app aborts a response it has started: the server closes the
             # connection instead of waiting for a reader that does not read.
@@ -188,5 +210,5 @@ async def job_events(
     return EventStreamResponse(
         _chunks(rt, request, job_id, tenant, cursor),
         rt.settings.events_send_timeout_s,
-        lambda: slots.give(tenant),
+        lambda slow: slots.give(tenant, cut=slow),
     )
