@@ -25,6 +25,7 @@ from jobs.errors import InputError
 from jobs.live import result_of, stored_run
 from jobs.models import Job, JobStatus
 from jobs.runtime import Runtime
+from jobs.stitching import clean
 
 # Events derived in one call at most: a long finished job is replayed in several calls.
 BATCH = 200
@@ -122,7 +123,7 @@ def next_events(
             rest = stored_run(rt, job.id, window.index, cursor.position, limit - len(events))
         for seg in rest:
             cursor = replace(cursor, position=cursor.position + 1)
-            text = " ".join(str(seg.get("text") or "").split())
+            text = clean(str(seg.get("text") or "")).replace("\n", " ")  # as in document.json
             if not text:
                 continue  # music, noise: nothing to show (as in document.json)
             data = {

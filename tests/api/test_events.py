@@ -9,6 +9,7 @@ import json
 import signal
 import socket
 import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from jobs.captions import stamped
 from jobs.models import Window
 from jobs.options import JobOptions
 from jobs.steps.create import create_job
@@ -192,3 +194,31 @@ def test_a_client_that_never_reads_is_cut(live_stack: ApiStack) -> None:
         assert not received.endswith(b"0\r\n\r\n")
     finally:
         sloth.close()
+
+
+def test_wait_follow_prints_segments_as_they_come_then_the_documents_path(
+    live_stack: ApiStack, audio_dir: Path, tmp_path: Path
+) -> None:
+    recording = build_recording(marker_talk(LIVE_MARKERS), audio_dir / "live-talk.wav")
+    live_stack.vllm.hold(frozenset({HELD}))
+    try:
+        job_id = live_stack.cluster.submit(recording.path, "--window-minutes", "1")
+        args = ["wait", job_id, "--follow", "--timeout", "120", "--output-dir", str(tmp_path / "out")]
+        proc = subprocess.Popen(
+            [*VOXBATCH, *args], env=live_stack.cluster.env, cwd=tmp_path,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+        reader.start()
+        wait_until(lambda: any("marker-171" in line for line in lines), 120, "the first segment printed")
+        assert proc.poll() is None  # the job cannot end while the model holds an answer
+    finally:
+        live_stack.vllm.release()
+    assert proc.wait(timeout=150) == 0, proc.stderr.read() if proc.stderr else ""
+    reader.join(timeout=10)
+    assert lines[-1].strip() == str((tmp_path / "out" / "document.md").absolute())
+    doc = json.loads((tmp_path / "out" / "document.json").read_text())
+    assert [line.rstrip("\n") for line in lines[:-1]] == [
+        stamped(s["start_s"], s["text"]) for s in doc["segments"]
+    ]
