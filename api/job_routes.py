@@ -58,6 +58,7 @@ _OPTION_FIELDS = (
     "webhook_url",
     "vocabulary",
     "priority",
+    "webhook_events",
 )
 
 _CREATE_BODY: dict[str, Any] = {
@@ -79,6 +80,10 @@ _CREATE_BODY: dict[str, Any] = {
                             "maximum": MAX_WINDOW_MINUTES,
                         },
                         "webhook_url": {"type": "string", "format": "uri"},
+                        "webhook_events": {
+                            "type": "string",
+                            "description": "window.done and/or job.done, comma-separated (default job.done)",
+                        },
                         "vocabulary": {"type": "string", "description": "names and terms, comma-separated"},
                         "priority": {
                             "type": "string",
@@ -116,6 +121,8 @@ def _options(fields: dict[str, Any]) -> JobOptions:
             ) from exc
     if isinstance(fields.get("vocabulary"), list):  # JSON may send the terms as a list
         fields = {**fields, "vocabulary": "\n".join(str(term) for term in fields["vocabulary"])}
+    if isinstance(fields.get("webhook_events"), list):
+        fields = {**fields, "webhook_events": ",".join(str(e) for e in fields["webhook_events"])}
     text = {
         k: (str(fields[k]).strip() or None) if fields.get(k) is not None else None for k in _OPTION_FIELDS
     }
@@ -127,6 +134,7 @@ def _options(fields: dict[str, Any]) -> JobOptions:
         webhook_url=text["webhook_url"],
         vocabulary=text["vocabulary"],
         priority=text["priority"],
+        webhook_events=text["webhook_events"],
     )
 
 

@@ -29,6 +29,9 @@ class JobOptions:
     vocabulary: str | None = None
     # interactive (default) or batch: which work goes first (jobs.models.Priority).
     priority: str | None = None
+    # Which events the webhook gets: window.done, job.done (comma-separated or a list); default
+    # job.done only.
+    webhook_events: str | list[str] | None = None
 
     def validated(self, settings: Settings) -> JobOptions:
         preset = get_preset(self.preset).name
@@ -49,7 +52,33 @@ class JobOptions:
             webhook_url=self.webhook_url,
             vocabulary=check_vocabulary(self.vocabulary),
             priority=check_priority(self.priority),
+            webhook_events=check_webhook_events(self.webhook_events),
         )
+
+
+WINDOW_DONE = "window.done"
+JOB_DONE = "job.done"
+WEBHOOK_EVENTS = (WINDOW_DONE, JOB_DONE)
+
+
+def check_webhook_events(value: str | list[str] | None) -> str | None:
+    """The events as stored (comma-separated, in WEBHOOK_EVENTS' order), None for the default
+    (job.done only); InputError naming the choices for anything else."""
+    raw = value.split(",") if isinstance(value, str) else list(value or [])
+    names = {str(v).strip().lower() for v in raw if str(v).strip()}
+    unknown = sorted(names - set(WEBHOOK_EVENTS))
+    if unknown:
+        raise InputError(
+            f"webhook_events may hold {' and '.join(WEBHOOK_EVENTS)}, not {', '.join(unknown)[:80]!r}"
+        )
+    if not names or names == {JOB_DONE}:
+        return None
+    return ",".join(e for e in WEBHOOK_EVENTS if e in names)
+
+
+def webhook_events_of(stored: str | None) -> tuple[str, ...]:
+    """A job's webhook events from its stored column."""
+    return tuple(stored.split(",")) if stored else (JOB_DONE,)
 
 
 def check_priority(value: str | None) -> Priority:

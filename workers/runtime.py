@@ -12,7 +12,7 @@ from jobs.settings import Settings, get_settings
 from jobs.storage_urls import open_storage
 from workers.meter import wake_after_end
 from workers.outbox import deliver_quietly
-from workers.webhooks import notify
+from workers.webhooks import notify, notify_window
 
 _process_runtime: Runtime | None = None
 _lock = threading.Lock()
@@ -40,6 +40,7 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         settings=settings,
         engine_factory=lambda: build_engine(settings),
         on_job_end=[announce_end, wake_after_end],
+        on_window_done=[notify_window],
     )
 
 
