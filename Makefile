@@ -72,6 +72,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.fanout --windows 8 --concurrency 4 --latency 1.0
 	$(BIN)/python -m bench.upload --gb 2
 	$(BIN)/python -m bench.search --hours 1000
+	$(BIN)/python -m bench.first_text --hours 3
 
 clean:
 	rm -rf voxbatch-data voxbatch-output .pytest_cache .mypy_cache .ruff_cache

@@ -15,7 +15,16 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import collection_routes, health, job_routes, metrics, recording_routes, search_routes, upload_routes
+from api import (
+    collection_routes,
+    event_routes,
+    health,
+    job_routes,
+    metrics,
+    recording_routes,
+    search_routes,
+    upload_routes,
+)
 from api.job_routes import DocumentNotReady
 from api.limits import UploadSlots
 from api.upload_stream import RequestTimedOut, UploadTooLarge
@@ -129,7 +138,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.state.upload_slots = UploadSlots.from_settings(runtime.settings)
+    app.state.event_streams = event_routes.StreamSlots(runtime.settings.max_event_streams_per_tenant)
+    app.state.metrics.register(event_routes.OpenStreams(app.state.event_streams))
     app.include_router(job_routes.router)
+    app.include_router(event_routes.router)
     app.include_router(upload_routes.router)
     app.include_router(recording_routes.router)
     app.include_router(collection_routes.router)

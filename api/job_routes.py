@@ -19,9 +19,10 @@ from api.limits import UploadSlots, chunks_with_timeout, read_json_body
 from api.schemas import JobFromSource, JobList, JobOut, Problem, job_out
 from api.upload_stream import FILE_FIELD, StreamingForm, UploadTooLarge
 from jobs import idempotency, retention
-from jobs.documents import DOCUMENT_NAMES
+from jobs.documents import DOCUMENT_NAMES, RENDERERS
 from jobs.errors import InputError, NotFound, PermanentError
 from jobs.limits import MAX_INSTRUCTIONS_CHARS, MAX_TITLE_CHARS, MAX_WINDOW_MINUTES, MIN_WINDOW_MINUTES
+from jobs.live import partial_document
 from jobs.models import Job, JobStatus, Priority
 from jobs.options import JobOptions
 from jobs.presets import PRESETS
@@ -59,6 +60,7 @@ _OPTION_FIELDS = (
     "priority",
     "collection",
     "title",
+    "webhook_events",
 )
 
 _CREATE_BODY: dict[str, Any] = {
@@ -80,6 +82,10 @@ _CREATE_BODY: dict[str, Any] = {
                             "maximum": MAX_WINDOW_MINUTES,
                         },
                         "webhook_url": {"type": "string", "format": "uri"},
+                        "webhook_events": {
+                            "type": "string",
+                            "description": "window.done and/or job.done, comma-separated (default job.done)",
+                        },
                         "vocabulary": {"type": "string", "description": "names and terms, comma-separated"},
                         "priority": {
                             "type": "string",
@@ -123,6 +129,8 @@ def _options(fields: dict[str, Any]) -> JobOptions:
             ) from exc
     if isinstance(fields.get("vocabulary"), list):  # JSON may send the terms as a list
         fields = {**fields, "vocabulary": "\n".join(str(term) for term in fields["vocabulary"])}
+    if isinstance(fields.get("webhook_events"), list):
+        fields = {**fields, "webhook_events": ",".join(str(e) for e in fields["webhook_events"])}
     text = {
         k: (str(fields[k]).strip() or None) if fields.get(k) is not None else None for k in _OPTION_FIELDS
     }
@@ -136,6 +144,7 @@ def _options(fields: dict[str, Any]) -> JobOptions:
         priority=text["priority"],
         collection=text["collection"],
         title=text["title"],
+        webhook_events=text["webhook_events"],
     )
 
 
@@ -329,20 +338,36 @@ def show_job(request: Request, job_id: str, rt: RuntimeDep, tenant: TenantDep) -
     },
     response_class=Response,
 )
-def get_document(job_id: str, name: str, rt: RuntimeDep, tenant: TenantDep) -> Response:
-    """A finished job's document: document.md, document.json or transcript.txt (streamed)."""
+def get_document(
+    job_id: str,
+    name: str,
+    rt: RuntimeDep,
+    tenant: TenantDep,
+    partial: Annotated[
+        bool, Query(description="while the job runs: what is done so far, marked as partial")
+    ] = False,
+) -> Response:
+    """A job's document: document.md, document.json, transcript.txt, .srt or .vtt. Once the job
+    has succeeded, the final one; before, 409, or with `partial=true` what is done so far, rendered
+    the same way and marked as partial (a line at the top of document.md, `"partial": true` in
+    document.json)."""
     job = rt.store.get(job_id, tenant)
     if name not in DOCUMENT_NAMES:
         raise NotFound(f"no document {name[:100]!r}; there are {', '.join(DOCUMENT_NAMES)}")
-    if job.status != JobStatus.succeeded:
-        raise DocumentNotReady(f"job {job_id} is {job.status}; its documents exist once it has succeeded")
-    key = job.output_prefix + name
     media = MEDIA_TYPES.get("." + name.rsplit(".", 1)[-1], "application/octet-stream")
     stem = job.source_name.rsplit(".", 1)[0] if "." in job.source_name else job.source_name
     download = submission.safe_name(f"{stem}-{name}")
     headers = {"Content-Disposition": f'inline; filename="{download}"'}
+    if job.status != JobStatus.succeeded:
+        if not partial:
+            raise DocumentNotReady(
+                f"job {job_id} is {job.status}; its documents exist once it has succeeded "
+                "(add ?partial=true for what is done so far)"
+            )
+        body = RENDERERS[name](partial_document(rt, job))
+        return Response(body, media_type=media, headers={**headers, "Cache-Control": "no-store"})
     # Documents are text of at most a few MB, even for a 10-hour recording.
-    return Response(rt.storage.get_bytes(key), media_type=media, headers=headers)
+    return Response(rt.storage.get_bytes(job.output_prefix + name), media_type=media, headers=headers)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=ERRORS)

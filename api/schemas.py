@@ -17,7 +17,7 @@ from jobs.limits import (
     MIN_WINDOW_MINUTES,
 )
 from jobs.models import Job, JobStatus, Priority
-from jobs.options import parse_vocabulary
+from jobs.options import JOB_DONE, parse_vocabulary, webhook_events_of
 from jobs.presets import PRESETS
 from jobs.timings import job_timings
 
@@ -57,6 +57,9 @@ class WebhookAttempt(BaseModel):
     error: str | None = None
     job_status: str | None = Field(default=None, description="the job's state the webhook reported")
     job_attempt: int | None = Field(default=None, description="the job's attempt (retries count up)")
+    event: str | None = Field(default=None, description="job.finished or window.done")
+    event_id: str | None = Field(default=None, description="the same on every delivery of one event")
+    window: int | None = Field(default=None, description="the window of a window.done event")
 
 
 class JobOut(BaseModel):
@@ -82,6 +85,9 @@ class JobOut(BaseModel):
     progress: Progress
     timings_s: Timings
     webhook_url: str | None
+    webhook_events: list[str] = Field(
+        default_factory=lambda: [JOB_DONE], description="what the webhook is sent for: window.done, job.done"
+    )
     webhook_attempts: list[WebhookAttempt]
     collection_id: str | None = Field(default=None, description="the collection the job belongs to")
     title: str | None = Field(default=None, description="the title given at submission")
@@ -108,6 +114,10 @@ class JobFromSource(BaseModel):
         default=None, description=f"longest window, {MIN_WINDOW_MINUTES}-{MAX_WINDOW_MINUTES} minutes"
     )
     webhook_url: str | None = Field(default=None, description="POSTed the job as JSON when it ends")
+    webhook_events: str | list[str] | None = Field(
+        default=None,
+        description="window.done and/or job.done (a list, or one comma-separated string); default job.done",
+    )
     vocabulary: str | list[str] | None = Field(
         default=None,
         description="names and terms said in the recording: a list, or one comma-separated string",
@@ -197,6 +207,7 @@ def job_out(job: Job, base_url: str, flower_url: str | None) -> JobOut:
         ),
         timings_s=Timings(**job_timings(job)),
         webhook_url=job.webhook_url,
+        webhook_events=list(webhook_events_of(job.webhook_events)),
         webhook_attempts=[WebhookAttempt.model_validate(a) for a in attempts if isinstance(a, dict)],
         collection_id=job.collection_id,
         title=job.title,

@@ -32,6 +32,9 @@ class Document:
     summary: str | None
     windows: list[WindowResult]
     notes: list[str] = field(default_factory=list)
+    # Set while the job runs (``?partial=true``, jobs/live.py): what is done so far, and this note
+    # says so at the top of document.md; document.json gets ``"partial": true``.
+    partial: str | None = None
 
     @property
     def transcript(self) -> str:
@@ -99,6 +102,7 @@ class Document:
             ],
             "segments": self.segments(),
             "notes": self.notes,
+            **({"partial": True, "partial_note": self.partial} if self.partial else {}),
         }
 
 
@@ -117,7 +121,8 @@ def _md(text: str) -> str:
 
 
 def render_markdown(doc: Document) -> bytes:
-    out: list[str] = [f"# {_md(doc.title)}", ""]
+    out: list[str] = [f"> **{_md(doc.partial)}**", ""] if doc.partial else []
+    out += [f"# {_md(doc.title)}", ""]
     meta = [f"Duration {hms(doc.duration_s)}", f"engine {doc.engine} ({doc.model})"]
     if doc.language:
         meta.append(f"language {doc.language}")

@@ -81,6 +81,9 @@ class Job(SQLModel, table=True):
     reduce_claimed: bool = False
     attempt: int = 0
     webhook_url: str | None = Field(default=None, sa_column=Column(Text))
+    # The webhook's events besides the job's end, comma-separated (jobs/options.WEBHOOK_EVENTS);
+    # None: the job's end only.
+    webhook_events: str | None = Field(default=None, sa_column=Column(Text))
     priority: Priority = Field(
         default=Priority.interactive, max_length=16, sa_column_kwargs={"server_default": "interactive"}
     )

@@ -34,6 +34,9 @@ class JobOptions:
     # options it shares and leaves the id here), and the talk's title for its document.
     collection: str | None = None
     title: str | None = None
+    # Which events the webhook gets: window.done, job.done (comma-separated or a list); default
+    # job.done only.
+    webhook_events: str | list[str] | None = None
 
     def validated(self, settings: Settings) -> JobOptions:
         preset = get_preset(self.preset).name
@@ -56,6 +59,7 @@ class JobOptions:
             priority=check_priority(self.priority),
             collection=self.collection,
             title=check_title(self.title),
+            webhook_events=check_webhook_events(self.webhook_events),
         )
 
 
@@ -66,6 +70,31 @@ def check_title(value: str | None) -> str | None:
     if any(ord(c) < 32 for c in title):
         raise InputError("the title holds a control character")
     return title or None
+
+
+WINDOW_DONE = "window.done"
+JOB_DONE = "job.done"
+WEBHOOK_EVENTS = (WINDOW_DONE, JOB_DONE)
+
+
+def check_webhook_events(value: str | list[str] | None) -> str | None:
+    """The events as stored (comma-separated, in WEBHOOK_EVENTS' order), None for the default
+    (job.done only); InputError naming the choices for anything else."""
+    raw = value.split(",") if isinstance(value, str) else list(value or [])
+    names = {str(v).strip().lower() for v in raw if str(v).strip()}
+    unknown = sorted(names - set(WEBHOOK_EVENTS))
+    if unknown:
+        raise InputError(
+            f"webhook_events may hold {' and '.join(WEBHOOK_EVENTS)}, not {', '.join(unknown)[:80]!r}"
+        )
+    if not names or names == {JOB_DONE}:
+        return None
+    return ",".join(e for e in WEBHOOK_EVENTS if e in names)
+
+
+def webhook_events_of(stored: str | None) -> tuple[str, ...]:
+    """A job's webhook events from its stored column."""
+    return tuple(stored.split(",")) if stored else (JOB_DONE,)
 
 
 def check_priority(value: str | None) -> Priority:

@@ -2,7 +2,8 @@
 
 ``on_job_end`` are the side effects of a job's ending (webhook, drop-folder outbox): the edge that
 builds the Runtime installs them, and ``jobs.steps.ending.job_ended`` runs them on every path that
-ends a job, so the core never imports the workers.
+ends a job, so the core never imports the workers. ``on_window_done`` likewise after each window
+(the ``window.done`` webhook).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class Runtime:
     settings: Settings
     engine_factory: Callable[[], Engine]
     on_job_end: list[Callable[[Runtime, str], None]] = field(default_factory=list)
+    # What a window's end sets off besides the next steps (the ``window.done`` webhook): called
+    # with the job id and the window's index once the window is marked done; must not raise.
+    on_window_done: list[Callable[[Runtime, str, int], object]] = field(default_factory=list)
     # What sends steps to the broker (``workers.dispatch.Dispatcher``): one per Runtime, built by
     # ``workers.dispatch.dispatcher`` on first use; ``jobs`` never calls it.
     dispatcher: Any = field(default=None, repr=False)

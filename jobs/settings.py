@@ -145,6 +145,14 @@ class Settings(BaseSettings):
     request_read_timeout_s: float = Field(default=30.0, gt=0)
     # Open connections one API process accepts (uvicorn answers 503 past it).
     max_connections: int = Field(default=1000, ge=1)
+    # Live events (GET /v1/jobs/{id}/events): how often an open stream looks at what is stored,
+    # how often an idle one sends a comment (proxies cut silent connections), how long one event
+    # may wait for a client that does not read before the stream is cut (its buffer stays bounded),
+    # and how many streams one tenant may hold open in one API process (429 past it).
+    events_poll_s: float = Field(default=0.5, gt=0)
+    events_keepalive_s: float = Field(default=15.0, gt=0)
+    events_send_timeout_s: float = Field(default=30.0, gt=0)
+    max_event_streams_per_tenant: int = Field(default=8, ge=1)
     # Bearer token for /metrics (operators and Prometheus); unset: /metrics answers 401.
     metrics_token: str | None = None
     # A message redelivered this many times after its worker died (OOM kill, crash) fails its job.

@@ -55,8 +55,9 @@ class Dispatcher:
         # A sweep that waited longer than one period is stale: the next one is already on its way.
         self.app.send_task(SWEEP, args=[], queue=ROUTES[SWEEP], expires=expires_s)
 
-    def send_webhook(self, job_id: str, job_attempt: int) -> None:
-        self.app.send_task(WEBHOOK, args=[job_id, job_attempt], queue=CPU_QUEUE)
+    def send_webhook(self, job_id: str, job_attempt: int, window: int | None = None) -> None:
+        args: list[object] = [job_id, job_attempt] if window is None else [job_id, job_attempt, window]
+        self.app.send_task(WEBHOOK, args=args, queue=CPU_QUEUE)
 
 
 def dispatcher(rt: Runtime) -> Dispatcher:

@@ -16,7 +16,7 @@ from jobs.storage_urls import open_storage
 from workers.drop_ledger import drop_object_for_job
 from workers.meter import enqueue, wake_after_end
 from workers.outbox import deliver_quietly
-from workers.webhooks import notify
+from workers.webhooks import notify, notify_window
 
 _process_runtime: Runtime | None = None
 _lock = threading.Lock()
@@ -53,6 +53,7 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         settings=settings,
         engine_factory=lambda: build_engine(settings),
         on_job_end=[queue_announcement, wake_after_end],
+        on_window_done=[notify_window],
     )
 
 

@@ -194,10 +194,10 @@ def sweep_leases() -> dict[str, int]:
     max_retries=webhooks.MAX_DELIVERIES - 1,
     ignore_result=True,
 )
-def webhook(self: Any, job_id: str, job_attempt: int) -> str:
+def webhook(self: Any, job_id: str, job_attempt: int, window: int | None = None) -> str:
     rt = process_runtime()
     delivery = int(self.request.retries) + 1
-    result = webhooks.deliver(rt, job_id, job_attempt, delivery)
+    result = webhooks.deliver(rt, job_id, job_attempt, delivery, window)
     if not result.ok and result.retry and delivery < webhooks.MAX_DELIVERIES:
         raise self.retry(countdown=webhooks.backoff_s(rt, delivery))
     return "delivered" if result.ok else "gave up"

@@ -1,15 +1,23 @@
-"""Webhooks: when a job ends, POST it as JSON to the job's ``webhook_url``, signed, retried with
+"""Webhooks: when a job ends (and, if the job asked for ``window.done`` in ``webhook_events``,
+when each window is done), POST it as JSON to the job's ``webhook_url``, signed, retried with
 backoff, every attempt recorded on the job (``Job.webhook_attempts``, a JSON list).
 
 What a receiver gets::
 
     POST <webhook_url>
     Content-Type: application/json
-    X-Voxbatch-Event: job.finished
+    X-Voxbatch-Event: job.finished                  (or window.done)
+    X-Voxbatch-Event-Id: <job id>:job.finished:<attempt>:<state>   (or <job id>:window.done:<index>)
     X-Voxbatch-Timestamp: 1764000000
     X-Voxbatch-Signature: sha256=<hex HMAC-SHA256 of the raw body under the tenant's webhook secret>
 
-    {"event": "job.finished", "timestamp": 1764000000, "job": {"id": ..., "status": ..., ...}}
+    {"event": "job.finished", "id": ..., "timestamp": 1764000000, "job": {"id": ..., "status": ...}}
+    {"event": "window.done", "id": ..., "timestamp": ..., "job": {...},
+     "window": {"index": 0, "start_s": 0.0, "end_s": 1800.0, "summary": ..., "transcript": ...}}
+
+The event id is the same on every delivery of one event (retries, a redelivered task), so a
+receiver deduplicates by it. ``webhook_events`` names ``job.done`` for the job's end (the default)
+and ``window.done``.
 
 The body carries the timestamp too, so it is covered by the signature: verify the HMAC over the
 raw bytes (constant-time compare), then refuse timestamps more than a few minutes old (replays).
@@ -41,7 +49,9 @@ import httpx
 
 from jobs.errors import InputError
 from jobs.models import Job, JobStatus, utcnow
+from jobs.options import JOB_DONE, webhook_events_of
 from jobs.runtime import Runtime
+from jobs.stitching import WindowResult
 from jobs.tenants import tenant_secret
 from workers.dispatch import dispatcher
 
@@ -52,6 +62,9 @@ TIMEOUT_S = 10.0
 SIGNATURE_HEADER = "X-Voxbatch-Signature"
 TIMESTAMP_HEADER = "X-Voxbatch-Timestamp"
 EVENT_HEADER = "X-Voxbatch-Event"
+EVENT_ID_HEADER = "X-Voxbatch-Event-Id"
+JOB_FINISHED = "job.finished"
+WINDOW_DONE = "window.done"
 _RETRYABLE_CODES = {408, 425, 429}
 # Job fields a receiver has no use for (internal bookkeeping, storage layout).
 _PRIVATE_FIELDS = {"webhook_attempts", "fingerprint", "reduce_claimed", "source_key", "tenant"}
@@ -168,9 +181,7 @@ def _append(rt: Runtime, job_id: str, record: dict[str, Any], *, unless_queued: 
         old = job.webhook_attempts
         records = _attempts(job)
         if unless_queued and any(
-            r.get("status") == "queued"
-            and r.get("job_status") == record["job_status"]
-            and r.get("job_attempt") == record["job_attempt"]
+            r.get("status") == "queued" and r.get("event_id", _legacy_id(job_id, r)) == record["event_id"]
             for r in records
         ):
             return False
@@ -178,6 +189,18 @@ def _append(rt: Runtime, job_id: str, record: dict[str, Any], *, unless_queued: 
             return True
     log.warning("job %s: could not record a webhook attempt (contention)", job_id)
     return False
+
+
+def event_id(job_id: str, job_status: str, job_attempt: int, window: int | None = None) -> str:
+    """One event's id, the same on every delivery of it."""
+    if window is not None:
+        return f"{job_id}:{WINDOW_DONE}:{window}"
+    return f"{job_id}:{JOB_FINISHED}:{job_attempt}:{job_status}"
+
+
+def _legacy_id(job_id: str, record: dict[str, Any]) -> str:
+    """The event id of a record written before records carried one (a job's end)."""
+    return event_id(job_id, str(record.get("job_status")), int(record.get("job_attempt") or 0))
 
 
 def notify(rt: Runtime, job_id: str) -> bool:
@@ -189,9 +212,13 @@ def notify(rt: Runtime, job_id: str) -> bool:
         job = rt.store.get(job_id)
         if not job.webhook_url or not JobStatus(job.status).finished:
             return False
+        if JOB_DONE not in webhook_events_of(job.webhook_events):
+            return False
         record = {
             "at": utcnow().isoformat().replace("+00:00", "Z"),
             "status": "queued",
+            "event": JOB_FINISHED,
+            "event_id": event_id(job_id, str(job.status), job.attempt),
             "job_status": str(job.status),
             "job_attempt": job.attempt,
         }
@@ -202,6 +229,32 @@ def notify(rt: Runtime, job_id: str) -> bool:
         return True
     except Exception:
         log.exception("job %s: could not queue the webhook", job_id)
+        return False
+
+
+def notify_window(rt: Runtime, job_id: str, index: int) -> bool:
+    """Enqueue the ``window.done`` webhook of a window just done, once per window, if the job
+    asked for it. Never raises."""
+    try:
+        job = rt.store.get(job_id)
+        if not job.webhook_url or WINDOW_DONE not in webhook_events_of(job.webhook_events):
+            return False
+        record = {
+            "at": utcnow().isoformat().replace("+00:00", "Z"),
+            "status": "queued",
+            "event": WINDOW_DONE,
+            "event_id": event_id(job_id, str(job.status), job.attempt, index),
+            "window": index,
+            "job_status": str(job.status),
+            "job_attempt": job.attempt,
+        }
+        if not _append(rt, job_id, record, unless_queued=True):
+            return False
+        dispatcher(rt).send_webhook(job_id, job.attempt, index)
+        log.info("job %s: window %d webhook queued", job_id, index)
+        return True
+    except Exception:
+        log.exception("job %s: could not queue the webhook of window %d", job_id, index)
         return False
 
 
@@ -226,7 +279,15 @@ def _pinned(url: str, ip: IPAddress) -> tuple[str, str, str]:
     return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")), host_header, host
 
 
-def send(url: str, secret: str | None, body: bytes, timestamp: int, allow_private: bool) -> Delivery:
+def send(
+    url: str,
+    secret: str | None,
+    body: bytes,
+    timestamp: int,
+    allow_private: bool,
+    event: str = JOB_FINISHED,
+    event_id: str | None = None,
+) -> Delivery:
     """One POST of ``body`` to ``url``; never raises."""
     try:
         addresses = check_url(url, allow_private)
@@ -237,9 +298,11 @@ def send(url: str, secret: str | None, body: bytes, timestamp: int, allow_privat
         "Content-Type": "application/json",
         "User-Agent": "voxbatch-webhook/1",
         "Host": host_header,
-        EVENT_HEADER: "job.finished",
+        EVENT_HEADER: event,
         TIMESTAMP_HEADER: str(timestamp),
     }
+    if event_id:
+        headers[EVENT_ID_HEADER] = event_id
     if secret:
         headers[SIGNATURE_HEADER] = sign(secret, body)
     try:
@@ -257,23 +320,33 @@ def send(url: str, secret: str | None, body: bytes, timestamp: int, allow_privat
     )
 
 
-def deliver(rt: Runtime, job_id: str, job_attempt: int, delivery: int) -> Delivery:
-    """Send the job's webhook once and record the attempt."""
+def _window_payload(rt: Runtime, job_id: str, index: int) -> dict[str, Any]:
+    window = next(w for w in rt.store.windows(job_id) if w.index == index)
+    result = WindowResult.from_json(rt.storage.get_bytes(window.result_key))
+    return {
+        "index": index,
+        "start_s": result.start_s,
+        "end_s": result.end_s,
+        "summary": result.summary,
+        "transcript": result.transcript,
+    }
+
+
+def deliver(rt: Runtime, job_id: str, job_attempt: int, delivery: int, window: int | None = None) -> Delivery:
+    """Send the job's webhook (its end, or ``window``'s ``window.done``) once and record the attempt."""
     job = rt.store.get(job_id)
     if not job.webhook_url:
         return Delivery(ok=True, retry=False)
     secret = tenant_secret(rt.db, job.tenant)
     timestamp = int(time.time())
-    body = json.dumps(
-        {"event": "job.finished", "timestamp": timestamp, "job": payload(job)}, separators=(",", ":")
-    ).encode()
-    result = send(
-        job.webhook_url,
-        secret,
-        body,
-        timestamp,
-        rt.settings.webhook_allow_private,
-    )
+    event = JOB_FINISHED if window is None else WINDOW_DONE
+    # A window's event id does not depend on the job's state: the same on every delivery.
+    eid = event_id(job_id, str(job.status), job_attempt, window)
+    message: dict[str, Any] = {"event": event, "id": eid, "timestamp": timestamp, "job": payload(job)}
+    if window is not None:
+        message["window"] = _window_payload(rt, job_id, window)
+    body = json.dumps(message, separators=(",", ":")).encode()
+    result = send(job.webhook_url, secret, body, timestamp, rt.settings.webhook_allow_private, event, eid)
     final = not result.ok and (not result.retry or delivery >= MAX_DELIVERIES)
     record = {
         "at": utcnow().isoformat().replace("+00:00", "Z"),
@@ -281,6 +354,9 @@ def deliver(rt: Runtime, job_id: str, job_attempt: int, delivery: int) -> Delive
         "delivery": delivery,
         "status_code": result.status_code,
         "error": result.error,
+        "event": event,
+        "event_id": eid,
+        **({"window": window} if window is not None else {}),
         "job_status": str(job.status),
         "job_attempt": job_attempt,
     }

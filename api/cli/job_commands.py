@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import click
 
 from api.cli.common import EXIT_FAILED, EXIT_INPUT, job_options, load_settings, one_line_errors, runtime
+from api.cli.follow import Follower
 from jobs.errors import InputError
 from jobs.models import Job, JobStatus
 from jobs.runtime import Runtime
@@ -184,25 +186,46 @@ def _table(header: list[str], rows: list[list[str]]) -> None:
 @click.command()
 @click.argument("job_id")
 @click.option("--timeout", type=float, default=None, help="Give up after S seconds (exit 2).")
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Print each segment as it is transcribed ([00:12:31] text), then the path of document.md.",
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="With --follow: copy the documents here (else the path printed is where storage keeps them).",
+)
 @one_line_errors
-def wait(job_id: str, timeout: float | None) -> None:
+def wait(job_id: str, timeout: float | None, follow: bool, output_dir: Path | None) -> None:
     """Wait for a job: exit 0 succeeded, 1 failed or cancelled, 2 timeout."""
     rt = runtime()
     deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
+    if follow:
+        found = Follower(rt, job_id).until_over(threading.Event(), deadline)
+        job = found or rt.store.get(job_id)
+    while not follow:
         job = rt.store.get(job_id)
         if JobStatus(job.status).finished:
             break
         if deadline is not None and time.monotonic() >= deadline:
-            click.echo(
-                f"voxbatch: job {job_id} is still {job.status} "
-                f"({job.windows_done}/{job.windows_total or '?'} windows) after {timeout:g} s",
-                err=True,
-            )
-            sys.exit(EXIT_TIMEOUT)
+            break
         time.sleep(POLL_S)
+    if not JobStatus(job.status).finished:
+        click.echo(
+            f"voxbatch: job {job_id} is still {job.status} "
+            f"({job.windows_done}/{job.windows_total or '?'} windows) after {timeout:g} s",
+            err=True,
+        )
+        sys.exit(EXIT_TIMEOUT)
     if job.status == JobStatus.succeeded:
-        click.echo(f"job {job_id} succeeded")
+        if not follow:
+            click.echo(f"job {job_id} succeeded")
+        elif output_dir is not None:
+            click.echo(str(copy_documents(rt, job, output_dir).absolute()))
+        else:
+            click.echo(rt.storage.readable_url(job.output_prefix + "document.md"))
         return
     reason = f": {job.error}" if job.error else ""
     click.echo(f"voxbatch: job {job_id} {job.status}{reason}", err=True)

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from api.cli.common import job_options, load_settings, one_line_errors
+from api.cli.follow import follow_in_background
 from jobs.errors import InputError
 from jobs.models import JobStatus
 from jobs.options import JobOptions
@@ -28,6 +29,11 @@ from jobs.steps.local import copy_documents, job_for_file, run_local
     help="Where to write the documents (document.md, document.json, transcript.txt, .srt, .vtt; "
     "default: voxbatch-output/<recording name>/).",
 )
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Print each segment as it is transcribed ([00:12:31] text), in recording order.",
+)
 @one_line_errors
 def run(
     file: Path,
@@ -38,6 +44,7 @@ def run(
     vocabulary: str | None,
     priority: str | None,
     output_dir: Path | None,
+    follow: bool,
 ) -> None:
     """Turn FILE into a document on this machine, in this process (no Redis needed)."""
     from workers.audio import FfmpegAudio
@@ -63,11 +70,14 @@ def run(
         f"voxbatch: job {job.id}: {path.name}, {info.duration_s / 60:.1f} min, engine {rt.engine.name}",
         err=True,
     )
+    follower = follow_in_background(rt, job.id) if follow else None
     if job.status != JobStatus.succeeded:
         bar: Any = None
 
         def progress(done: int, total: int) -> None:
             nonlocal bar
+            if follow:
+                return  # the segments are the progress; a bar on stderr would cut their lines
             if bar is None:
                 bar = click.progressbar(
                     length=total, label="windows", file=sys.stderr, show_pos=True, show_eta=True
@@ -82,9 +92,15 @@ def run(
             # of waiting for their answers; their windows are pending again, for the next run.
             abort_all()
             raise
+        except BaseException:
+            if follower is not None:
+                follower[1].set()
+            raise
         finally:
             if bar is not None:
                 bar.__exit__(None, None, None)
+    if follower is not None:
+        follower[0].join()  # the job has ended: the follower prints the rest and stops
     click.echo(str(copy_documents(rt, job, out_dir).absolute()))
 
 

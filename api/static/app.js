@@ -8,6 +8,7 @@ let apiKey = sessionStorage.getItem("voxbatch-key") || "";
 let chosenFiles = [];
 let pollTimer = null;
 let openJob = null;
+let live = null; // the job followed live: { job, lastId, controller, stopped, finished }
 
 function api(path, options = {}) {
   const headers = Object.assign({ Authorization: "Bearer " + apiKey }, options.headers || {});
@@ -255,7 +256,8 @@ function progressCell(td, job) {
 }
 
 async function refreshJobs() {
-  const resp = await api("/v1/jobs?limit=50");
+  let resp;
+  try { resp = await api("/v1/jobs?limit=50"); } catch (e) { return; } // the API is away: next time
   if (resp.status === 401) { signOut(); return; }
   if (!resp.ok) return;
   const data = await resp.json();
@@ -279,6 +281,11 @@ async function refreshJobs() {
       open.onclick = () => showDocument(job);
       actions.appendChild(open);
     } else if (!["failed", "cancelled"].includes(job.status)) {
+      const follow = document.createElement("button");
+      follow.textContent = "Follow";
+      follow.className = "follow";
+      follow.onclick = () => followJob(job);
+      actions.appendChild(follow);
       const cancel = document.createElement("button");
       cancel.textContent = "Cancel";
       cancel.onclick = async () => { await api("/v1/jobs/" + job.id + "/cancel", { method: "POST" }); refreshJobs(); };
@@ -348,12 +355,17 @@ function renderMarkdown(md, target) {
 }
 
 async function showDocument(job) {
+  stopLive();
   closePlayer();
   openJob = job;
   const resp = await api("/v1/jobs/" + job.id + "/documents/document.md");
   if (!resp.ok) { $("upload-status").textContent = await problem(resp); return; }
   $("document-title").textContent = job.source_name;
+  $("live-status").hidden = true;
+  $("live-windows").hidden = true;
+  $("live-windows").replaceChildren();
   renderMarkdown(await resp.text(), $("document-body"));
+  $("document-body").hidden = false;
   const flower = $("flower-link");
   flower.hidden = !job.links.flower;
   if (job.links.flower) flower.href = job.links.flower;
@@ -362,7 +374,133 @@ async function showDocument(job) {
   $("download-vtt").hidden = !docs["transcript.vtt"];
   $("document").hidden = false;
   $("document").scrollIntoView();
-  await showPlayer(job);
+  const segments = await fetchSegments(job);
+  if (openJob !== job) return; // another document was opened meanwhile
+  await showPlayer(job, segments);
+}
+
+// --- a running job, live: its events (GET /v1/jobs/ID/events) read with fetch, so the API key
+// goes in a header; the stream is opened again after any break, from the last event's id ---------
+
+function followJob(job) {
+  stopLive();
+  closePlayer();
+  openJob = job;
+  $("document-title").textContent = job.source_name;
+  $("document-body").replaceChildren();
+  $("document-body").hidden = true; // the final document replaces the live view
+  $("live-windows").replaceChildren();
+  $("live-windows").hidden = false;
+  $("live-status").hidden = false;
+  $("live-status").textContent = "Waiting for the first words…";
+  $("flower-link").hidden = true;
+  $("download-srt").hidden = false;
+  $("download-vtt").hidden = false;
+  $("document").hidden = false;
+  $("document").scrollIntoView();
+  showPlayer(job, []); // the recording plays and seeks at once; the transcript grows below it
+  live = { job, lastId: "", controller: null, stopped: false, finished: false };
+  streamEvents(live);
+}
+
+function stopLive() {
+  if (!live) return;
+  live.stopped = true;
+  if (live.controller) live.controller.abort();
+  live = null;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function streamEvents(state) {
+  let wait = 2000;
+  while (!state.stopped && !state.finished) {
+    let pause = wait;
+    try {
+      state.controller = new AbortController();
+      const headers = state.lastId ? { "Last-Event-ID": state.lastId } : {};
+      const resp = await api("/v1/jobs/" + state.job.id + "/events", { headers, signal: state.controller.signal });
+      if (resp.status === 401 || resp.status === 404) {
+        $("live-status").textContent = await problem(resp);
+        return;
+      }
+      if (resp.status === 429) {
+        pause = 1000 * (parseInt(resp.headers.get("Retry-After"), 10) || 10);
+      } else if (resp.ok) {
+        const reader = resp.body.getReader();
+        const decoder = new TextDecoder();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer += decoder.decode(value, { stream: true });
+          let cut;
+          while ((cut = buffer.indexOf("\n\n")) >= 0) {
+            const block = buffer.slice(0, cut);
+            buffer = buffer.slice(cut + 2);
+            const retry = /^retry: (\d+)$/m.exec(block);
+            if (retry) wait = parseInt(retry[1], 10);
+            if (state.stopped) return;
+            handleEvent(state, block);
+          }
+        }
+      }
+    } catch (e) {
+      if (state.stopped) return;
+    }
+    if (state.stopped || state.finished) return;
+    $("live-status").textContent = "Connection lost; reconnecting…";
+    $("live-status").dataset.reconnecting = "true";
+    await sleep(pause);
+  }
+}
+
+function handleEvent(state, block) {
+  const fields = {};
+  for (const line of block.split("\n")) {
+    if (line.startsWith(":")) continue;
+    const at = line.indexOf(": ");
+    if (at > 0) fields[line.slice(0, at)] = line.slice(at + 2);
+  }
+  if (!fields.event || fields.data === undefined) return;
+  let data;
+  try { data = JSON.parse(fields.data); } catch (e) { return; }
+  if (fields.event === "status") {
+    const windows = data.windows_done + "/" + (data.windows_total === null ? "?" : data.windows_total);
+    $("live-status").textContent = "Live: " + data.status + " · windows " + windows;
+    $("live-status").dataset.status = data.status;
+  } else if (fields.event === "segment") {
+    if (player && player.job === state.job) addSegment(data);
+  } else if (fields.event === "window") {
+    addWindowSummary(data);
+  } else if (fields.event === "document") {
+    state.finished = true;
+    finishLive(state);
+  } else if (fields.event === "error") {
+    state.finished = true;
+    $("live-status").textContent = "The job " + data.status + (data.reason ? ": " + data.reason : ".");
+  }
+  if (fields.id) state.lastId = fields.id;
+}
+
+function addWindowSummary(win) {
+  const section = document.createElement("section");
+  section.className = "window-summary";
+  section.dataset.index = String(win.index);
+  const h = document.createElement("h3");
+  h.textContent = clock(win.start_s) + " – " + clock(win.end_s);
+  const p = document.createElement("p");
+  p.textContent = win.summary || "No summary for this part.";
+  section.append(h, p);
+  $("live-windows").appendChild(section);
+}
+
+// The job succeeded: the final document replaces the live view.
+async function finishLive(state) {
+  const resp = await api("/v1/jobs/" + state.job.id);
+  if (!resp.ok || live !== state) return;
+  live = null;
+  await showDocument(await resp.json());
 }
 
 // --- the player: the recording, its captions, the timed transcript ----------------------------
@@ -410,11 +548,12 @@ async function fetchLink(job) {
   return resp.json();
 }
 
-async function showPlayer(job) {
-  const [segments, link] = await Promise.all([fetchSegments(job), fetchLink(job)]);
-  if (openJob !== job) return; // another document was opened meanwhile
-  player = { job, media: null, segments, items: [], current: -1, expires: 0, refreshing: false };
+async function showPlayer(job, segments) {
+  const mine = { job, media: null, segments: [], items: [], current: -1, expires: 0, refreshing: false };
+  player = mine;
   renderSegments(segments);
+  const link = await fetchLink(job);
+  if (openJob !== job || player !== mine) return; // another document was opened meanwhile
   if (link.error) {
     $("player-status").textContent = "The recording cannot be played here: " + link.error;
     return;
@@ -472,28 +611,36 @@ async function refreshLink() {
 }
 
 function renderSegments(segments) {
-  const list = $("segments");
-  list.replaceChildren();
-  player.items = segments.map((seg, i) => {
-    const li = document.createElement("li");
-    li.className = "segment";
-    li.dataset.index = String(i);
-    const stamp = document.createElement("button");
-    stamp.type = "button";
-    stamp.className = "stamp";
-    stamp.dataset.start = String(seg.start_s);
-    stamp.textContent = clock(seg.start_s);
-    stamp.title = "Play from " + clock(seg.start_s);
-    stamp.addEventListener("click", () => seek(seg.start_s));
-    const text = document.createElement("span");
-    text.className = "text";
-    text.textContent = seg.text;
-    li.append(stamp, text);
-    list.appendChild(li);
-    return li;
-  });
+  $("segments").replaceChildren();
+  player.segments = [];
+  player.items = [];
+  segments.forEach(addSegment);
   $("segment-count").textContent = segments.length ? "(" + segments.length + " segments)" : "";
   $("timed").hidden = segments.length === 0;
+}
+
+// One more segment at the end of the timed transcript (segments come in recording order).
+function addSegment(seg) {
+  const i = player.segments.length;
+  player.segments.push(seg);
+  const li = document.createElement("li");
+  li.className = "segment";
+  li.dataset.index = String(i);
+  const stamp = document.createElement("button");
+  stamp.type = "button";
+  stamp.className = "stamp";
+  stamp.dataset.start = String(seg.start_s);
+  stamp.textContent = clock(seg.start_s);
+  stamp.title = "Play from " + clock(seg.start_s);
+  stamp.addEventListener("click", () => seek(seg.start_s));
+  const text = document.createElement("span");
+  text.className = "text";
+  text.textContent = seg.text;
+  li.append(stamp, text);
+  $("segments").appendChild(li);
+  player.items.push(li);
+  $("segment-count").textContent = "(" + player.segments.length + " segments)";
+  $("timed").hidden = false;
 }
 
 function seek(seconds) {
@@ -534,7 +681,8 @@ function highlight(seconds) {
 
 async function download(name) {
   if (!openJob) return;
-  const resp = await api("/v1/jobs/" + openJob.id + "/documents/" + name);
+  const partial = live && live.job === openJob ? "?partial=true" : "";
+  const resp = await api("/v1/jobs/" + openJob.id + "/documents/" + name + partial);
   if (!resp.ok) return;
   const url = URL.createObjectURL(await resp.blob());
   const a = document.createElement("a");
@@ -567,6 +715,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("download-txt").addEventListener("click", () => download("transcript.txt"));
   $("download-srt").addEventListener("click", () => download("transcript.srt"));
   $("download-vtt").addEventListener("click", () => download("transcript.vtt"));
-  $("close-document").addEventListener("click", () => { closePlayer(); $("document").hidden = true; openJob = null; });
+  $("close-document").addEventListener("click", () => { stopLive(); closePlayer(); $("document").hidden = true; openJob = null; });
   if (apiKey) signIn(apiKey);
 });

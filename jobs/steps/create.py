@@ -46,6 +46,7 @@ def create_job(
         language=opts.language,
         window_minutes=opts.window_minutes or rt.settings.window_minutes,
         webhook_url=opts.webhook_url,
+        webhook_events=opts.webhook_events if isinstance(opts.webhook_events, str) else None,
         vocabulary=opts.vocabulary,
         priority=Priority(opts.priority or Priority.interactive),
         collection_id=opts.collection,

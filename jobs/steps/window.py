@@ -83,6 +83,8 @@ def run_window(
     elapsed = time.monotonic() - started
     rt.store.finish_window(window.id, elapsed)
     log.info("job %s: window %d done in %.1f s", job_id, index, elapsed)
+    for hook in rt.on_window_done:
+        hook(rt, job_id, index)
     return rt.store.count_done(job_id)
 
 

@@ -59,6 +59,30 @@ class ApiStack:
             print(self.logs())
             raise
 
+    def stop_api(self) -> None:
+        """SIGTERM the API process (uvicorn cuts open streams after its graceful timeout)."""
+        self.api.send_signal(signal.SIGTERM)
+
+    def start_api(self) -> None:
+        """A new API process on the same port, database and storage (after ``stop_api``)."""
+        self.api.wait(30)
+        port = self.url.rsplit(":", 1)[1]
+        with self.api_log.open("ab") as out:
+            self.api = subprocess.Popen(
+                [*VOXBATCH, "api", "--port", port],
+                env=self.cluster.env, cwd=self.cluster.tmp, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+
+        def healthy() -> bool:
+            assert self.api.poll() is None, self.api_log.read_text()
+            try:
+                return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, 60, "the restarted API to answer")
+
     def logs(self) -> str:
         return self.cluster.logs() + "\n=== api\n" + self.api_log.read_text(errors="replace")[-6000:]
 

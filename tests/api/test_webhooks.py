@@ -152,3 +152,57 @@ def test_cancel_sends_one_webhook(local_stack: ApiStack, audio_dir: Path) -> Non
     finally:
         local_stack.vllm.release()
         hook.server.shutdown()
+
+
+def test_window_done_webhooks_carry_stable_event_ids(
+    local_stack: ApiStack, marker_recording: Path, audio_dir: Path
+) -> None:
+    from tests.fixtures.services import wait_until
+
+    hook = Receiver(failures=1)  # the first delivery fails: its retry carries the same event id
+    try:
+        with local_stack.client("wendy") as client:
+            bad = client.post(
+                "/v1/jobs",
+                data={"webhook_url": hook.url, "webhook_events": "window.done,job.started"},
+                files={"file": ("w.wav", b"RIFF")},
+            )
+            assert bad.status_code == 422 and "job.started" in bad.json()["detail"]
+            r = client.post(
+                "/v1/jobs",
+                data={
+                    "webhook_url": hook.url,
+                    "webhook_events": "window.done, job.done",
+                    "window_minutes": "1",
+                },
+                files={"file": ("windows.wav", marker_recording.path.read_bytes())},  # type: ignore[attr-defined]
+            )
+            assert r.status_code == 202, r.text
+            job = r.json()
+            assert job["webhook_events"] == ["window.done", "job.done"]
+            final = local_stack.wait_finished(client, job["id"])
+            total = final["progress"]["windows_total"]
+            assert final["status"] == "succeeded" and total >= 2
+            # One delivery per window and one for the job, plus the failed first one again.
+            wait_until(lambda: len([c for *_, c in hook.requests if c == 200]) >= total + 1, 30, "deliveries")
+        secret = _secret(local_stack, "wendy")
+        delivered: dict[str, dict[str, Any]] = {}
+        ids = []
+        for headers, body, code in hook.requests:
+            assert webhooks.verify(secret, body, headers["x-voxbatch-signature"])
+            payload = json.loads(body)
+            assert payload["id"] == headers["x-voxbatch-event-id"]
+            assert payload["event"] == headers["x-voxbatch-event"]
+            ids.append(payload["id"])
+            if code == 200:
+                delivered[payload["id"]] = payload
+        assert hook.requests[0][2] == 500 and ids.count(ids[0]) == 2  # its retry is the same event
+        windows = sorted(p["window"]["index"] for p in delivered.values() if p["event"] == "window.done")
+        assert windows == list(range(total))
+        assert all(p["window"]["transcript"] for p in delivered.values() if p["event"] == "window.done")
+        assert [p["job"]["status"] for p in delivered.values() if p["event"] == "job.finished"] == [
+            "succeeded"
+        ]
+        assert len(delivered) == total + 1  # each event delivered once
+    finally:
+        hook.server.shutdown()

@@ -2,7 +2,7 @@ import pytest
 
 from jobs.errors import InputError
 from jobs.languages import check_language
-from jobs.options import JobOptions
+from jobs.options import JobOptions, check_webhook_events, webhook_events_of
 from jobs.presets import PRESETS, get_preset, overall_prompt, window_prompt
 from jobs.settings import Settings
 
@@ -51,3 +51,24 @@ def test_priority_defaults_to_interactive_and_takes_batch() -> None:
 def test_a_bad_priority_is_one_line_naming_the_choices() -> None:
     with pytest.raises(InputError, match=r"^priority must be interactive or batch, not 'urgent'$"):
         JobOptions(priority="urgent").validated(Settings())
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        (None, None),
+        ("", None),
+        ("job.done", None),
+        (" Window.Done ", "window.done"),
+        ("job.done,window.done", "window.done,job.done"),
+        (["window.done", "job.done"], "window.done,job.done"),
+    ],
+)
+def test_webhook_events_are_stored_in_one_form(given: str | list[str] | None, stored: str | None) -> None:
+    assert check_webhook_events(given) == stored
+    assert webhook_events_of(stored) == (tuple(stored.split(",")) if stored else ("job.done",))
+
+
+def test_unknown_webhook_events_are_refused_by_name() -> None:
+    with pytest.raises(InputError, match=r"job\.started"):
+        check_webhook_events("window.done,job.started")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.captions import stamped
 from jobs.documents import DOCUMENT_NAMES
 from tests.documents import check_document, markers_in
 from tests.fixtures.services import wait_until
@@ -370,3 +371,33 @@ def test_a_bad_setting_is_one_line_naming_the_variable(
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and named in done.stderr, done.stderr
     assert not (tmp_path / "data").exists() and not (tmp_path / "voxbatch-output").exists()
+
+
+def test_run_follow_prints_the_first_window_while_a_later_one_is_held(
+    tmp_path: Path, marker_recording: Recording
+) -> None:
+    later = frozenset(k for k, start, _ in marker_recording.markers if start >= 60.0)
+    with StandInVLLM(hold_markers=later) as server:
+        args = [*VOXBATCH, "run", str(marker_recording.path), "--window-minutes", "1", "--follow",
+                "--output-dir", str(tmp_path / "out")]  # fmt: skip
+        proc = subprocess.Popen(
+            args, env=vllm_env(tmp_path, server), cwd=tmp_path, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+        reader.start()
+        try:
+            # The first window's segments are printed while the model still holds a later answer.
+            wait_until(lambda: any("marker-0" in line for line in lines), 120, "the first segment printed")
+            assert server.stats()["holding"] > 0 and proc.poll() is None
+            assert not (tmp_path / "out" / "document.md").exists()
+        finally:
+            server.release()
+        assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
+        reader.join(timeout=10)
+    out = tmp_path / "out"
+    assert lines[-1].strip() == str((out / "document.md").absolute())
+    segments = json.loads((out / "document.json").read_text())["segments"]
+    # Every segment once, in recording order, as document.md stamps them.
+    assert [line.rstrip("\n") for line in lines[:-1]] == [stamped(s["start_s"], s["text"]) for s in segments]
