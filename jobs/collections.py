@@ -72,7 +72,8 @@ def _mine(tenant: str | None) -> object:
 def find(db: Database, tenant: str | None, ref: str) -> Collection | None:
     """The tenant's collection with this id or name; another tenant's is not found."""
     ref = (ref or "").strip()[: MAX_COLLECTION_NAME_CHARS * 2]
-    if not ref:
+    # No id or name holds a control character; PostgreSQL refuses a NUL in a parameter outright.
+    if not ref or any(ord(c) < 32 for c in ref):
         return None
     with db.session() as s:
         rows = list(
