@@ -57,6 +57,19 @@ B_SEED = 9000
 LOCAL_SEED = 7000
 
 
+def deadlines_for(cost_scale: float) -> dict[str, str]:
+    """The request deadlines an operator sets for a GPU ``cost_scale`` times slower than the one
+    the defaults are sized for (each attempt's deadline grows with the time a step takes)."""
+    from jobs.settings import Settings
+
+    d = Settings()
+    return {
+        "VOXBATCH_REQUEST_DEADLINE_BASE_S": str(d.request_deadline_base_s * cost_scale),
+        "VOXBATCH_REQUEST_DEADLINE_PER_AUDIO_S": str(d.request_deadline_per_audio_s * cost_scale),
+        "VOXBATCH_REQUEST_DEADLINE_PER_TOKEN_S": str(d.request_deadline_per_token_s * cost_scale),
+    }
+
+
 @dataclass
 class Phase:
     name: str
@@ -147,7 +160,7 @@ def fleet(args: argparse.Namespace) -> None:
     with scratch("voxbatch-fleet-", args.keep) as tmp:
         server = StandIn(tmp / "standin.log", cost_scale=args.gpu_cost_scale).start()
         try:
-            with Stack(tmp, server.url) as stack:
+            with Stack(tmp, server.url, **deadlines_for(args.gpu_cost_scale)) as stack:
                 stack.start_api()
                 stack.create_key("tenant-a")
                 stack.create_key("tenant-b")
@@ -275,7 +288,10 @@ def local(args: argparse.Namespace) -> None:
         try:
             env = {k: v for k, v in os.environ.items() if not k.startswith("VOXBATCH_")}
             env.update(
-                VOXBATCH_DATA_DIR=str(tmp / "data"), VOXBATCH_ENGINE="vllm", VOXBATCH_VLLM_URL=server.url
+                VOXBATCH_DATA_DIR=str(tmp / "data"),
+                VOXBATCH_ENGINE="vllm",
+                VOXBATCH_VLLM_URL=server.url,
+                **deadlines_for(args.gpu_cost_scale),
             )
             start = time.monotonic()
             done = subprocess.run(

@@ -38,14 +38,16 @@ class Dispatcher:
                 _apps[self.broker_url] = make_celery(settings)
             self.app = _apps[self.broker_url]
 
-    def send(self, step: Step, retry: bool = True) -> None:
+    def send(self, step: Step, retry: bool = True, priority: int = 0) -> None:
         """``retry=False``: fail soon when the broker does not answer (a caller holding a lock
         keeps the step for its next turn instead of waiting out the publish retries). Steps
         store no result (the database holds the outcome): the sender never waits on the result
         backend either."""
         task = STEP_TASKS[step.kind]
         args: list[object] = [step.job_id] if step.kind != "window" else [step.job_id, step.index]
-        self.app.send_task(task, args=args, queue=ROUTES[task], retry=retry, ignore_result=True)
+        self.app.send_task(
+            task, args=args, queue=ROUTES[task], retry=retry, ignore_result=True, priority=priority
+        )
 
     def send_all(self, steps: list[Step]) -> None:
         for step in steps:

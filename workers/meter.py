@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from jobs.models import Priority
+from jobs.models import Job, Priority
 from jobs.runtime import Runtime
 from jobs.settings import Settings
 from jobs.steps.next import Step
@@ -74,9 +74,24 @@ def relay(rt: Runtime) -> int:
     return relay_with(rt.store, lambda: dispatcher(rt))
 
 
+# Broker priorities of the steps the outbox relays (Redis: the lower, the sooner a worker takes it).
+# The cpu queue is first come, first served otherwise: a 5-minute clip's split would wait behind
+# every 2-hour split of a backlog. Interactive before batch, and short recordings before long ones.
+SHORT_RECORDING_S = 1800.0
+
+
+def step_priority(job: Job | None) -> int:
+    if job is None:
+        return 0
+    if job.priority == Priority.batch:
+        return 6
+    return 0 if (job.duration_s or 0.0) <= SHORT_RECORDING_S else 3
+
+
 def relay_with(store: JobStore, sender: Callable[[], Dispatcher]) -> int:
     def send(row: Any) -> None:
-        sender().send(Step(row.kind, row.job_id, row.index, reason="relayed from the outbox"), retry=False)
+        step = Step(row.kind, row.job_id, row.index, reason="relayed from the outbox")
+        sender().send(step, retry=False, priority=step_priority(store.find(row.job_id)))
 
     try:
         sent = store.relay(send)

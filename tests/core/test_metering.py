@@ -68,3 +68,14 @@ def test_ties_go_to_the_older_job_then_the_window_order() -> None:
 def test_nothing_to_choose_or_no_room() -> None:
     assert choose([], {}, 3) == []
     assert choose(windows("a", "A", 2), {}, 0) == []
+
+
+def test_relayed_steps_go_interactive_and_short_first_on_the_cpu_queue() -> None:
+    from jobs.models import Job
+    from workers.meter import step_priority
+
+    clip = Job(source="clip.mp3", duration_s=300.0)
+    talk = Job(source="talk.mp3", duration_s=7200.0)
+    dropped = Job(source="s3://b/inbox/x.mp3", duration_s=300.0, priority=Priority.batch)
+    # Redis consumes priority 0 first: a clip's split is not queued behind a backlog's 2-hour splits.
+    assert step_priority(clip) < step_priority(talk) < step_priority(dropped)

@@ -129,7 +129,7 @@ def test_meters_and_relays_racing_on_postgresql_send_each_thing_once(
     lock = threading.Lock()
 
     class Shared:
-        def send(self, step: Step, retry: bool = True) -> None:
+        def send(self, step: Step, retry: bool = True, priority: int = 0) -> None:
             with lock:
                 sent.append(step)
 

@@ -92,7 +92,7 @@ class RecordingDispatcher:
     broker_url: str = "redis://unused"
     sent: list[Step] = field(default_factory=list)
 
-    def send(self, step: Step, retry: bool = True) -> None:
+    def send(self, step: Step, retry: bool = True, priority: int = 0) -> None:
         self.sent.append(step)
 
     def send_all(self, steps: list[Step]) -> None:

@@ -34,7 +34,7 @@ class Killed(BaseException):
 
 
 class BrokerDown(RecordingDispatcher):
-    def send(self, step: Step, retry: bool = True) -> None:
+    def send(self, step: Step, retry: bool = True, priority: int = 0) -> None:
         raise ConnectionError("Error 111 connecting to localhost:6379. Connection refused.")
 
 
