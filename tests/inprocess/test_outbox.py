@@ -129,7 +129,7 @@ def test_relays_racing_send_each_step_once(rt: Runtime, tones: Recording) -> Non
     sender = RecordingDispatcher()
     lock = threading.Lock()
 
-    def send(step: Step, retry: bool = True) -> None:
+    def send(step: Step, retry: bool = True, priority: int = 0) -> None:
         with lock:
             sender.sent.append(step)
 
