@@ -393,7 +393,7 @@ def print_storm(result: StormResult, args: argparse.Namespace) -> None:
         ("straggler gap (last - p99)",
          f"{result.straggler_s:.1f} s" if result.straggler_s is not None else "n/a", "<= 30 s"),
         ("duplicates", str(result.duplicates), "0"),
-        ("lost (no document)", f"{len(result.lost)} {result.lost[:5]}", "0"),
+        ("no document by --timeout (lost, or late)", f"{len(result.lost)} {result.lost[:3]}", "0"),
         ("recordings with no job at all", str(result.recordings - len(result.jobs_per_recording)), "0"),
         ("API tenant, median clip: storm / alone", ratio(statistics.median), "<= 2"),
         ("API tenant, worst clip: storm / alone", ratio(max), ""),
