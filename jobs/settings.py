@@ -119,7 +119,9 @@ class Settings(BaseSettings):
     flower_url: str | None = None
     # Windows a gpu worker process runs at once. Cheap: they mostly wait on the request scheduler,
     # which keeps VOXBATCH_MAX_INFLIGHT at the server whatever the number of windows.
-    gpu_concurrency: int = 16
+    # 32: a storm of short recordings (a few segments each) still fills VOXBATCH_MAX_INFLIGHT; a
+    # running 30-minute window holds its samples (57.6 MB), so 32 such windows hold ~1.9 GB.
+    gpu_concurrency: int = 32
     # Segments each running window hands the request scheduler at once (jobs/steps/segments.py);
     # windows x this should stay above VOXBATCH_MAX_INFLIGHT so the server's batch stays full.
     segment_concurrency: int = Field(default=64, ge=1, le=1024)
