@@ -84,12 +84,16 @@ def window_prompt(
     preset: Preset,
     instructions: str | None,
     index: int,
-    total: int,
+    length: str | None,
     span: str,
     vocabulary: tuple[str, ...] = (),
 ) -> str:
+    """A window's summary prompt. Only what is known when the window is cut goes in (its place,
+    its span, the recording's length from the probe), never the count of windows: a window may
+    run while the split goes on, and its prompt, hence its document, must not depend on that."""
+    whole = f", {length} in all" if length else ""
     parts = [
-        f"This audio is part {index + 1} of {total} ({span}) of a longer recording.",
+        f"This audio is part {index + 1} ({span}) of a longer recording{whole}.",
         preset.window,
     ]
     if vocabulary:
