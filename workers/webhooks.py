@@ -6,13 +6,19 @@ What a receiver gets::
     POST <webhook_url>
     Content-Type: application/json
     X-Voxbatch-Event: job.finished
+    X-Voxbatch-Event-Id: <job id>.<job attempt>.<final status>
     X-Voxbatch-Timestamp: 1764000000
     X-Voxbatch-Signature: sha256=<hex HMAC-SHA256 of the raw body under the tenant's webhook secret>
 
-    {"event": "job.finished", "timestamp": 1764000000, "job": {"id": ..., "status": ..., ...}}
+    {"event": "job.finished", "id": "<event id>", "timestamp": 1764000000, "job": {"id": ..., ...}}
 
-The body carries the timestamp too, so it is covered by the signature: verify the HMAC over the
-raw bytes (constant-time compare), then refuse timestamps more than a few minutes old (replays).
+One event per job attempt and final status; delivery is at least once (a redelivered message, a
+retry after a timeout whose POST did arrive), so receivers deduplicate on the event id. Every
+delivery of one event carries the same bytes: the body is made once, when the event is queued, and
+kept in the job's webhook record; the timestamp is the event's (when the job ended), not the
+delivery's. The body carries it, so it is covered by the signature: verify the HMAC over the raw
+bytes (constant-time compare), then refuse timestamps older than the retries can reach (about six
+minutes with the default backoff) as replays.
 
 Retries: 5xx, 408, 429, timeouts and connection errors are retried with exponential backoff
 (``VOXBATCH_WEBHOOK_BACKOFF_S`` × 2^n) up to ``MAX_DELIVERIES`` attempts; any other answer ends it.
@@ -32,8 +38,8 @@ import ipaddress
 import json
 import logging
 import socket
-import time
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -52,6 +58,7 @@ TIMEOUT_S = 10.0
 SIGNATURE_HEADER = "X-Voxbatch-Signature"
 TIMESTAMP_HEADER = "X-Voxbatch-Timestamp"
 EVENT_HEADER = "X-Voxbatch-Event"
+EVENT_ID_HEADER = "X-Voxbatch-Event-Id"
 _RETRYABLE_CODES = {408, 425, 429}
 # Job fields a receiver has no use for (internal bookkeeping, storage layout).
 _PRIVATE_FIELDS = {"webhook_attempts", "fingerprint", "reduce_claimed", "source_key", "tenant"}
@@ -194,6 +201,8 @@ def notify(rt: Runtime, job_id: str) -> bool:
             "status": "queued",
             "job_status": str(job.status),
             "job_attempt": job.attempt,
+            "event_id": event_id(job),
+            "body": event_body(job).decode(),
         }
         if not _append(rt, job_id, record, unless_queued=True):
             return False
@@ -203,6 +212,27 @@ def notify(rt: Runtime, job_id: str) -> bool:
     except Exception:
         log.exception("job %s: could not queue the webhook", job_id)
         return False
+
+
+def event_id(job: Job) -> str:
+    return f"{job.id}.{job.attempt}.{job.status}"
+
+
+def event_body(job: Job) -> bytes:
+    """The body of the event that ``job``'s ending is, made once (``notify``) and sent as is."""
+    ended = job.finished_at or utcnow()
+    if ended.tzinfo is None:
+        ended = ended.replace(tzinfo=UTC)
+    event = {"event": "job.finished", "id": event_id(job), "timestamp": int(ended.timestamp())}
+    return json.dumps({**event, "job": payload(job)}, separators=(",", ":")).encode()
+
+
+def _queued_event(job: Job, job_attempt: int) -> dict[str, Any] | None:
+    """The queued record of the job's event for ``job_attempt`` (the latest), if it kept its body."""
+    for r in reversed(_attempts(job)):
+        if r.get("status") == "queued" and r.get("job_attempt") == job_attempt and r.get("body"):
+            return r
+    return None
 
 
 # --- delivery -----------------------------------------------------------------------------------
@@ -226,7 +256,9 @@ def _pinned(url: str, ip: IPAddress) -> tuple[str, str, str]:
     return urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, "")), host_header, host
 
 
-def send(url: str, secret: str | None, body: bytes, timestamp: int, allow_private: bool) -> Delivery:
+def send(
+    url: str, secret: str | None, body: bytes, timestamp: int, allow_private: bool, event: str = ""
+) -> Delivery:
     """One POST of ``body`` to ``url``; never raises."""
     try:
         addresses = check_url(url, allow_private)
@@ -240,6 +272,8 @@ def send(url: str, secret: str | None, body: bytes, timestamp: int, allow_privat
         EVENT_HEADER: "job.finished",
         TIMESTAMP_HEADER: str(timestamp),
     }
+    if event:
+        headers[EVENT_ID_HEADER] = event
     if secret:
         headers[SIGNATURE_HEADER] = sign(secret, body)
     try:
@@ -263,17 +297,14 @@ def deliver(rt: Runtime, job_id: str, job_attempt: int, delivery: int) -> Delive
     if not job.webhook_url:
         return Delivery(ok=True, retry=False)
     secret = tenant_secret(rt.db, job.tenant)
-    timestamp = int(time.time())
-    body = json.dumps(
-        {"event": "job.finished", "timestamp": timestamp, "job": payload(job)}, separators=(",", ":")
-    ).encode()
-    result = send(
-        job.webhook_url,
-        secret,
-        body,
-        timestamp,
-        rt.settings.webhook_allow_private,
-    )
+    queued = _queued_event(job, job_attempt)
+    if queued is not None:
+        body = str(queued["body"]).encode()
+        event = str(queued.get("event_id") or "")
+    else:  # queued before events kept their body
+        body, event = event_body(job), event_id(job)
+    timestamp = int(json.loads(body)["timestamp"])
+    result = send(job.webhook_url, secret, body, timestamp, rt.settings.webhook_allow_private, event)
     final = not result.ok and (not result.retry or delivery >= MAX_DELIVERIES)
     record = {
         "at": utcnow().isoformat().replace("+00:00", "Z"),
@@ -283,6 +314,7 @@ def deliver(rt: Runtime, job_id: str, job_attempt: int, delivery: int) -> Delive
         "error": result.error,
         "job_status": str(job.status),
         "job_attempt": job_attempt,
+        "event_id": event,
     }
     _append(rt, job_id, record)
     log.info("job %s: webhook delivery %d: %s", job_id, delivery, result.status_code or result.error or "ok")
