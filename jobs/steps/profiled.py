@@ -12,7 +12,7 @@ from jobs.options import parse_vocabulary
 from jobs.presets import get_preset, whole_recording_prompt, window_prompt
 from jobs.profiles import MAX_SEGMENT_S, ModelProfile
 from jobs.runtime import Runtime
-from jobs.timecodes import hms, span
+from jobs.timecodes import span
 
 
 def model_profile(rt: Runtime) -> ModelProfile | None:
@@ -64,7 +64,6 @@ def window_prompt_for(job: Job, window: Window) -> str:
         get_preset(job.preset),
         job.instructions,
         window.index,
-        hms(job.duration_s) if job.duration_s is not None else None,
         span(window.start_s, window.end_s),
         vocabulary=parse_vocabulary(job.vocabulary),
     )
