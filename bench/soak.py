@@ -73,8 +73,9 @@ ENDED = ("succeeded", "failed", "cancelled")
 STORE_BUCKET = "soak-store"
 DROP_BUCKET = "soak-drop"
 TENANTS = ("alpha", "beta")
-# document.json fields that name the job or time it: equal documents may differ there.
-VOLATILE = ("job_id", "timings", "created_at", "finished_at", "started_at", "generated_at")
+# document.json fields that name the job, where its recording was read from, or time it: equal
+# documents may differ there.
+VOLATILE = ("job_id", "source", "timings", "created_at", "finished_at", "started_at", "generated_at")
 FAULTS = (
     "kill-cpu-worker",
     "kill-gpu-worker",
@@ -98,7 +99,7 @@ class Input:
 
 def build_inputs(seconds: list[float]) -> list[Input]:
     """Generated speech with marker tones (tests/speech.py), looped to ``seconds`` each; cached."""
-    from tests.speech import build_recording, loop_to, marker_talk
+    from tests.speech import build_recording, marker_talk
 
     CACHE.mkdir(parents=True, exist_ok=True)
     out = []
@@ -109,7 +110,15 @@ def build_inputs(seconds: list[float]) -> list[Input]:
             base = CACHE / f"base-{i}.flac"
             if not base.exists():
                 build_recording(marker_talk([10 * i + k for k in range(1, 4)]), base)
-            loop_to(base, path, length)
+            # Encoded again, not stream-copied: a copied FLAC keeps the first loop's length in its
+            # header, and the probe would say 36 s for a 150-s recording.
+            part = path.with_suffix(".part.flac")
+            subprocess.run(
+                ["ffmpeg", "-v", "error", "-nostdin", "-y", "-stream_loop", "-1", "-i", str(base),
+                 "-t", f"{length:.3f}", "-c:a", "flac", str(part)],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            part.rename(path)
         out.append(Input(name, path))
     return out
 
@@ -298,7 +307,8 @@ class Soak:
         """``voxbatch submit`` of a fresh link to the input, run again while it fails."""
         links = self.tmp / "cli"
         links.mkdir(exist_ok=True)
-        path = links / f"{uuid.uuid4().hex[:8]}-{inp.name}"
+        path = links / uuid.uuid4().hex[:8] / inp.name  # a folder each: the same file name
+        path.parent.mkdir()
         os.link(inp.path, path)
         with self.lock:
             self.cli_sources[str(path)] = inp.name
@@ -782,7 +792,13 @@ def _check(
         problems.append(f"{leases} windows hold a lease")
     if outbox_rows:
         problems.append(f"{outbox_rows} steps left in the outbox table")
-    left = sorted(str(p.relative_to(soak.tmpfs)) for p in soak.tmpfs.rglob("*")) if soak.tmpfs else []
+    # Files, and folders other than the running workers' own (workers/scratch.py), are left over.
+    left = sorted(
+        str(p.relative_to(soak.tmpfs))
+        for p in (soak.tmpfs.rglob("*") if soak.tmpfs else [])
+        # (a running prefork pool's own pymp- folder lives in its worker's folder until it exits)
+        if (p.is_file() and "/pymp-" not in str(p)) or not p.name.startswith(("voxbatch-worker-", "pymp-"))
+    )
     if left:
         problems.append(f"temporary files left: {left[:10]}")
     queues = {}
