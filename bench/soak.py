@@ -531,9 +531,11 @@ class Soak:
             assert self.tmpfs is not None
             filler = self.tmpfs / "soak-filler"
             try:
-                with filler.open("wb") as out, contextlib.suppress(OSError):
+                # The error may come from the last write or from the close's flush.
+                with contextlib.suppress(OSError), filler.open("wb") as out:
                     while True:
                         out.write(b"\0" * (1 << 20))
+                        out.flush()
                 time.sleep(rng.uniform(5, 20))
             finally:
                 filler.unlink(missing_ok=True)
