@@ -7,7 +7,7 @@ DEPLOY_TOOLS := $(VENV)/.deploy-tools
 # Each pytest run of `make test` writes the time spent in each tier here (tests/conftest.py).
 TIMES := test-artifacts/tier-times
 
-.PHONY: setup demo test fast lint typecheck tiers realvllm bench storm clean deploy-tools deploy-test
+.PHONY: setup demo test fast lint typecheck tiers realvllm bench storm soak clean deploy-tools deploy-test
 
 $(STAMP): pyproject.toml
 	infra/dev/system-packages.sh
@@ -73,6 +73,13 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.upload --gb 2
 	$(BIN)/python -m bench.search --hours 1000
 	$(BIN)/python -m bench.first_text --hours 3
+
+## Chaos soak (issue 21, bench/soak.py): the whole stack under load while its parts are killed and
+## broken at random; checks nothing is lost and documents equal a calm run's. SOAK_MINUTES=30 for the
+## recorded run (docs/benchmarks.md). Mounts a tmpfs when run as root.
+SOAK_MINUTES ?= 10
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf voxbatch-data voxbatch-output .pytest_cache .mypy_cache .ruff_cache

@@ -84,12 +84,15 @@ def window_prompt(
     preset: Preset,
     instructions: str | None,
     index: int,
-    total: int,
     span: str,
     vocabulary: tuple[str, ...] = (),
 ) -> str:
+    """A window's summary prompt. Only what is fixed when the window is cut goes in (its place and
+    its span), neither the count of windows nor the recording's length (the probe's until the
+    split ends, the decoded one after): a window may run while the split goes on, and its prompt,
+    hence its document, must not depend on that."""
     parts = [
-        f"This audio is part {index + 1} of {total} ({span}) of a longer recording.",
+        f"This audio is part {index + 1} ({span}) of a longer recording.",
         preset.window,
     ]
     if vocabulary:

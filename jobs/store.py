@@ -399,10 +399,15 @@ class JobStore:
         where = [col(Window.id) == window_id, col(Window.lease_owner) == owner]
         self._update(Window, where, lease_expires_at=utcnow() + timedelta(seconds=lease_s))
 
-    def hand_back_window(self, window_id: int | None, owner: str, error: str) -> None:
-        """A transient failure: the window is pending again unless another worker took it over."""
+    def hand_back_window(self, window_id: int | None, owner: str, error: str, refund: bool = False) -> None:
+        """A failure that may pass: the window is pending again unless another worker took it over.
+
+        ``refund``: the error was the outside world's (a server away, a full disk), not the
+        window's, so this attempt does not count towards ``max_window_attempts`` (which is there
+        for windows that keep killing their worker); the task's own retry limit still bounds it."""
         where = [col(Window.id) == window_id, col(Window.lease_owner) == owner]
-        self._update(Window, where, status=WindowStatus.pending, **_NO_LEASE, error=error)
+        more: dict[str, Any] = {"attempts": col(Window.attempts) - 1} if refund else {}
+        self._update(Window, where, status=WindowStatus.pending, **_NO_LEASE, error=error, **more)
 
     def finish_window(self, window_id: int | None, engine_s: float) -> None:
         where = [col(Window.id) == window_id]

@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 from celery import signals
 
 from jobs.settings import get_settings
-from workers import celery_app, meter
+from workers import celery_app, meter, scratch
 from workers.dispatch import Dispatcher
 from workers.engines.http import abort_all
 from workers.runtime import built_runtime
@@ -21,11 +22,28 @@ log = logging.getLogger(__name__)
 
 _timer: SweepTimer | None = None
 _poller: meter.RelayPoller | None = None
+_scratch: Path | None = None
 
 
 def owner_prefix() -> str:
     """Lease owners of this process start with this; shutdown releases exactly these leases."""
     return f"{socket.gethostname()}:{os.getpid()}:"
+
+
+@signals.worker_init.connect
+def _claim_scratch(**_: Any) -> None:
+    """Before the pool forks: the worker's temporary folder, and dead workers' ones removed
+    (workers/scratch.py)."""
+    global _scratch
+    try:
+        _scratch = scratch.claim()
+    except OSError:
+        log.exception("could not make the worker's temporary folder; using the default one")
+
+
+@signals.worker_shutdown.connect
+def _remove_scratch(**_: Any) -> None:
+    scratch.release(_scratch)
 
 
 @signals.worker_ready.connect

@@ -28,7 +28,7 @@ from jobs.steps.overall import summarize_job
 from jobs.steps.reduce import reduce_job
 from jobs.steps.split import split_job
 from jobs.steps.window import run_window
-from workers import celery_app, deliveries, lifecycle, meter, webhooks
+from workers import celery_app, deliveries, lifecycle, meter, scratch, webhooks
 from workers.celery_app import app
 from workers.engines.http import EngineAborted
 from workers.runtime import announce_end, process_runtime
@@ -73,6 +73,7 @@ def _enqueue_next(job_id: str, after: str) -> None:
 
 
 @app.task(base=JobTask, name=celery_app.SPLIT, bind=True)
+@scratch.full_is_transient
 def split(self: JobTask, job_id: str) -> int:
     rt = process_runtime()
     if not self.first_deliveries(job_id):
@@ -95,6 +96,7 @@ def split(self: JobTask, job_id: str) -> int:
 
 
 @app.task(base=JobTask, name=celery_app.WINDOW, bind=True)
+@scratch.full_is_transient
 def window(self: JobTask, job_id: str, index: int) -> bool:
     rt = process_runtime()
     owner = f"{lifecycle.owner_prefix()}{self.request.id}"
@@ -128,6 +130,7 @@ def window(self: JobTask, job_id: str, index: int) -> bool:
 
 
 @app.task(base=JobTask, name=celery_app.OVERALL, bind=True)
+@scratch.full_is_transient
 def overall(self: JobTask, job_id: str) -> bool:
     """The overall summary, on a gpu worker: its request joins the windows' in the scheduler."""
     rt = process_runtime()
@@ -144,6 +147,7 @@ def overall(self: JobTask, job_id: str) -> bool:
 
 
 @app.task(base=JobTask, name=celery_app.REDUCE, bind=True)
+@scratch.full_is_transient
 def reduce(self: JobTask, job_id: str) -> str:
     rt = process_runtime()
     if not self.first_deliveries(job_id):

@@ -19,8 +19,10 @@ The event id is the same on every delivery of one event (retries, a redelivered 
 receiver deduplicates by it. ``webhook_events`` names ``job.done`` for the job's end (the default)
 and ``window.done``.
 
-The body carries the timestamp too, so it is covered by the signature: verify the HMAC over the
-raw bytes (constant-time compare), then refuse timestamps more than a few minutes old (replays).
+Every delivery of one event carries the same bytes: the timestamp is the event's (the job's end,
+the window's), not the delivery's. The body carries it, so it is covered by the signature: verify
+the HMAC over the raw bytes (constant-time compare), then refuse timestamps older than the retries
+can reach (about six minutes with the default backoff) as replays.
 
 Retries: 5xx, 408, 429, timeouts and connection errors are retried with exponential backoff
 (``VOXBATCH_WEBHOOK_BACKOFF_S`` × 2^n) up to ``MAX_DELIVERIES`` attempts; any other answer ends it.
@@ -42,6 +44,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -320,6 +323,15 @@ def send(
     )
 
 
+def _event_time(rt: Runtime, job: Job, window: int | None) -> int:
+    when = job.finished_at
+    if window is not None:
+        when = next((w.finished_at for w in rt.store.windows(job.id) if w.index == window), None)
+    if when is None:
+        return int(time.time())
+    return int((when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp())
+
+
 def _window_payload(rt: Runtime, job_id: str, index: int) -> dict[str, Any]:
     window = next(w for w in rt.store.windows(job_id) if w.index == index)
     result = WindowResult.from_json(rt.storage.get_bytes(window.result_key))
@@ -338,11 +350,14 @@ def deliver(rt: Runtime, job_id: str, job_attempt: int, delivery: int, window: i
     if not job.webhook_url:
         return Delivery(ok=True, retry=False)
     secret = tenant_secret(rt.db, job.tenant)
-    timestamp = int(time.time())
     event = JOB_FINISHED if window is None else WINDOW_DONE
     # A window's event id does not depend on the job's state: the same on every delivery.
     eid = event_id(job_id, str(job.status), job_attempt, window)
-    message: dict[str, Any] = {"event": event, "id": eid, "timestamp": timestamp, "job": payload(job)}
+    # Every delivery of one event sends the same bytes: the timestamp is the event's (when the job
+    # ended, when the window was done), and a window's event names its job without its progress.
+    timestamp = _event_time(rt, job, window)
+    about: dict[str, Any] = payload(job) if window is None else {"id": job.id, "attempt": job_attempt}
+    message: dict[str, Any] = {"event": event, "id": eid, "timestamp": timestamp, "job": about}
     if window is not None:
         message["window"] = _window_payload(rt, job_id, window)
     body = json.dumps(message, separators=(",", ":")).encode()

@@ -40,12 +40,14 @@ def summary_from_transcripts(rt: Runtime) -> bool:
 
 
 def is_whole_recording(job: Job, window: Window) -> bool:
-    """The job's only window: the first, ending where the recording ends."""
+    """The job's only window: the first, ending where the recording ends (by the length probed
+    when the job was made, known before the split counts the windows: the answer is the same
+    whether the window runs while the split goes on or after it)."""
     if window.index != 0:
         return False
-    if job.windows_total is not None:
-        return job.windows_total == 1
-    return job.duration_s is not None and window.end_s >= job.duration_s - 0.5
+    if job.duration_s is not None:
+        return window.end_s >= job.duration_s - 0.5
+    return job.windows_total == 1
 
 
 def window_prompt_for(job: Job, window: Window) -> str:
@@ -62,7 +64,6 @@ def window_prompt_for(job: Job, window: Window) -> str:
         get_preset(job.preset),
         job.instructions,
         window.index,
-        job.windows_total or 1,
         span(window.start_s, window.end_s),
         vocabulary=parse_vocabulary(job.vocabulary),
     )

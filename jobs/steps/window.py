@@ -9,6 +9,7 @@ dead worker's window is taken over by the sweep.
 
 from __future__ import annotations
 
+import errno
 import logging
 import tempfile
 import threading
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from jobs.engine import Samples, TimedEngine, timed_engine
-from jobs.errors import PermanentError, WindowTooLarge
+from jobs.errors import PermanentError, TransientError, WindowTooLarge
 from jobs.models import Job, Window
 from jobs.presets import merge_prompt
 from jobs.runtime import Runtime
@@ -78,7 +79,7 @@ def run_window(
     except Exception as exc:
         # Transient: pending again so a retry (or the sweep) takes it, unless another worker has
         # taken it over meanwhile (our lease was handed back at shutdown).
-        rt.store.hand_back_window(window.id, owner, str(exc)[:2000])
+        rt.store.hand_back_window(window.id, owner, str(exc)[:2000], refund=_outside(exc))
         raise
     elapsed = time.monotonic() - started
     rt.store.finish_window(window.id, elapsed)
@@ -86,6 +87,13 @@ def run_window(
     for hook in rt.on_window_done:
         hook(rt, job_id, index)
     return rt.store.count_done(job_id)
+
+
+def _outside(exc: BaseException) -> bool:
+    """The outside world's failure (a server away, a full disk), not the window's."""
+    if isinstance(exc, TransientError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _fail_window(rt: Runtime, window: Window, reason: str) -> None:

@@ -91,6 +91,13 @@ def test_webhook_is_signed_and_retried_until_it_lands(
         assert str(payload["timestamp"]) == headers["x-voxbatch-timestamp"]
         assert payload["job"]["id"] == job_id and payload["job"]["status"] == "succeeded"
         assert "webhook_attempts" not in payload["job"] and "source_key" not in payload["job"]
+    # One event, delivered three times: the same event id and the same bytes each time (the chaos
+    # soak found a timestamp per delivery and no id, so a receiver could not deduplicate).
+    assert len({body for _, body, _ in receiver.requests}) == 1
+    assert {h["x-voxbatch-event-id"] for h, _, _ in receiver.requests} == {
+        webhooks.event_id(job_id, "succeeded", 0)
+    }
+    assert json.loads(receiver.requests[0][1])["id"] == webhooks.event_id(job_id, "succeeded", 0)
     attempts = [a for a in final["webhook_attempts"] if a["status"] != "queued"]
     assert [(a["delivery"], a["status"], a["status_code"]) for a in attempts] == [
         (1, "failed", 500),

@@ -17,8 +17,8 @@ def test_unknown_preset_names_the_choices() -> None:
 
 
 def test_instructions_go_after_the_preset_in_the_user_prompt() -> None:
-    p = window_prompt(get_preset("panel"), "Name every speaker.", 2, 5, "01:00:00 – 01:30:00")
-    assert "part 3 of 5 (01:00:00 – 01:30:00)" in p
+    p = window_prompt(get_preset("panel"), "Name every speaker.", 2, "01:00:00 – 01:30:00")
+    assert "part 3 (01:00:00 – 01:30:00) of a longer recording." in p
     assert p.index(get_preset("panel").window) < p.index("Name every speaker.")
     o = overall_prompt(get_preset("meeting"), "In French.", [("00:00:00 – 00:30:00", "a"), ("x", "b")])
     assert "In French." in o and o.index("[00:00:00 – 00:30:00]\na") < o.index("[x]\nb")

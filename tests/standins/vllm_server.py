@@ -20,7 +20,9 @@ Audio is decoded for real (ffprobe + ffmpeg to 16 kHz mono float) and answered d
 Audio holding the loop trigger tone is answered with a long repetition loop unless the request
 carries ``frequency_penalty > 0``, ``presence_penalty > 0`` or ``repetition_penalty > 1``.
 
-Fault injection: ``fail_every=N`` answers every Nth POST with 503, ``latency_s`` sleeps per request,
+Fault injection: ``fail_every=N`` answers every Nth POST with 503 (``POST /faults`` with
+``{"unavailable": true}``: every POST until switched off; it sets ``latency_s`` too),
+``latency_s`` sleeps per request,
 ``error_200_every=N`` answers every Nth POST with an error body under status 200 (as some vLLM
 versions do for undecodable uploads), ``hold_markers={k, ...}`` keeps every answer to audio holding
 one of those markers until ``release()`` (``holding`` in the stats counts the answers waiting), so a
@@ -147,6 +149,7 @@ class ServerConfig:
     mistral_transcribe_max_s: float = 900.0
     mistral_chat_max_s: float = 1200.0
     fail_every: int = 0
+    unavailable: bool = False  # every POST answers 503 while set (POST /faults toggles it at run time)
     error_200_every: int = 0
     latency_s: float = 0.0
     hold_markers: frozenset[int] = frozenset()  # answers hearing one of these wait for release()
@@ -924,7 +927,7 @@ def create_app(state: ServerState) -> FastAPI:
         n = state.next_post()
         if config.latency_s:
             time.sleep(config.latency_s)
-        if config.fail_every and n % config.fail_every == 0:
+        if config.unavailable or (config.fail_every and n % config.fail_every == 0):
             state.record({"endpoint": endpoint, "status": 503, "injected": True})
             err = APIError(503, "Service temporarily unavailable.", kind="ServiceUnavailableError")
             return JSONResponse(_error_body(config, err), 503)
@@ -974,6 +977,16 @@ def create_app(state: ServerState) -> FastAPI:
     def reset_stats() -> Response:
         state.reset()
         return JSONResponse({"reset": True})
+
+    @app.post("/faults")
+    async def faults(request: Request) -> Response:
+        # Faults switched at run time (bench/soak.py): {"unavailable": true, "latency_s": 0.5}.
+        body = await request.json()
+        if "unavailable" in body:
+            config.unavailable = bool(body["unavailable"])
+        if "latency_s" in body:
+            config.latency_s = float(body["latency_s"])
+        return JSONResponse({"unavailable": config.unavailable, "latency_s": config.latency_s})
 
     @app.post("/v1/audio/transcriptions")
     async def transcriptions(request: Request) -> Response:
