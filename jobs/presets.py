@@ -91,18 +91,8 @@ def window_prompt(
     its span), neither the count of windows nor the recording's length (the probe's until the
     split ends, the decoded one after): a window may run while the split goes on, and its prompt,
     hence its document, must not depend on that."""
-    parts = [
-        f"This audio is part {index + 1} ({span}) of a longer recording.",
-        preset.window,
-    ]
-    if vocabulary:
-        parts.append(
-            "Names and terms that may be said, spelled as the user writes them: " + ", ".join(vocabulary)
-        )
-    if instructions:
-        parts.append(f"Follow these instructions from the user: {instructions.strip()}")
-    parts.append("Write only the summary, in the language of the recording unless told otherwise.")
-    return "\n\n".join(parts)
+    opening = f"This audio is part {index + 1} ({span}) of a longer recording."
+    return _audio_prompt(opening, preset.window, instructions, vocabulary)
 
 
 def whole_recording_prompt(
@@ -110,7 +100,14 @@ def whole_recording_prompt(
 ) -> str:
     """The summary of a recording short enough for one window: asked for in the preset's overall
     form at once, so no second, text-only call restates it."""
-    parts = [f"This audio is a whole recording ({span}).", preset.overall]
+    opening = f"This audio is a whole recording ({span})."
+    return _audio_prompt(opening, preset.overall, instructions, vocabulary)
+
+
+def _audio_prompt(opening: str, ask: str, instructions: str | None, vocabulary: tuple[str, ...]) -> str:
+    """What a summary request carrying audio says: where the audio is, what to write, the user's
+    names and terms and instructions (no system prompt: Voxtral takes none)."""
+    parts = [opening, ask]
     if vocabulary:
         parts.append(
             "Names and terms that may be said, spelled as the user writes them: " + ", ".join(vocabulary)
