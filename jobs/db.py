@@ -18,7 +18,11 @@ from jobs.migrations_runner import upgrade
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        # A gpu worker's windows (VOXBATCH_GPU_CONCURRENCY, 16) each renew a lease and record
+        # progress from their own threads: SQLAlchemy's default 5 + 10 connections ran out with 32
+        # windows (QueuePool timeouts in the storm benchmark). The overflow is only opened under
+        # such bursts and closed after.
+        kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 25}
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":

@@ -119,9 +119,11 @@ class Settings(BaseSettings):
     flower_url: str | None = None
     # Windows a gpu worker process runs at once. Cheap: they mostly wait on the request scheduler,
     # which keeps VOXBATCH_MAX_INFLIGHT at the server whatever the number of windows.
-    # 32: a storm of short recordings (a few segments each) still fills VOXBATCH_MAX_INFLIGHT; a
-    # running 30-minute window holds its samples (57.6 MB), so 32 such windows hold ~1.9 GB.
-    gpu_concurrency: int = 32
+    # Windows at once: 16 x 64 segments keeps VOXBATCH_MAX_INFLIGHT full with long windows; a
+    # running 30-minute window holds its samples (57.6 MB). A storm of 2-minute recordings (a few
+    # segments each) fills ~100 of 256 at 16; 32 filled more but ran out of database connections
+    # in the storm benchmark before the pool was raised (jobs/db.py): not measured since.
+    gpu_concurrency: int = 16
     # Segments each running window hands the request scheduler at once (jobs/steps/segments.py);
     # windows x this should stay above VOXBATCH_MAX_INFLIGHT so the server's batch stays full.
     segment_concurrency: int = Field(default=64, ge=1, le=1024)
