@@ -210,7 +210,9 @@ def test_jobs_complete_when_the_engine_answers_503_to_every_third_request(
     assert sum(e["status"] == 503 for e in log) >= 3
     rt = c.runtime()
 
-    assert any(w.attempts > 1 for j in jobs for w in rt.store.windows(j))
+    # The 503s were the server's, not the windows': Celery retried them, and none used up one of a
+    # window's attempts (those are for windows that keep killing their worker).
+    assert all(w.attempts == 1 for j in jobs for w in rt.store.windows(j))
 
 
 def test_a_window_delivered_twice_calls_the_engine_once_and_writes_the_same_bytes(
