@@ -111,6 +111,40 @@ def test_interactive_work_goes_before_batch_work_and_earlier_windows_first() -> 
     assert order == ["hold", "w1", "w3", "batch"]
 
 
+def test_a_jobs_later_windows_wait_for_its_first_answer_while_others_go() -> None:
+    scheduler = RequestScheduler(max_inflight=8)
+    lead_gate, gate = threading.Event(), threading.Event()
+    order: list[str] = []
+    first = Share(tenant="a", order=("2026-01-01", 0))
+    later = Share(tenant="a", order=("2026-01-01", 1))
+    other_job = Share(tenant="b", order=("2026-01-02", 1))
+    leads = [
+        scheduler.submit(_gated(lead_gate, order, f"w0-{n}"), share=first, cost_s=1, deadline_s=60, retries=0)
+        for n in range(2)
+    ]
+    _wait_for(lambda: scheduler.stats()["inflight"] == 2, "the first window's requests in flight")
+    held = scheduler.submit(_gated(gate, order, "w1"), share=later, cost_s=1, deadline_s=60, retries=0)
+    free = scheduler.submit(_gated(gate, order, "b"), share=other_job, cost_s=1, deadline_s=60, retries=0)
+    gate.set()
+    assert free.result(timeout=30) == "b"  # another job's window is not held
+    assert scheduler.stats() == {"inflight": 2, "waiting": 1, "peak_inflight": 3}
+    lead_gate.set()  # the first window's answers come back: the job's later window goes
+    assert held.result(timeout=30) == "w1"
+    for future in leads:
+        future.result(timeout=30)
+    assert order.index("w1") > min(order.index("w0-0"), order.index("w0-1"))
+
+
+def test_a_later_window_is_not_held_when_its_first_window_is_not_here() -> None:
+    scheduler = RequestScheduler(max_inflight=8)
+    gate = threading.Event()
+    gate.set()
+    order: list[str] = []
+    later = Share(tenant="a", order=("2026-01-01", 3))  # window 0 is another worker's, or done
+    alone = scheduler.submit(_gated(gate, order, "w3"), share=later, cost_s=1, deadline_s=60, retries=0)
+    assert alone.result(timeout=30) == "w3"
+
+
 def test_an_attempt_past_its_deadline_is_sent_again() -> None:
     scheduler = RequestScheduler(max_inflight=4)
     tries: list[int] = []

@@ -20,6 +20,12 @@ thread with an async HTTP client. Why:
   tenant that becomes active starts at the class's virtual time, so idle time is not banked as
   credit), then that tenant's earliest job and window. A 5-minute clip's segments go out as soon
   as slots free, not after another tenant's backlog.
+- **A job's first text first.** Until a job has its first answer, its later windows' requests wait
+  while its first window's are waiting or in flight. The server's prefill is what a long job's
+  start is short of (every request sent is prefilled before the batch decodes again), so spending
+  it on the first window first brings the first segment back in seconds instead of after every
+  window's prefill. The hold ends at the job's first answer (a few seconds); it never waits on a
+  first window this process does not have (another worker's, or one already done).
 - **Stopping is a supported API.** ``abort`` cancels the running attempts' tasks and fails every
   waiting request with ``EngineAborted``; no private attribute of httpx or httpcore is touched.
 
@@ -46,6 +52,7 @@ from jobs.shares import Share
 log = logging.getLogger(__name__)
 
 BACKOFF_CAP_S = 30.0
+ANSWERED_JOBS_KEPT = 4096
 
 
 class EngineAborted(Exception):
@@ -114,6 +121,10 @@ class RequestScheduler:
         self._peak_inflight = 0
         self._aborted = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # The first-text hold: per job, its first window's requests waiting or in flight, and the
+        # jobs that have had an answer (bounded: only the hold's recent jobs matter).
+        self._leads: dict[tuple[str, str], int] = {}
+        self._answered: dict[tuple[str, str], None] = {}
         self._loop = asyncio.new_event_loop()
         self._wake = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -234,6 +245,8 @@ class RequestScheduler:
                 answer = await asyncio.wait_for(request.attempt(request.deadline_s), request.deadline_s)
             except TimeoutError as exc:
                 raise Retryable(f"no answer within {request.deadline_s:.0f} s") from exc
+            with self._lock:
+                self._mark_answered(request.share)
             _settle(request.future, result=answer)
         except Retryable as exc:
             request.last_error = str(exc)
@@ -263,6 +276,8 @@ class RequestScheduler:
         finally:
             with self._lock:
                 self._inflight -= 1
+                if request.future.done():
+                    self._lead_ended(request.share)
             self._wake.set()
         if retry_after is not None:
             await asyncio.sleep(retry_after)
@@ -270,8 +285,9 @@ class RequestScheduler:
                 if self._aborted:
                     aborted = EngineAborted(f"the worker is stopping: {request.what} not sent")
                     _settle(request.future, exc=aborted)
+                    self._lead_ended(request.share)
                     return
-                self._enqueue(request)
+                self._enqueue(request, retry=True)
             self._wake.set()
 
     async def _cancel_all(self) -> None:
@@ -283,7 +299,10 @@ class RequestScheduler:
 
     # --- the fair queue (under self._lock) --------------------------------------------------------
 
-    def _enqueue(self, request: _Request) -> None:
+    def _enqueue(self, request: _Request, retry: bool = False) -> None:
+        if not retry and _is_lead(request.share):
+            job = _job_of(request.share)
+            self._leads[job] = self._leads.get(job, 0) + 1
         lines = self._lines.setdefault(request.share.rank, {})
         line = lines.get(request.share.tenant)
         if line is None or not line.heap:
@@ -298,17 +317,49 @@ class RequestScheduler:
     def _next(self) -> _Request | None:
         for rank in sorted(self._lines):
             lines = self._lines[rank]
-            candidates = [(line.served, tenant) for tenant, line in lines.items() if line.heap]
-            if not candidates:
-                continue
-            _, tenant = min(candidates)
-            line = lines[tenant]
-            request = line.pop()
-            self._vtime[rank] = line.served
-            line.served += max(request.cost_s, 1.0)
-            self._waiting -= 1
-            return request
+            candidates = sorted((line.served, tenant) for tenant, line in lines.items() if line.heap)
+            for _, tenant in candidates:
+                line = lines[tenant]
+                if self._held(line.heap[0][1].share):
+                    continue  # this tenant's next request waits for its job's first text
+                request = line.pop()
+                self._vtime[rank] = line.served
+                line.served += max(request.cost_s, 1.0)
+                self._waiting -= 1
+                return request
         return None
+
+    def _held(self, share: Share) -> bool:
+        """A later window's request of a job whose first window is still out and unanswered."""
+        if _is_lead(share) or not share.order[0]:
+            return False
+        job = _job_of(share)
+        return self._leads.get(job, 0) > 0 and job not in self._answered
+
+    def _mark_answered(self, share: Share) -> None:
+        if not share.order[0]:
+            return
+        self._answered[_job_of(share)] = None
+        while len(self._answered) > ANSWERED_JOBS_KEPT:
+            del self._answered[next(iter(self._answered))]
+
+    def _lead_ended(self, share: Share) -> None:
+        if _is_lead(share):
+            job = _job_of(share)
+            left = self._leads.get(job, 0) - 1
+            if left > 0:
+                self._leads[job] = left
+            else:
+                self._leads.pop(job, None)
+
+
+def _job_of(share: Share) -> tuple[str, str]:
+    return (share.tenant, share.order[0])
+
+
+def _is_lead(share: Share) -> bool:
+    """A request of a job's first window (window 0), which the first-text hold lets through."""
+    return bool(share.order[0]) and share.order[1] == 0
 
 
 def _settle(
