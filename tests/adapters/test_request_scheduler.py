@@ -117,17 +117,22 @@ def test_a_jobs_later_windows_wait_for_its_first_answer_while_others_go() -> Non
     order: list[str] = []
     first = Share(tenant="a", order=("2026-01-01", 0))
     later = Share(tenant="a", order=("2026-01-01", 1))
-    other_job = Share(tenant="b", order=("2026-01-02", 1))
+    other_tenant = Share(tenant="b", order=("2026-01-02", 1))
+    same_tenant_next_job = Share(tenant="a", order=("2026-01-03", 0))
     leads = [
         scheduler.submit(_gated(lead_gate, order, f"w0-{n}"), share=first, cost_s=1, deadline_s=60, retries=0)
         for n in range(2)
     ]
     _wait_for(lambda: scheduler.stats()["inflight"] == 2, "the first window's requests in flight")
     held = scheduler.submit(_gated(gate, order, "w1"), share=later, cost_s=1, deadline_s=60, retries=0)
-    free = scheduler.submit(_gated(gate, order, "b"), share=other_job, cost_s=1, deadline_s=60, retries=0)
+    free = [
+        scheduler.submit(_gated(gate, order, name), share=share, cost_s=1, deadline_s=60, retries=0)
+        for name, share in (("b", other_tenant), ("a-next", same_tenant_next_job))
+    ]
     gate.set()
-    assert free.result(timeout=30) == "b"  # another job's window is not held
-    assert scheduler.stats() == {"inflight": 2, "waiting": 1, "peak_inflight": 3}
+    # Other jobs are not held, the same tenant's next job included.
+    assert [future.result(timeout=30) for future in free] == ["b", "a-next"]
+    assert scheduler.stats() == {"inflight": 2, "waiting": 1, "peak_inflight": 4}
     lead_gate.set()  # the first window's answers come back: the job's later window goes
     assert held.result(timeout=30) == "w1"
     for future in leads:

@@ -91,17 +91,33 @@ class _Request:
 
 
 class _TenantLine:
-    """One tenant's waiting requests, earliest job and window first (retries keep their place)."""
+    """One tenant's waiting requests, per job, earliest job and window first (retries keep their
+    place); a job held for its first text does not hold up the tenant's other jobs."""
 
     def __init__(self) -> None:
-        self.heap: list[tuple[tuple[Any, ...], _Request]] = []
+        self.jobs: dict[tuple[str, str], list[tuple[tuple[Any, ...], _Request]]] = {}
         self.served = 0.0  # audio seconds sent, in the class's virtual time
 
-    def push(self, request: _Request) -> None:
-        heapq.heappush(self.heap, (request.key, request))
+    def __bool__(self) -> bool:
+        return bool(self.jobs)
 
-    def pop(self) -> _Request:
-        return heapq.heappop(self.heap)[1]
+    def push(self, request: _Request) -> None:
+        heapq.heappush(self.jobs.setdefault(_job_of(request.share), []), (request.key, request))
+
+    def first(self, held: Callable[[Share], bool]) -> _Request | None:
+        """The earliest request not ``held`` (each job's line is in order, so only its head counts)."""
+        heads = sorted((heap[0] for heap in self.jobs.values()), key=lambda item: item[0])
+        return next((request for _, request in heads if not held(request.share)), None)
+
+    def remove(self, request: _Request) -> None:
+        job = _job_of(request.share)
+        heap = self.jobs[job]
+        heapq.heappop(heap)  # ``first`` only returns a head
+        if not heap:
+            del self.jobs[job]
+
+    def requests(self) -> list[_Request]:
+        return [request for heap in self.jobs.values() for _, request in heap]
 
 
 class RequestScheduler:
@@ -175,7 +191,7 @@ class RequestScheduler:
         submissions fail at once. Returns how many attempts were in flight."""
         with self._lock:
             self._aborted = True
-            waiting = [r for lines in self._lines.values() for line in lines.values() for _, r in line.heap]
+            waiting = self._all_waiting()
             self._lines.clear()
             self._waiting = 0
             inflight = self._inflight
@@ -213,7 +229,7 @@ class RequestScheduler:
             # Whatever happens to the loop, no caller waits forever on a request it held.
             with self._lock:
                 self._aborted = True
-                waiting = [r for ls in self._lines.values() for line in ls.values() for _, r in line.heap]
+                waiting = self._all_waiting()
                 self._lines.clear()
             for request in waiting:
                 stopped = EngineUnavailable(f"the request scheduler stopped: {request.what}")
@@ -299,13 +315,16 @@ class RequestScheduler:
 
     # --- the fair queue (under self._lock) --------------------------------------------------------
 
+    def _all_waiting(self) -> list[_Request]:
+        return [r for lines in self._lines.values() for line in lines.values() for r in line.requests()]
+
     def _enqueue(self, request: _Request, retry: bool = False) -> None:
         if not retry and _is_lead(request.share):
             job = _job_of(request.share)
             self._leads[job] = self._leads.get(job, 0) + 1
         lines = self._lines.setdefault(request.share.rank, {})
         line = lines.get(request.share.tenant)
-        if line is None or not line.heap:
+        if line is None or not line:
             # Start-time fair queueing: a tenant (re)joining starts at the class's virtual time
             # (where the last request sent started), so an idle spell is not banked as credit.
             if line is None:
@@ -317,12 +336,13 @@ class RequestScheduler:
     def _next(self) -> _Request | None:
         for rank in sorted(self._lines):
             lines = self._lines[rank]
-            candidates = sorted((line.served, tenant) for tenant, line in lines.items() if line.heap)
+            candidates = sorted((line.served, tenant) for tenant, line in lines.items() if line)
             for _, tenant in candidates:
                 line = lines[tenant]
-                if self._held(line.heap[0][1].share):
-                    continue  # this tenant's next request waits for its job's first text
-                request = line.pop()
+                request = line.first(self._held)
+                if request is None:
+                    continue  # this tenant's jobs all wait for their first text
+                line.remove(request)
                 self._vtime[rank] = line.served
                 line.served += max(request.cost_s, 1.0)
                 self._waiting -= 1
