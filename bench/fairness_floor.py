@@ -87,9 +87,9 @@ def behind_backlog(
         if b_start is None and engine.t >= WARM_S:
             b_start = engine.t
             for request in b_requests(clip_s, summary_tokens):
-                key = ("b", next(keys))
-                engine.submit(key, request, at=engine.t)
-                b_out.add(key)
+                b_key = ("b", next(keys))
+                engine.submit(b_key, request, at=engine.t)
+                b_out.add(b_key)
         for key, finished in engine.run_until(engine.t):
             if _tenant(key) == "a":
                 a_out.discard(key)
