@@ -69,6 +69,19 @@ def test_batching_shares_the_steps() -> None:
     assert model.ideal_s(requests[:1]) == pytest.approx(model.alone_s(requests[0]))
 
 
+def test_the_one_job_ideal_sends_the_overall_summary_after_the_window_summaries() -> None:
+    model = GpuModel(PLAIN)
+    window_summary = GpuRequest(30.0, output_tokens=100)
+    overall = GpuRequest(0.0, text_tokens=200, output_tokens=100)
+    requests = [window_summary, window_summary, overall]
+    # Without the dependency all three share the steps; with it the overall's prefill and its
+    # 100 steps (at batch 1) follow the windows' summaries.
+    chained = model.ideal_s(requests[:2]) + model.alone_s(overall)
+    assert model.ideal_one_job_s(requests) == pytest.approx(chained)
+    assert model.ideal_one_job_s(requests) > model.ideal_s(requests)
+    assert model.ideal_one_job_s(requests[:2]) == pytest.approx(model.ideal_s(requests[:2]))
+
+
 def test_the_cap_makes_requests_wait_and_slots_are_refilled_between_steps() -> None:
     model = GpuModel(PLAIN)
     short = GpuRequest(30.0, output_tokens=10)

@@ -120,6 +120,27 @@ class GpuModel:
         engine.run_until(math.inf)
         return engine.t
 
+    def ideal_one_job_s(self, requests: Iterable[GpuRequest]) -> float:
+        """``ideal_s`` for the requests of one job, keeping its one dependency: a request without
+        audio (the overall summary, written from the windows' summaries) can only be sent once
+        every summary that hears audio (a request with audio and a fixed answer) is answered. No
+        client can do better for one job; for several jobs it over-constrains, so it is not used
+        there."""
+        requests = list(requests)
+        engine = BatchEngine(self)
+        heard = {k for k, r in enumerate(requests) if r.audio_s > 0 and r.output_tokens is not None}
+        later = [k for k, r in enumerate(requests) if r.audio_s <= 0]
+        for key, request in enumerate(requests):
+            if key not in later:
+                engine.submit(key, request, at=0.0)
+        while heard - engine.finished.keys():
+            engine.run_until(engine.t)
+        ready = max((engine.finished[k] for k in heard), default=0.0)
+        for key in later:
+            engine.submit(key, requests[key], at=ready)
+        engine.run_until(math.inf)
+        return engine.t
+
 
 class BatchEngine:
     """The model in virtual time: requests arrive with ``submit``; ``run_until`` advances the GPU.

@@ -1184,6 +1184,7 @@ class RealtimeGpu:
             }
         # The replay runs outside the lock: the modelled GPU keeps serving meanwhile.
         report["ideal_s"] = self.model.ideal_s(requests)
+        report["ideal_one_job_s"] = self.model.ideal_one_job_s(requests)
         return report
 
 
