@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 MAX_WINDOW_S = 1800.0  # jobs.limits.MAX_WINDOW_MINUTES: documents are sectioned by windows of ≤ 30 min
@@ -166,21 +166,13 @@ VOXTRAL_SMALL = ModelProfile(
     languages=VOXTRAL_LANGUAGES,
     serve_args=MISTRAL_FORMAT,
 )
-VOXTRAL_MINI = ModelProfile(
+# The same architecture and serving as Small, 3B parameters.
+VOXTRAL_MINI = replace(
+    VOXTRAL_SMALL,
     name="voxtral-mini",
     title="Voxtral Mini 3B (2507)",
     repos=("mistralai/Voxtral-Mini-3B-2507",),
     match=("voxtral-mini",),
-    transcription_endpoint=True,
-    max_item_s=None,
-    items_per_prompt=1,
-    vllm_item_limit=5,
-    system_with_audio=False,
-    audio_tokens_per_s=12.5,
-    pad_item_to_s=30.0,
-    context_tokens=32768,
-    languages=VOXTRAL_LANGUAGES,
-    serve_args=MISTRAL_FORMAT,
 )
 QWEN2_AUDIO = ModelProfile(
     name="qwen2-audio",
