@@ -227,6 +227,45 @@ def test_the_retention_sweep_deletes_only_old_finished_jobs_of_tenants_that_ask(
     assert rt.store.find(recent.id) is not None and rt.store.find(other.id) is not None
 
 
+def test_a_tenant_reads_and_sets_its_own_retention_over_the_api(rt: Runtime, tones: Recording) -> None:
+    keys = {t: create_key(rt.db, t) for t in ("acme", "bolt")}
+    app = create_app(rt.settings, rt)
+    acme: httpx.Client = TestClient(app, headers={"Authorization": f"Bearer {keys['acme']}"})
+    bolt: httpx.Client = TestClient(app, headers={"Authorization": f"Bearer {keys['bolt']}"})
+    assert acme.get("/v1/tenant/retention").json() == {"retention_days": None}
+    assert TestClient(app).get("/v1/tenant/retention").status_code == 401
+    for days in (1, 30, 3650):
+        answer = acme.put("/v1/tenant/retention", json={"retention_days": days})
+        assert answer.status_code == 200 and answer.json() == {"retention_days": days}, answer.text
+    assert acme.get("/v1/tenant/retention").json() == {"retention_days": 3650}
+    assert bolt.get("/v1/tenant/retention").json() == {"retention_days": None}  # its own only
+    out_of_range = "retention_days must be from 1 to 3650 (null keeps finished jobs), not "
+    refused = {
+        '{"retention_days": 0}': out_of_range + "0",
+        '{"retention_days": 3651}': out_of_range + "3651",
+        '{"retention_days": -5}': out_of_range + "-5",
+        '{"retention_days": 7.5}': "retention_days must be a whole number of days or null, not '7.5'",
+        '{"retention_days": "30"}': "retention_days must be a whole number of days or null, not '30'",
+        '{"retention_days": true}': "retention_days must be a whole number of days or null, not 'True'",
+        '{"days": 30}': 'send {"retention_days": DAYS} (DAYS from 1 to 3650, or null to keep finished jobs)',
+        '{"retention_days": 30, "x": 1}': "unknown field(s): x; only retention_days",
+        "[30]": 'send {"retention_days": DAYS} (DAYS from 1 to 3650, or null to keep finished jobs)',
+        "thirty": 'the body is not JSON; send {"retention_days": 30} or {"retention_days": null}',
+        "[" * 5000: 'the body is not JSON; send {"retention_days": 30} or {"retention_days": null}',
+    }
+    for body, reason in refused.items():
+        answer = acme.put("/v1/tenant/retention", content=body, headers={"Content-Type": "application/json"})
+        assert (answer.status_code, answer.json()) == (422, {"detail": reason}), body[:40]
+    assert acme.get("/v1/tenant/retention").json() == {"retention_days": 3650}  # unchanged
+    # What the API set is what the sweep applies: a job that ended 31 days ago goes at 30.
+    assert acme.put("/v1/tenant/retention", json={"retention_days": 30}).status_code == 200
+    old = run_local(rt, create_job(rt, str(tones.path), JobOptions(), tenant="acme").id)
+    rt.store.update(old.id, finished_at=utcnow() - timedelta(days=31))
+    assert retention.sweep_expired(rt) == [old.id]
+    assert acme.put("/v1/tenant/retention", json={"retention_days": None}).json() == {"retention_days": None}
+    assert tenants.retention_days(rt.db) == {}
+
+
 def test_the_api_creates_shows_uploads_into_and_deletes_a_collection(rt: Runtime, tones: Recording) -> None:
     key = create_key(rt.db, "acme")
     client: httpx.Client = TestClient(create_app(rt.settings, rt), headers={"Authorization": f"Bearer {key}"})
