@@ -246,7 +246,8 @@ class CollectionOut(BaseModel):
     )
     documents: dict[str, str] = Field(
         default_factory=dict,
-        description="the proceedings (collection.md, collection.json, index.html) → URL, once built",
+        description="the proceedings (collection.md, collection.json, index.html) → URL, once built "
+        "(GET of one collection)",
     )
 
 
