@@ -1,6 +1,7 @@
 """The outbox and the meter on SQLite (workers/meter.py): a job and its first step are one durable
 act whatever point a submitter dies at; windows go to the gpu queue only while it has room, the
-fairest first; cancelled work is never sent; a window or a proceedings step whose message vanished is sent again.
+fairest first; cancelled work is never sent; a window or a proceedings step whose message vanished
+is sent again.
 
 A "kill" is a ``Killed`` (a BaseException, as a SIGKILL skips every ``except Exception`` and
 cleanup path) raised at the crash point; the relay poller of a cpu worker is the real thread."""
