@@ -23,6 +23,7 @@ from api import (
     metrics,
     recording_routes,
     search_routes,
+    tenant_routes,
     upload_routes,
 )
 from api.job_routes import DocumentNotReady
@@ -127,6 +128,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             {"name": "uploads", "description": "Presigned S3 multipart uploads for large files."},
             {"name": "collections", "description": "Recordings that belong together, and their proceedings."},
             {"name": "search", "description": "Words and phrases across your transcripts."},
+            {"name": "tenant", "description": "Your own settings: how long finished jobs are kept."},
             {"name": "health", "description": "Probes and Prometheus metrics."},
         ],
     )
@@ -146,6 +148,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.include_router(recording_routes.router)
     app.include_router(collection_routes.router)
     app.include_router(search_routes.router)
+    app.include_router(tenant_routes.router)
     app.include_router(health.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 

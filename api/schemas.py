@@ -215,6 +215,12 @@ def job_out(job: Job, base_url: str, flower_url: str | None) -> JobOut:
     )
 
 
+class Retention(BaseModel):
+    retention_days: int | None = Field(
+        description="finished jobs are deleted this many days after they end; null: they are kept"
+    )
+
+
 class CollectionCreate(BaseModel):
     """A collection and the options its jobs share (a job's own options win)."""
 
@@ -240,7 +246,8 @@ class CollectionOut(BaseModel):
     )
     documents: dict[str, str] = Field(
         default_factory=dict,
-        description="the proceedings (collection.md, collection.json, index.html) → URL, once built",
+        description="the proceedings (collection.md, collection.json, index.html) → URL, once built "
+        "(GET of one collection)",
     )
 
 

@@ -93,6 +93,22 @@ def find_by_id(db: Database, collection_id: str) -> Collection | None:
         return s.get(Collection, collection_id)
 
 
+def owners(db: Database, ref: str) -> list[str]:
+    """The tenants that have a collection with this id or name (for the operator's command line,
+    which sees every tenant; never for an API answer)."""
+    ref = (ref or "").strip()[: MAX_COLLECTION_NAME_CHARS * 2]
+    if not ref or any(ord(c) < 32 for c in ref):
+        return []
+    with db.session() as s:
+        rows = s.exec(
+            select(Collection.tenant).where(
+                col(Collection.tenant).is_not(None),
+                or_(col(Collection.id) == ref, col(Collection.name) == ref),
+            )
+        )
+        return sorted(str(t) for t in rows)
+
+
 def get(db: Database, tenant: str | None, ref: str) -> Collection:
     row = find(db, tenant, ref)
     if row is None:

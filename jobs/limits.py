@@ -15,3 +15,6 @@ MAX_VOCABULARY_TERM_CHARS = 100
 MAX_COLLECTION_NAME_CHARS = 100
 # A title given at submission (a manifest's row).
 MAX_TITLE_CHARS = 300
+# A tenant's retention (finished jobs deleted after that many days): ten years at most.
+MIN_RETENTION_DAYS = 1
+MAX_RETENTION_DAYS = 3650

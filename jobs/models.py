@@ -9,7 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlalchemy import Column, Index, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import TSVECTOR
 from sqlmodel import Field, SQLModel
 
@@ -53,7 +53,23 @@ class WindowStatus(StrEnum):
     failed = "failed"
 
 
+# The rows of the partial index ``ix_job_proceedings_due``: jobs of a collection that no build of its
+# proceedings has listed yet (running ones, and succeeded ones whose proceedings step is due).
+PROCEEDINGS_DUE = "collection_id IS NOT NULL AND proceedings_at IS NULL"
+
+
 class Job(SQLModel, table=True):
+    # The sweep's question "which succeeded jobs of a collection has no proceedings build listed"
+    # reads only those rows, however many jobs the table holds.
+    __table_args__ = (
+        Index(
+            "ix_job_proceedings_due",
+            "updated_at",
+            postgresql_where=text(PROCEEDINGS_DUE),
+            sqlite_where=text(PROCEEDINGS_DUE),
+        ),
+    )
+
     id: str = Field(default_factory=new_job_id, primary_key=True, max_length=32)
     tenant: str | None = Field(default=None, index=True, max_length=200)
     # What the user gave: an absolute local path or an s3:// URL. Never modified or deleted.
@@ -92,6 +108,10 @@ class Job(SQLModel, table=True):
     # manifest's row); the document's title is the source's name without it.
     collection_id: str | None = Field(default=None, index=True, max_length=32)
     title: str | None = Field(default=None, sa_column=Column(Text))
+    # When a build of its collection's proceedings last listed it (jobs/proceedings.py). A
+    # succeeded job of a collection with none: its proceedings step is still due, and the sweep
+    # sends it again when its message was lost (workers/sweeper.py).
+    proceedings_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow, index=True)
     started_at: datetime | None = None
     split_started_at: datetime | None = None

@@ -10,6 +10,10 @@ The collection-level summary is one text-only call through the engine, like a jo
 summary (``jobs/steps/overall.py``): charged to the job that triggered it, and made again only
 when the talks' summaries changed (their hash is stored beside it).
 
+Each build records on the jobs it listed that their step is done (``Job.proceedings_at``); a
+succeeded job no build has listed, whose step shows no sign of life, lost its message, and the sweep
+queues the step again (``workers/sweeper.py``).
+
 Two jobs of a collection finishing at once both build; each rebuilds until the set of finished talks
 it has written is the set in the database, so the last writer lists every talk.
 """
@@ -160,6 +164,8 @@ def _build(rt: Runtime, collection_id: str, trigger: Job | None) -> list[str]:
         rt.storage.put_bytes(prefix + "collection.md", render_markdown(data).encode())
         rt.storage.put_bytes(prefix + "index.html", render_html(data).encode())
         listed = [t.job_id for t in talks]
+        # Their proceedings step is done, whichever job's message brought this build.
+        rt.store.listed_in_proceedings(listed)
     log.info("collection %s: proceedings built with %d talk(s)", collection.id, len(listed or []))
     return listed or []
 

@@ -4,8 +4,10 @@ retention the sweep applies (``sweep_expired``).
 A deleted job leaves nothing of its own: its search index rows (``jobs.search``), everything under
 ``jobs/<id>/`` in storage (documents, window audio and results, segments, the overall summary, a
 copy of a local file made by ``submit``), the upload it was made from (``uploads/…``), its
-Idempotency-Key, then its rows (``JobStore.delete``). The user's own recording (an ``s3://`` source,
-a drop-folder object, a local path) is never touched, and the drop folder's ledger keeps its row,
+Idempotency-Key, the copies a drop-folder job's end wrote into the drop folder's outbox (the
+Runtime's ``on_job_deleted`` hooks: ``workers.outbox.remove_delivered``), then its rows
+(``JobStore.delete``). The user's own recording (an ``s3://`` source, a drop-folder object in the
+inbox, a local path) is never touched, and the drop folder's ledger keeps its row,
 so the recording is not taken again. A job that has not ended is refused (cancel it first): no step
 may write after its files are gone. A deleted job of a collection leaves its proceedings at once
 (rebuilt without a model call; the collection's summary catches up when another job succeeds).
@@ -42,6 +44,10 @@ def _remove(rt: Runtime, job: Job, *, collection_going: bool = False) -> None:
         rt.storage.delete(key)
     if job.source_key and job.source_key.startswith(UPLOADS_PREFIX):
         rt.storage.delete(job.source_key)
+    # After its documents are gone (an announce step running now finds nothing to copy), before
+    # its row (a failure here leaves the job to delete again).
+    for hook in rt.on_job_deleted:
+        hook(rt, job.id)
     idempotency.forget_job(rt.db, job.id)
     rt.store.delete(job.id)
     log.info("job %s: deleted", job.id)

@@ -31,6 +31,10 @@ class Runtime:
     # What a window's end sets off besides the next steps (the ``window.done`` webhook): called
     # with the job id and the window's index once the window is marked done; must not raise.
     on_window_done: list[Callable[[Runtime, str, int], object]] = field(default_factory=list)
+    # What deleting a job removes outside the core's own storage (its copies in the drop folder's
+    # outbox): called with the job id once its own files are gone and before its rows go; raising
+    # stops the deletion, so a retry removes the rest.
+    on_job_deleted: list[Callable[[Runtime, str], object]] = field(default_factory=list)
     # What sends steps to the broker (``workers.dispatch.Dispatcher``): one per Runtime, built by
     # ``workers.dispatch.dispatcher`` on first use; ``jobs`` never calls it.
     dispatcher: Any = field(default=None, repr=False)

@@ -193,6 +193,26 @@ class JobStore:
                 )
             )
 
+    def listed_in_proceedings(self, job_ids: Collection[str]) -> None:
+        """A build of the proceedings listed these jobs: their proceedings step is done."""
+        if job_ids:
+            where = [col(Job.id).in_(list(job_ids)), col(Job.proceedings_at).is_(None)]
+            self._update(Job, where, proceedings_at=utcnow())
+
+    def proceedings_due(self, before: datetime, limit: int = 100) -> list[str]:
+        """Succeeded jobs of a collection that no build of its proceedings has listed, with no sign
+        of their proceedings step since ``before`` (the sweep's: their message was lost)."""
+        with self.db.session() as s:
+            return list(
+                s.exec(
+                    select(Job.id)
+                    .where(col(Job.collection_id).is_not(None), col(Job.proceedings_at).is_(None))
+                    .where(Job.status == JobStatus.succeeded, col(Job.updated_at) < before)
+                    .order_by(col(Job.updated_at))
+                    .limit(limit)
+                )
+            )
+
     def ended_before(self, tenant: str, before: datetime, limit: int = 100) -> list[str]:
         """Ids of the tenant's jobs that ended before ``before`` (the retention sweep's)."""
         with self.db.session() as s:
@@ -279,8 +299,10 @@ class JobStore:
         return self.transition(job_id, ACTIVE, target, error=reason)
 
     def heartbeat(self, job_id: str) -> None:
-        """Keep ``updated_at`` fresh while a split or reduce runs, so the sweep leaves it be."""
-        where = [col(Job.id) == job_id, col(Job.status).in_([JobStatus.splitting, JobStatus.reducing])]
+        """Keep ``updated_at`` fresh while a split, a reduce or a succeeded job's proceedings step
+        runs, so the sweep leaves it be."""
+        beating = [JobStatus.splitting, JobStatus.reducing, JobStatus.succeeded]
+        where = [col(Job.id) == job_id, col(Job.status).in_(beating)]
         self._update(Job, where, updated_at=utcnow())
 
     def touch_if_stale(self, job_id: str, status: str, before: datetime) -> bool:

@@ -1,8 +1,8 @@
 """The ``tenant`` table's one owner: a tenant is made with its webhook secret when its first API key
 is created (api/keys.py), and the secret is read back to sign its webhooks (workers/webhooks.py) and
 its media links (api/recording_routes.py); a drop-folder sidecar may name one that exists
-(workers/drop_tenant.py). Its retention setting (``voxbatch keys retention``) is read by the sweep
-(jobs/retention.py)."""
+(workers/drop_tenant.py). Its retention setting (``voxbatch keys retention``, or the tenant's own
+``PUT /v1/tenant/retention``) is read by the sweep (jobs/retention.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from jobs.db import Database
+from jobs.limits import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS
 from jobs.models import Tenant
 
 
@@ -36,11 +37,34 @@ def tenant_secret(db: Database, name: str | None) -> str | None:
         return row.webhook_secret if row else None
 
 
+def retention_problem(days: object) -> str | None:
+    """Why ``days`` is no retention setting (one line), or None: a whole number of days in
+    ``MIN_RETENTION_DAYS..MAX_RETENTION_DAYS``, or None to keep finished jobs."""
+    if days is None:
+        return None
+    if isinstance(days, bool) or not isinstance(days, int):
+        return f"retention_days must be a whole number of days or null, not {str(days)[:40]!r}"
+    if not MIN_RETENTION_DAYS <= days <= MAX_RETENTION_DAYS:
+        return (
+            f"retention_days must be from {MIN_RETENTION_DAYS} to {MAX_RETENTION_DAYS} "
+            f"(null keeps finished jobs), not {days}"
+        )
+    return None
+
+
+def get_retention(db: Database, name: str) -> int | None:
+    """The tenant's retention in days; None when it keeps finished jobs (or is unknown)."""
+    with db.session() as s:
+        row = s.get(Tenant, name[:200])
+        return row.retention_days if row else None
+
+
 def set_retention(db: Database, name: str, days: int | None) -> bool:
     """Delete the tenant's finished jobs after ``days`` days (None: keep them); False for an
-    unknown tenant."""
-    if days is not None and days < 1:
-        raise ValueError("retention is at least one day")
+    unknown tenant. ValueError (one line) for days out of range."""
+    problem = retention_problem(days)
+    if problem:
+        raise ValueError(problem)
     with db.session() as s:
         res = s.execute(update(Tenant).where(col(Tenant.name) == name).values(retention_days=days))
         s.commit()

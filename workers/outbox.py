@@ -3,7 +3,9 @@
 A recording at ``<inbox>/<dir>/<name>.<ext>`` gets its documents under ``<outbox>/<dir>/<name>.<ext>/``
 (``document.md``, ``document.json``, ``transcript.txt`` and any other rendering of the job), or
 ``<outbox>/<dir>/<name>/error.json`` when it cannot become a document. The outbox is any storage
-URL (``s3://bucket/outbox/`` or ``file:///dir``); the inbox is only ever read.
+URL (``s3://bucket/outbox/`` or ``file:///dir``); the inbox is only ever read. Deleting the job
+(``DELETE /v1/jobs/{id}``, its collection's deletion, retention) removes what it wrote to the
+outbox (``remove_delivered``).
 """
 
 from __future__ import annotations
@@ -145,6 +147,41 @@ def deliver(rt: Runtime, job_id: str) -> bool:
         reason = job.error or f"the job was {job.status}"
         write_error(outbox, folder, row.key, reason, etag=row.etag, job_id=job_id)
     return True
+
+
+def remove_delivered(rt: Runtime, job_id: str) -> list[str]:
+    """A deleted drop-folder job's copies in the outbox: the documents or the error.json ``deliver``
+    wrote into the recording's folder there, by name (anything else in that folder is not ours);
+    returns the keys removed. The recording in the inbox is never touched: a key that would lie
+    inside the inbox (an outbox configured within it) is left alone. A Runtime ``on_job_deleted``
+    hook (``jobs.retention``); raises when the outbox cannot be reached, so the job stays to be
+    deleted again."""
+    row = drop_object_for_job(rt.db, job_id)
+    if row is None or not rt.settings.outbox_url:
+        return []
+    folder = DropFolder.from_settings(rt.settings)
+    outbox = open_outbox(folder, rt.settings)
+    dest = folder.output_dir(row.key)
+    removed = []
+    for name in (*DOCUMENT_NAMES, ERROR_NAME):
+        key = f"{dest}/{name}"
+        if _inside_inbox(folder, key):
+            log.warning("job %s: outbox key %s lies inside the inbox; left alone", job_id, printable(key))
+            continue
+        if outbox.exists(key):
+            outbox.delete(key)
+            removed.append(key)
+    if removed:
+        log.info("job %s: removed %d document(s) from %s/%s", job_id, len(removed), outbox.url, dest)
+    return removed
+
+
+def _inside_inbox(folder: DropFolder, key: str) -> bool:
+    if not folder.outbox_url.startswith("s3://"):
+        return False
+    bucket, prefix = parse_s3_url(folder.outbox_url)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    return folder.contains(bucket, prefix + key)
 
 
 DELIVERY_ATTEMPTS = 4

@@ -15,7 +15,7 @@ from jobs.steps.next import Step
 from jobs.storage_urls import open_storage
 from workers.drop_ledger import drop_object_for_job
 from workers.meter import enqueue, wake_after_end
-from workers.outbox import deliver_quietly
+from workers.outbox import deliver_quietly, remove_delivered
 from workers.webhooks import notify, notify_window
 
 _process_runtime: Runtime | None = None
@@ -54,6 +54,7 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         engine_factory=lambda: build_engine(settings),
         on_job_end=[queue_announcement, wake_after_end],
         on_window_done=[notify_window],
+        on_job_deleted=[remove_delivered],
     )
 
 

@@ -9,10 +9,14 @@ a job stuck in ``splitting`` or ``reducing`` whose heartbeat is older than one l
 
 Lost messages: a window sent more than ``window_lost_after_s`` ago and still untaken while the gpu
 queue is empty lost its message (Redis restarted without its data); the sweep marks it unsent and
-the meter sends it again. A job ``queued`` or ``transcribing`` that has made no progress for
-``orphan_after_s``, has no running window and whose queue is empty has lost its messages too; the
-sweep enqueues what ``next_steps`` says it needs. Enqueuing twice is harmless (steps are idempotent
-and claims are conditional), but the empty-queue test keeps a long backlog from being duplicated.
+the meter sends it again. A succeeded job of a collection that no build of its proceedings has
+listed (``Job.proceedings_at``), whose step has shown no sign of life for as long while the gpu
+queue is empty, lost its proceedings message the same way (or the gpu worker that took it died):
+the sweep puts the step into the outbox again. A job ``queued`` or ``transcribing`` that has made
+no progress for ``orphan_after_s``, has no running window and whose queue is empty has lost its
+messages too; the sweep enqueues what ``next_steps`` says it needs. Enqueuing twice is harmless
+(steps are idempotent and claims are conditional), but the empty-queue test keeps a long backlog
+from being duplicated.
 Every sweep ends by relaying the outbox and metering the gpu queue (``workers.meter.wake``), then
 deletes the finished jobs of tenants with a retention setting that are older than it
 (``jobs.retention.sweep_expired``).
@@ -27,7 +31,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import redis
 
@@ -53,6 +57,7 @@ class SweepReport:
     orphans: list[str] = field(default_factory=list)
     lost: list[tuple[str, int]] = field(default_factory=list)  # sent windows whose message vanished
     expired: list[str] = field(default_factory=list)  # finished jobs deleted by their tenant's retention
+    proceedings: list[str] = field(default_factory=list)  # succeeded jobs whose proceedings step was lost
 
 
 def sweep_period_s(lease_seconds: float) -> float:
@@ -125,6 +130,22 @@ def _sweep_orphans(rt: Runtime, queue_depth: Callable[[], dict[str, int]], repor
         for job_id, index in rt.store.undispatch_lost(sent_before, retrying_before):
             log.warning("job %s: window %d was sent but its message is gone; sending it again", job_id, index)
             report.lost.append((job_id, index))
+        _sweep_proceedings(rt, sent_before, report)
+
+
+def _sweep_proceedings(rt: Runtime, before: datetime, report: SweepReport) -> None:
+    """Succeeded jobs of a collection that no build of its proceedings has listed, whose step has
+    shown no sign of life (its task beats like a reduce) since ``before``, while the gpu queue is
+    empty: the message was lost (Redis lost it, or the gpu worker that took it died). The step goes
+    into the outbox again."""
+    for job_id in rt.store.proceedings_due(before):
+        # Touch the job: the next sweep waits another window_lost_after_s for this message.
+        if not rt.store.touch_if_stale(job_id, JobStatus.succeeded, before):
+            continue
+        steps = next_steps(rt, job_id)
+        log.warning("job %s: its proceedings step's message is gone; sent again", job_id)
+        meter.enqueue(rt, steps)
+        report.proceedings.append(job_id)
 
 
 class SweepTimer:

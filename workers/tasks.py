@@ -175,7 +175,9 @@ def proceedings(self: JobTask, job_id: str) -> int:
     rt = process_runtime()
     if not self.first_deliveries(job_id):
         return 0
-    return len(build_proceedings(rt, job_id))
+    # Its heartbeat tells the sweep the step is alive (a build with no sign of life lost its message).
+    with job_heartbeat(rt, job_id):
+        return len(build_proceedings(rt, job_id))
 
 
 @app.task(name=celery_app.SWEEP, ignore_result=True)
@@ -188,6 +190,7 @@ def sweep_leases() -> dict[str, int]:
         "reduces": len(report.reduces),
         "orphans": len(report.orphans),
         "lost": len(report.lost),
+        "proceedings": len(report.proceedings),
     }
 
 

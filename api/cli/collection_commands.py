@@ -1,15 +1,39 @@
 """`voxbatch collection create|show|submit|fetch|delete`: collections of the command line's jobs
-(those without a tenant, like `voxbatch submit`'s), against the configured database and storage."""
+(those without a tenant, like `voxbatch submit`'s) or, with ``--tenant NAME``, of an API tenant's
+(what its key lists and searches), against the configured database and storage."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from api.cli.common import job_options, one_line_errors, runtime
-from jobs.errors import InputError
+from api.cli.common import (
+    checked_tenant,
+    collection_hint,
+    job_options,
+    one_line_errors,
+    runtime,
+    tenant_option,
+)
+from jobs.errors import InputError, NotFound
+from jobs.runtime import Runtime
+
+if TYPE_CHECKING:
+    from jobs.models import Collection
+
+
+def _get(rt: Runtime, tenant: str | None, name: str) -> Collection:
+    """The collection NAME of ``--tenant`` (or the command line's), with a hint when it is not
+    there but a tenant has one by that name."""
+    from jobs import collections
+
+    try:
+        return collections.get(rt.db, checked_tenant(rt, tenant), name)
+    except NotFound as exc:
+        raise NotFound(f"{exc}{collection_hint(rt, tenant, name)}") from exc
 
 
 @click.group()
@@ -20,6 +44,7 @@ def collection() -> None:
 @collection.command("create")
 @click.argument("name")
 @job_options
+@tenant_option
 @one_line_errors
 def create(
     name: str,
@@ -29,6 +54,7 @@ def create(
     window_minutes: float | None,
     vocabulary: str | None,
     priority: str | None,
+    tenant: str | None,
 ) -> None:
     """Create collection NAME with the options its jobs share; prints its id as the last line."""
     from jobs import collections
@@ -36,9 +62,10 @@ def create(
 
     if window_minutes is not None:
         raise InputError("--window-minutes is a job's option, not a collection's")
+    rt = runtime()
     row = collections.create(
-        runtime().db,
-        None,
+        rt.db,
+        checked_tenant(rt, tenant),
         name,
         JobOptions(instructions, preset, language, vocabulary=vocabulary, priority=priority),
     )
@@ -49,13 +76,14 @@ def create(
 @collection.command("show")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON object.")
+@tenant_option
 @one_line_errors
-def show(name: str, as_json: bool) -> None:
+def show(name: str, as_json: bool, tenant: str | None) -> None:
     """A collection's options, its jobs and their states, and its proceedings."""
-    from jobs import collections, proceedings
+    from jobs import proceedings
 
     rt = runtime()
-    row = collections.get(rt.db, None, name)
+    row = _get(rt, tenant, name)
     jobs = rt.store.in_collection(row.id)
     built = proceedings.built(rt.storage, row.id)
     if as_json:
@@ -78,8 +106,9 @@ def show(name: str, as_json: bool) -> None:
 @collection.command("submit")
 @click.argument("name")
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@tenant_option
 @one_line_errors
-def submit(name: str, manifest: Path) -> None:
+def submit(name: str, manifest: Path, tenant: str | None) -> None:
     """Submit every recording a manifest (CSV or JSONL: source, title, speakers, vocabulary) lists
     into collection NAME; nothing is submitted unless every row is right. Prints the job ids."""
     from jobs import manifest as manifests
@@ -87,6 +116,7 @@ def submit(name: str, manifest: Path) -> None:
     from workers.submission import submit as submit_job
 
     rt = runtime()
+    tenant = _get(rt, tenant, name).tenant
     rows = manifests.parse(manifest.read_bytes(), manifest.name)
     base = manifest.parent.absolute()
 
@@ -103,7 +133,9 @@ def submit(name: str, manifest: Path) -> None:
             raise InputError(f"{row.source} is not a file")
         return rt.audio.probe(source).duration_s
 
-    jobs = submit_manifest(rt, None, name, rows, probe, lambda row, opts: submit_job(rt, located(row), opts))
+    jobs = submit_manifest(
+        rt, tenant, name, rows, probe, lambda row, opts: submit_job(rt, located(row), opts, tenant=tenant)
+    )
     click.echo(f"voxbatch: {len(jobs)} job(s) queued into {name!r}", err=True)
     for job in jobs:
         click.echo(job.id)
@@ -117,15 +149,16 @@ def submit(name: str, manifest: Path) -> None:
     required=True,
     help="Where to write index.html, collection.md, collection.json and talks/<job id>/.",
 )
+@tenant_option
 @one_line_errors
-def fetch(name: str, output_dir: Path) -> None:
+def fetch(name: str, output_dir: Path, tenant: str | None) -> None:
     """Download the proceedings and every finished talk's documents; prints the path of index.html."""
     from jobs import collections, proceedings
     from jobs.models import JobStatus
     from jobs.steps.local import copy_documents
 
     rt = runtime()
-    row = collections.get(rt.db, None, name)
+    row = _get(rt, tenant, name)
     built = proceedings.built(rt.storage, row.id)
     if not built:
         raise InputError(
@@ -143,12 +176,15 @@ def fetch(name: str, output_dir: Path) -> None:
 @collection.command("delete")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask.")
+@tenant_option
 @one_line_errors
-def delete(name: str, yes: bool) -> None:
+def delete(name: str, yes: bool, tenant: str | None) -> None:
     """Delete collection NAME with its jobs' documents, index rows and stored recordings."""
     from jobs import retention
 
+    rt = runtime()
+    tenant = _get(rt, tenant, name).tenant
     if not yes:
         click.confirm(f"delete collection {name!r} and every job in it?", abort=True)
-    count = retention.delete_collection(runtime(), None, name)
+    count = retention.delete_collection(rt, tenant, name)
     click.echo(f"voxbatch: collection {name!r} deleted with {count} job(s)", err=True)

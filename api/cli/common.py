@@ -111,3 +111,36 @@ def job_options(fn: F) -> F:
         "engines that take a vocabulary spell them this way; summaries use them.",
     )(fn)
     return fn
+
+
+def tenant_option(fn: F) -> F:
+    """``--tenant NAME``: act for an API tenant, so its key sees (and searches) what is made."""
+    return click.option(
+        "--tenant",
+        default=None,
+        metavar="NAME",
+        help="Act for API tenant NAME (made by `voxbatch keys create NAME`): its API key sees and "
+        "searches these jobs and collections. Default: the command line's own, which no API key sees.",
+    )(fn)
+
+
+def checked_tenant(rt: Runtime, tenant: str | None) -> str | None:
+    """``--tenant``'s value, refused in one line when no key ever made that tenant."""
+    from jobs.tenants import tenant_exists
+
+    if tenant is not None and not tenant_exists(rt.db, tenant):
+        raise InputError(
+            f"no tenant {tenant[:100]!r} (it is made with its first key: voxbatch keys create NAME)"
+        )
+    return tenant
+
+
+def collection_hint(rt: Runtime, tenant: str | None, ref: str | None) -> str:
+    """What to add to "no collection NAME" on the command line: the tenants that have one by that
+    name when the command named none (the operator sees every tenant)."""
+    from jobs.collections import owners
+
+    found = owners(rt.db, ref or "") if tenant is None else []
+    if not found:
+        return ""
+    return f"; tenant {', '.join(repr(t) for t in found[:5])} has one: add --tenant {found[0]}"

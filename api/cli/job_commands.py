@@ -12,9 +12,19 @@ from typing import Any
 
 import click
 
-from api.cli.common import EXIT_FAILED, EXIT_INPUT, job_options, load_settings, one_line_errors, runtime
+from api.cli.common import (
+    EXIT_FAILED,
+    EXIT_INPUT,
+    checked_tenant,
+    collection_hint,
+    job_options,
+    load_settings,
+    one_line_errors,
+    runtime,
+    tenant_option,
+)
 from api.cli.follow import Follower
-from jobs.errors import InputError
+from jobs.errors import InputError, NotFound
 from jobs.models import Job, JobStatus
 from jobs.runtime import Runtime
 from jobs.steps.local import copy_documents
@@ -59,6 +69,7 @@ def job_report(rt: Runtime, job: Job) -> dict[str, Any]:
     "--collection", default=None, help="Join this collection (name or id): its options are the defaults."
 )
 @click.option("--title", default=None, help="The document's title (default: the file's name).")
+@tenant_option
 @one_line_errors
 def submit(
     source: str,
@@ -70,6 +81,7 @@ def submit(
     priority: str | None,
     collection: str | None,
     title: str | None,
+    tenant: str | None,
 ) -> None:
     """Put FILE or s3://bucket/key on the workers' queue; prints the job id as its last line."""
     from jobs.options import JobOptions
@@ -96,7 +108,11 @@ def submit(
         # Probe here: a file ffmpeg cannot read never becomes a job.
         FfmpegAudio().probe(str(path))
         source = str(path)
-    job = submit_job(runtime(), source, options)
+    rt = runtime()
+    try:
+        job = submit_job(rt, source, options, tenant=checked_tenant(rt, tenant))
+    except NotFound as exc:  # the collection: say which tenant has one by that name
+        raise NotFound(f"{exc}{collection_hint(rt, tenant, collection)}") from exc
     click.echo(f"voxbatch: job {job.id} queued ({job.source_name})", err=True)
     click.echo(job.id)
 

@@ -74,10 +74,13 @@ def retention(name: str, days: int | None) -> None:
     """Delete tenant NAME's finished jobs DAYS days after they end (the sweep does it); no DAYS
     keeps them."""
     from jobs.db import Database
+    from jobs.limits import MAX_RETENTION_DAYS, MIN_RETENTION_DAYS
     from jobs.tenants import set_retention
 
-    if days is not None and days < 1:
-        raise InputError("DAYS is at least 1; leave it out to keep finished jobs")
+    if days is not None and not MIN_RETENTION_DAYS <= days <= MAX_RETENTION_DAYS:
+        raise InputError(
+            f"DAYS is from {MIN_RETENTION_DAYS} to {MAX_RETENTION_DAYS}; leave it out to keep finished jobs"
+        )
     settings = load_settings()
     db = Database(settings.resolved_database_url())
     db.migrate()

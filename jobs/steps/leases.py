@@ -91,5 +91,6 @@ def lease_renewal(
 
 
 def job_heartbeat(rt: Runtime, job_id: str) -> AbstractContextManager[None]:
-    """Keep the job's ``updated_at`` fresh while a split or reduce runs, so the sweep leaves it be."""
+    """Keep the job's ``updated_at`` fresh while a split, a reduce or a proceedings step runs, so
+    the sweep leaves it be."""
     return every(renew_period_s(rt), lambda: rt.store.heartbeat(job_id), f"heartbeat-{job_id}")

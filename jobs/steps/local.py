@@ -82,7 +82,8 @@ def run_local(rt: Runtime, job_id: str, progress: Progress | None = None) -> Job
 
 def _drive(rt: Runtime, job_id: str, progress: Progress | None) -> None:
     previous: list[Step] | None = None
-    while steps := next_steps(rt, job_id):
+    # A succeeded job's proceedings are built right after its reduce (below), not asked again.
+    while steps := [s for s in next_steps(rt, job_id) if s.kind != "proceedings"]:
         if steps == previous:
             raise PermanentError(f"job {job_id} makes no progress (stuck at {steps[0].kind})")
         previous = steps

@@ -5,9 +5,10 @@ the local run all use.
 pending window is due; after a window only the overall summary or the reduce can be (its siblings
 have their own messages), and only for the one caller the barrier lets through; after the overall
 summary, the reduce; after the reduce of a job in a collection, the collection's proceedings
-(``jobs/proceedings.py``); with no ``after`` (resume, the
-sweep of a job whose messages were lost or whose worker died, a local run) everything missing is
-due. Each step carries the reason it is due (for logs); steps compare equal whatever the reason.
+(``jobs/proceedings.py``); with no ``after`` (resume, the sweep of a job whose messages were lost
+or whose worker died, a local run) everything missing is due, the proceedings of a succeeded job
+that no build has listed included. Each step carries the reason it is due (for logs); steps
+compare equal whatever the reason.
 
 Which of the due windows goes to the gpu queue when is not decided here but by the meter
 (``workers.meter``); the local run takes them in order.
@@ -37,8 +38,11 @@ class Step:
 
 def next_steps(rt: Runtime, job_id: str, after: StepKind | None = None) -> list[Step]:
     job = rt.store.get(job_id)
-    if job.status == JobStatus.succeeded and after == "reduce" and job.collection_id:
-        return [Step("proceedings", job_id, reason="a job of its collection succeeded")]
+    if job.status == JobStatus.succeeded and job.collection_id:
+        if after == "reduce":
+            return [Step("proceedings", job_id, reason="a job of its collection succeeded")]
+        if after is None and job.proceedings_at is None:
+            return [Step("proceedings", job_id, reason="succeeded, no build of its proceedings lists it")]
     if JobStatus(job.status).finished:
         return []
     if job.status == JobStatus.reducing:

@@ -134,3 +134,42 @@ def test_upload_follow_and_read_a_document(
     assert "marker-0" in saved.read_text()
     assert errors == []
     page.close()
+
+
+def test_several_recordings_chosen_at_once_join_one_new_collection(
+    browser: Any, local_stack: ApiStack, short_speech: Path, tmp_path: Path
+) -> None:
+    names = ["keynote.wav", "panel.wav", "closing.wav"]
+    files = []
+    for name in names:
+        shutil.copyfile(short_speech, tmp_path / name)
+        files.append(str(tmp_path / name))
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(local_stack.url + "/")
+    page.fill("#api-key", local_stack.key("erin"))
+    page.click("#sign-in-form button")
+    page.wait_for_selector("#app:not([hidden])")
+
+    page.set_input_files("#file", files)  # the file chooser, three files picked together
+    assert page.text_content("#file-name", timeout=5_000).startswith("3 recordings")  # type: ignore[union-attr]
+    page.fill("#collection", "DevConf 2027")  # a new name: the page makes the collection
+    page.select_option("#preset", "panel")
+    page.click("#start")
+    page.wait_for_selector("#upload-status:has-text('3/3 Uploaded')", timeout=60_000)
+    page.wait_for_selector("#search-collection option:has-text('DevConf 2027')", state="attached")
+    shot(page, "09-collection-uploaded")
+
+    with local_stack.client("erin") as client:
+        shown = client.get("/v1/collections/DevConf 2027")
+        assert shown.status_code == 200, shown.text
+        jobs = shown.json()["jobs"]
+        assert sorted(j["source_name"] for j in jobs) == sorted(names)
+        assert {(j["collection_id"], j["preset"]) for j in jobs} == {(shown.json()["id"], "panel")}
+        # Nothing outside it: every job the tenant has is in the collection.
+        listed = client.get("/v1/jobs").json()["jobs"]
+        assert sorted(j["id"] for j in listed) == sorted(j["id"] for j in jobs)
+    page.wait_for_function("() => document.querySelectorAll('#job-rows tr').length === 3")
+    assert errors == []
+    page.close()

@@ -5,12 +5,14 @@ full-text index, fetched as a folder whose links work, then deleted."""
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import text
 
 from jobs import search
+from jobs.models import JobStatus
 from tests.distributed.conftest import Stack
 from tests.fixtures.services import wait_until
 from tests.speech import Recording
@@ -79,3 +81,43 @@ def test_a_collection_gets_proceedings_search_and_deletion(
     assert deleted.returncode == 0, deleted.stderr
     assert all(rt.store.find(j) is None and search.indexed(rt.db, j) is None for j in jobs)
     assert list(rt.storage.list(f"jobs/{jobs[0]}/")) == []
+
+
+def test_a_lost_proceedings_message_is_sent_again_by_the_sweep(
+    stack_factory: Callable[..., Stack], marker_recording: Recording
+) -> None:
+    # The proceedings step's message is lost after the job succeeded (Redis lost its queue, or the
+    # gpu worker that took it died): the sweep sees a succeeded job of a collection that no build
+    # has listed, an empty gpu queue, and queues the step again through the outbox.
+    import redis
+
+    stack = stack_factory(VOXBATCH_WINDOW_LOST_AFTER_S="3", VOXBATCH_LEASE_SECONDS="8")
+    c = stack.cluster
+    broker = redis.Redis.from_url(stack.redis.url)
+    assert c.cli("collection", "create", "DevConf").returncode == 0
+    rt = c.runtime()
+    # Each step on its own worker, stopped once its part is done, so the proceedings message waits
+    # in the gpu queue with nobody to take it: one window (no overall summary step on the gpu).
+    cpu = c.start_worker("cpu", 1)
+    job_id = c.submit(marker_recording.path, "--window-minutes", "10", "--collection", "DevConf")
+    wait_until(lambda: rt.store.get(job_id).status == JobStatus.transcribing, 60, "the split")
+    c.signal_worker(cpu, signal.SIGTERM)
+    cpu.process.wait(60)
+    gpu = c.start_worker("gpu", 1)
+    wait_until(lambda: rt.store.get(job_id).status == JobStatus.reducing, 60, "the window")
+    c.signal_worker(gpu, signal.SIGTERM)
+    gpu.process.wait(60)
+    c.start_worker("cpu", 1)
+    wait_until(lambda: rt.store.get(job_id).status == JobStatus.succeeded, 60, "the reduce")
+    wait_until(lambda: broker.llen("gpu") == 1, 30, "the proceedings message")
+    broker.delete("gpu")  # lost
+    c.start_worker("gpu", 1)
+
+    def listed() -> list[str] | None:
+        key = f"collections/{rt.store.get(job_id).collection_id}/collection.json"
+        if not rt.storage.exists(key):
+            return None
+        return [t["job_id"] for t in json.loads(rt.storage.get_bytes(key))["talks"]] or None
+
+    assert wait_until(listed, 60, "the proceedings, sent again", 0.5) == [job_id], c.logs()
+    assert "proceedings" in c.logs() and "sent again" in c.logs()

@@ -5,7 +5,10 @@ collections, and the retention sweep."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,8 +23,10 @@ from jobs.errors import Conflict, NotFound
 from jobs.models import JobStatus, utcnow
 from jobs.options import JobOptions
 from jobs.runtime import Runtime
+from jobs.settings import Settings
 from jobs.steps.create import create_job
 from jobs.steps.local import run_local
+from tests.fixtures.services import free_port
 from tests.inprocess.conftest import FakeEngine
 from tests.speech import Recording
 from workers import submission
@@ -227,6 +232,45 @@ def test_the_retention_sweep_deletes_only_old_finished_jobs_of_tenants_that_ask(
     assert rt.store.find(recent.id) is not None and rt.store.find(other.id) is not None
 
 
+def test_a_tenant_reads_and_sets_its_own_retention_over_the_api(rt: Runtime, tones: Recording) -> None:
+    keys = {t: create_key(rt.db, t) for t in ("acme", "bolt")}
+    app = create_app(rt.settings, rt)
+    acme: httpx.Client = TestClient(app, headers={"Authorization": f"Bearer {keys['acme']}"})
+    bolt: httpx.Client = TestClient(app, headers={"Authorization": f"Bearer {keys['bolt']}"})
+    assert acme.get("/v1/tenant/retention").json() == {"retention_days": None}
+    assert TestClient(app).get("/v1/tenant/retention").status_code == 401
+    for days in (1, 30, 3650):
+        answer = acme.put("/v1/tenant/retention", json={"retention_days": days})
+        assert answer.status_code == 200 and answer.json() == {"retention_days": days}, answer.text
+    assert acme.get("/v1/tenant/retention").json() == {"retention_days": 3650}
+    assert bolt.get("/v1/tenant/retention").json() == {"retention_days": None}  # its own only
+    out_of_range = "retention_days must be from 1 to 3650 (null keeps finished jobs), not "
+    refused = {
+        '{"retention_days": 0}': out_of_range + "0",
+        '{"retention_days": 3651}': out_of_range + "3651",
+        '{"retention_days": -5}': out_of_range + "-5",
+        '{"retention_days": 7.5}': "retention_days must be a whole number of days or null, not '7.5'",
+        '{"retention_days": "30"}': "retention_days must be a whole number of days or null, not '30'",
+        '{"retention_days": true}': "retention_days must be a whole number of days or null, not 'True'",
+        '{"days": 30}': 'send {"retention_days": DAYS} (DAYS from 1 to 3650, or null to keep finished jobs)',
+        '{"retention_days": 30, "x": 1}': "unknown field(s): x; only retention_days",
+        "[30]": 'send {"retention_days": DAYS} (DAYS from 1 to 3650, or null to keep finished jobs)',
+        "thirty": 'the body is not JSON; send {"retention_days": 30} or {"retention_days": null}',
+        "[" * 5000: 'the body is not JSON; send {"retention_days": 30} or {"retention_days": null}',
+    }
+    for body, reason in refused.items():
+        answer = acme.put("/v1/tenant/retention", content=body, headers={"Content-Type": "application/json"})
+        assert (answer.status_code, answer.json()) == (422, {"detail": reason}), body[:40]
+    assert acme.get("/v1/tenant/retention").json() == {"retention_days": 3650}  # unchanged
+    # What the API set is what the sweep applies: a job that ended 31 days ago goes at 30.
+    assert acme.put("/v1/tenant/retention", json={"retention_days": 30}).status_code == 200
+    old = run_local(rt, create_job(rt, str(tones.path), JobOptions(), tenant="acme").id)
+    rt.store.update(old.id, finished_at=utcnow() - timedelta(days=31))
+    assert retention.sweep_expired(rt) == [old.id]
+    assert acme.put("/v1/tenant/retention", json={"retention_days": None}).json() == {"retention_days": None}
+    assert tenants.retention_days(rt.db) == {}
+
+
 def test_the_api_creates_shows_uploads_into_and_deletes_a_collection(rt: Runtime, tones: Recording) -> None:
     key = create_key(rt.db, "acme")
     client: httpx.Client = TestClient(create_app(rt.settings, rt), headers={"Authorization": f"Bearer {key}"})
@@ -282,3 +326,51 @@ def test_the_api_refuses_a_manifest_whole(rt: Runtime) -> None:
     assert problems[1] == "line 3: a source is s3://bucket/key or the id of a completed upload"
     assert client.post("/v1/collections/DevConf/manifest", content=body).status_code == 415
     assert rt.store.list_jobs()[1] == 0
+
+
+def test_the_command_line_acts_for_a_tenant_whose_key_then_sees_and_searches_it(
+    tmp_path: Path, tones: Recording
+) -> None:
+    # What the command line makes with --tenant is what that tenant's API key lists; without it,
+    # the command line's own collections, which no key sees (a name a tenant has is hinted at).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VOXBATCH_")}
+    # No broker answers there: submit commits the job with its step in the outbox and returns.
+    env.update(
+        VOXBATCH_DATA_DIR=str(tmp_path / "data"), VOXBATCH_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0"
+    )
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "api.cli", *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    key = cli("keys", "create", "acme").stdout.strip().splitlines()[-1]
+    refused = cli("collection", "create", "DevConf", "--tenant", "nobody")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "voxbatch: error: no tenant 'nobody' (it is made with its first key: voxbatch keys create NAME)"
+    ]
+    assert cli("collection", "create", "DevConf", "--tenant", "acme", "--preset", "panel").returncode == 0
+    done = cli("submit", str(tones.path), "--tenant", "acme", "--collection", "DevConf", "--title", "Keynote")
+    assert done.returncode == 0, done.stderr
+    job_id = done.stdout.strip().splitlines()[-1]
+    hinted = cli("submit", str(tones.path), "--collection", "DevConf")
+    assert hinted.returncode == 2 and hinted.stderr.strip().splitlines() == [
+        "voxbatch: error: no collection 'DevConf'; tenant 'acme' has one: add --tenant acme"
+    ]
+    shown = cli("collection", "show", "DevConf", "--tenant", "acme", "--json")
+    assert [j["id"] for j in json.loads(shown.stdout)["jobs"]] == [job_id]
+
+    settings = Settings(data_dir=tmp_path / "data")
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {key}"}) as client:
+        seen = client.get("/v1/collections/DevConf").json()
+        assert [(j["id"], j["preset"], j["title"]) for j in seen["jobs"]] == [(job_id, "panel", "Keynote")]
+    assert cli("collection", "delete", "DevConf", "--yes").returncode == 2  # not the command line's
+    cancelled = cli("cancel", job_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    deleted = cli("collection", "delete", "DevConf", "--tenant", "acme", "--yes")
+    assert deleted.returncode == 0, deleted.stderr

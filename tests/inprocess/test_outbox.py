@@ -1,6 +1,7 @@
 """The outbox and the meter on SQLite (workers/meter.py): a job and its first step are one durable
 act whatever point a submitter dies at; windows go to the gpu queue only while it has room, the
-fairest first; cancelled work is never sent; a window whose message vanished is sent again.
+fairest first; cancelled work is never sent; a window or a proceedings step whose message vanished
+is sent again.
 
 A "kill" is a ``Killed`` (a BaseException, as a SIGKILL skips every ``except Exception`` and
 cleanup path) raised at the crash point; the relay poller of a cpu worker is the real thread."""
@@ -15,11 +16,13 @@ from datetime import timedelta
 import pytest
 from sqlmodel import col, select
 
-from jobs.models import JobStatus, Priority, Window, WindowStatus, utcnow
+from jobs import collections, proceedings
+from jobs.models import Job, JobStatus, Priority, Window, WindowStatus, utcnow
 from jobs.options import JobOptions
 from jobs.runtime import Runtime
 from jobs.steps.create import create_job
 from jobs.steps.ending import cancel, fail
+from jobs.steps.local import run_local
 from jobs.steps.next import Step
 from jobs.steps.split import split_job
 from tests.fixtures.services import wait_until
@@ -267,6 +270,43 @@ def test_the_sweep_sends_again_a_window_whose_message_vanished(rt: Runtime, tone
     assert sorted(report.lost) == [(job_id, 0), (job_id, 1)]
     assert windows_sent(d)[2:] == [(job_id, 0), (job_id, 1)]
     assert [w.status for w in rt.store.windows(job_id)] == [WindowStatus.pending] * 3
+
+
+def test_the_sweep_queues_again_a_proceedings_step_whose_message_vanished(
+    rt: Runtime, tones: Recording
+) -> None:
+    collections.create(rt.db, None, "DevConf", JobOptions())
+    job = create_job(rt, str(tones.path), JobOptions(collection="DevConf"))
+    run_local(rt, job.id)  # its proceedings built: the build lists it
+    assert rt.store.get(job.id).proceedings_at is not None
+    rt.dispatcher = d = RecordingDispatcher()
+
+    def lost(seconds_ago: float) -> None:
+        """The job succeeded that long ago and its proceedings step never ran."""
+        with rt.db.session() as s:
+            row = s.get(Job, job.id)
+            assert row is not None
+            row.proceedings_at, row.updated_at = None, utcnow() - timedelta(seconds=seconds_ago)
+            s.add(row)
+            s.commit()
+
+    def proceedings_sent() -> list[str]:
+        return [s.job_id for s in d.sent if s.kind == "proceedings"]
+
+    lost(1)
+    sweep(rt, queue_depth=lambda: {"cpu": 0, "gpu": 0})
+    assert proceedings_sent() == []  # just now: its message may be about to be taken
+    lost(rt.settings.window_lost_after_s + 1)
+    sweep(rt, queue_depth=lambda: {"cpu": 0, "gpu": 1})
+    assert proceedings_sent() == []  # a message waits in the gpu queue: it may be this one
+    report = sweep(rt, queue_depth=lambda: {"cpu": 0, "gpu": 0})
+    assert report.proceedings == [job.id] and proceedings_sent() == [job.id]  # through the outbox
+    assert rt.store.queued_steps() == []
+    sweep(rt, queue_depth=lambda: {"cpu": 0, "gpu": 0})
+    assert proceedings_sent() == [job.id]  # touched: the next sweep waits for this message
+    proceedings.build(rt, job.id)  # what the gpu worker's task runs
+    assert rt.store.get(job.id).proceedings_at is not None
+    assert rt.store.proceedings_due(utcnow() + timedelta(days=1)) == []
 
 
 # --- a job's end ------------------------------------------------------------------------------------
