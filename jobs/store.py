@@ -264,19 +264,44 @@ class JobStore:
         return self._update(Job, [col(Job.id) == job_id, cond], **{field: new}) == 1
 
     def transition(
-        self, job_id: str, sources: Collection[JobStatus], target: JobStatus, **values: Any
+        self,
+        job_id: str,
+        sources: Collection[JobStatus],
+        target: JobStatus,
+        *,
+        announce: JoinedCheck | None = None,
+        **values: Any,
     ) -> bool:
-        """Move the job to ``target`` if it is in one of ``sources``; True when this call moved it."""
+        """Move the job to ``target`` if it is in one of ``sources``; True when this call moved it.
+
+        ``announce`` (an ending only): when this call ended the job and the job has a webhook or
+        ``announce(session, job_id)`` says it has something else to announce (a drop-folder
+        recording's outbox result), its ``announce`` step goes into the outbox in the same
+        transaction. The end and its announcement are one commit: a process killed right after the
+        end cannot lose the job's webhook or outbox result (a cpu worker relays the step).
+        """
         check_transition(sources, target)
         now = utcnow()
         if target in ENDED:
             values.setdefault("finished_at", now)
         where = [col(Job.id) == job_id, col(Job.status).in_(list(sources))]
-        return self._update(Job, where, status=target, updated_at=now, **values) == 1
+        with self.db.session() as s:
+            moved = _changed(
+                s.execute(update(Job).where(*where).values(status=target, updated_at=now, **values))
+            )
+            if moved == 1 and announce is not None and target in ENDED:
+                webhook = s.exec(select(Job.webhook_url).where(col(Job.id) == job_id)).first()
+                if webhook or announce(s, job_id):
+                    s.add(QueuedStep(job_id=job_id, kind="announce"))
+            s.commit()
+        return moved == 1
 
-    def end(self, job_id: str, target: JobStatus, reason: str | None) -> bool:
-        """Fail or cancel an active job; the first ending wins. True when this call ended it."""
-        return self.transition(job_id, ACTIVE, target, error=reason)
+    def end(
+        self, job_id: str, target: JobStatus, reason: str | None, *, announce: JoinedCheck | None = None
+    ) -> bool:
+        """Fail or cancel an active job; the first ending wins. True when this call ended it.
+        ``announce``: as for ``transition``."""
+        return self.transition(job_id, ACTIVE, target, announce=announce, error=reason)
 
     def heartbeat(self, job_id: str) -> None:
         """Keep ``updated_at`` fresh while a split or reduce runs, so the sweep leaves it be."""

@@ -150,8 +150,9 @@ def enqueue(rt: Runtime, steps: Iterable[Step]) -> None:
 
 
 def wake_after_end(rt: Runtime, job_id: str) -> None:
-    """A Runtime end hook: an ended job's slots in the gpu queue go to other jobs at once."""
-    meter(rt)
+    """A Runtime end hook: the ending's announce step (committed with the end) is relayed, and an
+    ended job's slots in the gpu queue go to other jobs at once."""
+    wake(rt)
 
 
 class RelayPoller:
