@@ -34,6 +34,10 @@ def _changed(result: Any) -> int:
     return int(result.rowcount)
 
 
+# Outbox steps kept (marked sent) until the worker that ran them says they are done: nothing else
+# records that they still have to happen (a job's announcement).
+KEPT_UNTIL_DONE = frozenset({"announce"})
+
 # Jobs whose windows the meter may send: the split may still be cutting them.
 METERED = (JobStatus.splitting, JobStatus.transcribing)
 
@@ -132,25 +136,46 @@ class JobStore:
             s.add_all([QueuedStep(kind=kind, job_id=job_id, index=index) for kind, job_id, index in steps])
             s.commit()
 
-    def relay(self, send: Callable[[QueuedStep], None], limit: int = 200) -> int:
-        """Hand the outbox's steps to ``send`` and delete them, under the ``outbox`` lock; returns
-        how many were sent. A step whose send raises stays (with those after it) for the next
-        relay, and the error propagates; a relay killed mid-way sends a step twice at worst."""
+    def relay(
+        self, send: Callable[[QueuedStep], None], limit: int = 200, resend_after_s: float = 120.0
+    ) -> int:
+        """Hand the outbox's due steps to ``send`` and delete them, under the ``outbox`` lock;
+        returns how many were sent. A step whose send raises stays (with those after it) for the next
+        relay, and the error propagates; a relay killed mid-way sends a step twice at worst.
+
+        ``announce`` steps are kept, marked ``sent_at``, until ``announced``; one sent more than
+        ``resend_after_s`` ago is due again."""
+        due = or_(
+            col(QueuedStep.sent_at).is_(None),
+            col(QueuedStep.sent_at) < utcnow() - timedelta(seconds=resend_after_s),
+        )
         with self.db.session() as s:
-            if s.exec(select(QueuedStep.id).limit(1)).first() is None:
+            if s.exec(select(QueuedStep.id).where(due).limit(1)).first() is None:
                 return 0  # the common case: nothing to relay, no lock taken
         sent = 0
         with self.db.session() as s:
             take_turn(s, "outbox")
-            rows = list(s.exec(select(QueuedStep).order_by(col(QueuedStep.id)).limit(limit)))
+            rows = list(s.exec(select(QueuedStep).where(due).order_by(col(QueuedStep.id)).limit(limit)))
             try:
                 for row in rows:
                     send(row)
-                    s.execute(delete(QueuedStep).where(col(QueuedStep.id) == row.id))
+                    this = col(QueuedStep.id) == row.id
+                    if row.kind in KEPT_UNTIL_DONE:
+                        s.execute(update(QueuedStep).where(this).values(sent_at=utcnow()))
+                    else:
+                        s.execute(delete(QueuedStep).where(this))
                     sent += 1
             finally:
                 s.commit()
         return sent
+
+    def announced(self, job_id: str) -> None:
+        """The job's end was announced (by the cpu worker's ``announce`` task): its step leaves the
+        outbox."""
+        with self.db.session() as s:
+            where = [col(QueuedStep.job_id) == job_id, col(QueuedStep.kind).in_(list(KEPT_UNTIL_DONE))]
+            s.execute(delete(QueuedStep).where(*where))
+            s.commit()
 
     def queued_steps(self) -> list[QueuedStep]:
         with self.db.session() as s:

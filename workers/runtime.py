@@ -23,12 +23,14 @@ _process_runtime: Runtime | None = None
 _lock = threading.Lock()
 
 
-def announce_end(rt: Runtime, job_id: str) -> None:
+def announce_end(rt: Runtime, job_id: str) -> bool:
     """The side effects of a job's end: documents or error.json to the outbox (drop-folder jobs),
     then the webhook. Runs as the ``announce`` step on a cpu worker (queued by the ending itself,
-    ``JobStore.transition``)."""
-    deliver_quietly(rt, job_id)
-    notify(rt, job_id)
+    ``JobStore.transition``). True when both are done (or not wanted): the step may then leave the
+    outbox; False leaves it there, to be sent again (``announce_resend_s``)."""
+    delivered = deliver_quietly(rt, job_id)
+    notified = notify(rt, job_id)
+    return delivered and notified
 
 
 def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:

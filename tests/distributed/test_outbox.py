@@ -33,6 +33,7 @@ from tests.documents import check_document
 from tests.fixtures.services import Postgres, wait_until
 from tests.speech import Recording
 from workers import meter
+from workers.dispatch import queue_depths
 
 KILLED_AFTER_COMMIT = textwrap.dedent(
     """
@@ -181,6 +182,40 @@ def test_a_process_killed_right_after_a_job_ends_still_announces_the_end(
         receiver.server.shutdown()
     assert [b["job"]["status"] for b in receiver.bodies] == ["cancelled"]
     assert rt.store.queued_steps() == []
+
+
+def test_an_announcement_whose_message_redis_lost_is_sent_again(
+    stack_factory: Callable[..., Stack], marker_recording: Recording
+) -> None:
+    # The announce step stays in the outbox until a cpu worker has done it: its message lost with
+    # Redis's data (a restart without the AOF, the last second before a crash) is sent again.
+    receiver = WebhookReceiver()
+    stack = stack_factory(VOXBATCH_WEBHOOK_ALLOW_PRIVATE="1", VOXBATCH_ANNOUNCE_RESEND_S="5")
+    c = stack.cluster
+    rt = c.runtime()
+    job = create_job(
+        rt, str(marker_recording.path), JobOptions(window_minutes=1, webhook_url=receiver.url), enqueue=True
+    )
+    cancelled = c.cli("cancel", job.id)  # no worker yet: the CLI relays the announce step to Redis
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert queue_depths(stack.redis.url)["cpu"] >= 1
+    stack.redis.stop()
+    for f in stack.redis.directory.rglob("*"):
+        if f.is_file() and f.name != "redis.log":
+            f.unlink()
+    stack.redis.start()
+    assert queue_depths(stack.redis.url)["cpu"] == 0  # the message is gone
+    c.start_worker("cpu", 1)
+    try:
+        wait_until(
+            lambda: [b for b in receiver.bodies if b["job"]["id"] == job.id],
+            90,
+            "the cancelled job's webhook (its announce step sent again from the outbox)",
+        )
+    finally:
+        receiver.server.shutdown()
+    assert {b["job"]["status"] for b in receiver.bodies} == {"cancelled"}
+    wait_until(lambda: rt.store.queued_steps() == [], 30, "the announce step to leave the outbox once done")
 
 
 def test_meters_and_relays_racing_on_postgresql_send_each_thing_once(
