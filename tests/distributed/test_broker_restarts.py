@@ -28,7 +28,10 @@ def _connects(worker: Worker) -> int:
 
 
 def _lost(worker: Worker) -> int:
-    return worker.text().count("Connection to broker lost")
+    # A worker notices a dead broker with one of these, depending on what it was doing: reading
+    # (its consumer loop) or starting its consumer again (a reconnect that failed half-way).
+    text = worker.text()
+    return text.count("Connection to broker lost") + text.count("consumer: Cannot connect to")
 
 
 def _kill_and_restart(redis: RedisServer, workers: list[Worker]) -> None:
