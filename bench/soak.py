@@ -447,6 +447,8 @@ class Soak:
 
     def watch_progress(self) -> None:
         while not self.stop_all.wait(1.0):
+            for proc in list(self.procs.values()):
+                proc.note_exit()
             try:
                 with self.db() as conn:
                     done, ended, unfinished = conn.execute(
@@ -810,6 +812,11 @@ def _check(
         queues["unacked"] = int(r.hlen("unacked"))
     if any(queues.values()):
         problems.append(f"redis queues not empty: {queues}")
+    # Processes that exited on their own (nothing here restarts them, as compose or Kubernetes would).
+    for proc in soak.procs.values():
+        proc.note_exit()
+    exited = [(p.name, n, code) for p in soak.procs.values() for n, code in p.exits]
+    problems += [f"{name} exited on its own (status {code}; logs/{name}.{n}.log)" for name, n, code in exited]
     # /healthz while the API was up.
     lat = sorted(t for _, t, up in soak.health if up and t is not None)
     p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None
@@ -850,13 +857,16 @@ def _check(
         ("client refusals seen (then retried)",
          ", ".join(f"{k} {n}" for k, n in soak.refused.most_common()), ""),
         ("lost (not ended as expected, or no job)", str(lost), "0"),
+        ("processes that exited on their own",
+         ", ".join(f"{name}.{n} ({code})" for name, n, code in exited) or "0", "0"),
         ("leases held / outbox rows / tmp files / redis queues",
          f"{leases} / {outbox_rows} / {len(left)} / {queues}",
          "0 / 0 / 0 / 0"),
         ("/healthz p99 while the API was up", f"{p99:.3f} s ({len(lat)} probes)" if p99 else "n/a", "< 1 s"),
         ("longest fault end to progress", f"{worst:.1f} s ({worst_kind})", ""),
     ]  # fmt: skip
-    problems.sort(key=lambda p: "differ from" in p)  # leftovers and losses first
+    # Own exits first (the cause of what follows), then leftovers and losses; the list is cut at 40.
+    problems.sort(key=lambda p: (" exited on its own " not in p, "differ from" in p))
     return SoakResult(rows, problems, lost, outcomes)
 
 

@@ -350,8 +350,13 @@ class Proc:
     logs: Path
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    # (start number, exit status) of each run that ended without the soak killing or stopping it:
+    # a crash of its own, which no supervisor here restarts (compose or Kubernetes would).
+    exits: list[tuple[int, int]] = field(default_factory=list)
+    _ending: bool = False
 
     def start(self) -> None:
+        self._ending = False
         self.starts += 1
         log = self.logs / f"{self.name}.{self.starts}.log"
         with log.open("wb") as out:
@@ -364,7 +369,14 @@ class Proc:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def note_exit(self) -> None:
+        """Record this run's exit if it ended on its own (called by the soak's progress thread)."""
+        code = None if self.process is None else self.process.poll()
+        if code is not None and not self._ending and all(n != self.starts for n, _ in self.exits):
+            self.exits.append((self.starts, code))
+
     def kill(self) -> None:
+        self._ending = True
         if self.process is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
@@ -372,6 +384,7 @@ class Proc:
 
     def stop(self) -> None:
         """SIGTERM (a warm shutdown: windows handed back), SIGKILL after 30 s; the group after."""
+        self._ending = True
         if self.process is None:
             return
         if self.process.poll() is None:

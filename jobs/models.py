@@ -208,13 +208,19 @@ class DropObject(SQLModel, table=True):
 class QueuedStep(SQLModel, table=True):
     """The transactional outbox: a step written in the same transaction as the change that makes
     it due (a new job row), deleted in the transaction that hands it to the broker
-    (``workers.meter.relay``). Owned by ``jobs.store``."""
+    (``workers.meter.relay``). Owned by ``jobs.store``.
+
+    An ``announce`` step (a job's end: webhook, drop-folder outbox) is not deleted when sent: it is
+    marked ``sent_at`` and deleted by the cpu worker that did it (``JobStore.announced``); one whose
+    message was lost (Redis without its data) or whose work failed (S3 away) is sent again
+    ``announce_resend_s`` after it was sent. Nothing else knows a job still has to be announced."""
 
     id: int | None = Field(default=None, primary_key=True)
     job_id: str = Field(index=True, max_length=32)
     kind: str = Field(max_length=16)
     index: int | None = None
     created_at: datetime = Field(default_factory=utcnow)
+    sent_at: datetime | None = None
 
 
 class DispatchLock(SQLModel, table=True):

@@ -1,8 +1,10 @@
 """What the pipeline's steps need, built once per process at the edge (CLI, worker, API).
 
-``on_job_end`` are the side effects of a job's ending (webhook, drop-folder outbox): the edge that
-builds the Runtime installs them, and ``jobs.steps.ending.job_ended`` runs them on every path that
-ends a job, so the core never imports the workers. ``on_window_done`` likewise after each window
+``on_job_end`` are what follows a job's ending in the process that ended it (the outbox relayed, the
+gpu queue metered): the edge that builds the Runtime installs them, and ``jobs.steps.ending.job_ended``
+runs them on every path that ends a job, so the core never imports the workers. The ending's
+announcement (webhook, drop-folder outbox) is not a hook: ``announces`` puts its step into the outbox
+in the ending's own transaction. ``on_window_done`` likewise after each window
 (the ``window.done`` webhook).
 """
 
@@ -12,6 +14,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from sqlmodel import Session
 
 from jobs.db import Database
 from jobs.engine import AudioTool, Engine
@@ -28,6 +32,11 @@ class Runtime:
     settings: Settings
     engine_factory: Callable[[], Engine]
     on_job_end: list[Callable[[Runtime, str], None]] = field(default_factory=list)
+    # Whether an ending job has something to announce besides a webhook (a drop-folder recording's
+    # outbox result), asked inside the transaction that ends it (``JobStore.transition``), which
+    # then puts the job's ``announce`` step into the outbox. None: nothing is ever announced (a
+    # local run: no broker, no cpu worker).
+    announces: Callable[[Session, str], bool] | None = None
     # What a window's end sets off besides the next steps (the ``window.done`` webhook): called
     # with the job id and the window's index once the window is marked done; must not raise.
     on_window_done: list[Callable[[Runtime, str, int], object]] = field(default_factory=list)

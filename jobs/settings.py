@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     # Cpu workers look for steps left in the outbox (their submitter died right after the commit)
     # this often; a submitter relays its own steps at once.
     relay_poll_s: float = Field(default=2.0, gt=0)
+    # An announce step (a job's end: webhook, drop-folder outbox) sent this long ago and not yet
+    # done is sent again (its message was lost, or its worker died or could not reach S3). Above a
+    # cpu queue's usual wait: a repeat costs a second webhook delivery (receivers deduplicate).
+    announce_resend_s: float = Field(default=120.0, gt=0)
     # A watcher's claim on a recording lasts this long unless the live watcher renews it; then any
     # watcher takes the recording over at its next scan.
     drop_claim_lease_s: float = Field(default=30.0, gt=0)

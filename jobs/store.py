@@ -34,6 +34,10 @@ def _changed(result: Any) -> int:
     return int(result.rowcount)
 
 
+# Outbox steps kept (marked sent) until the worker that ran them says they are done: nothing else
+# records that they still have to happen (a job's announcement).
+KEPT_UNTIL_DONE = frozenset({"announce"})
+
 # Jobs whose windows the meter may send: the split may still be cutting them.
 METERED = (JobStatus.splitting, JobStatus.transcribing)
 
@@ -132,25 +136,46 @@ class JobStore:
             s.add_all([QueuedStep(kind=kind, job_id=job_id, index=index) for kind, job_id, index in steps])
             s.commit()
 
-    def relay(self, send: Callable[[QueuedStep], None], limit: int = 200) -> int:
-        """Hand the outbox's steps to ``send`` and delete them, under the ``outbox`` lock; returns
-        how many were sent. A step whose send raises stays (with those after it) for the next
-        relay, and the error propagates; a relay killed mid-way sends a step twice at worst."""
+    def relay(
+        self, send: Callable[[QueuedStep], None], limit: int = 200, resend_after_s: float = 120.0
+    ) -> int:
+        """Hand the outbox's due steps to ``send`` and delete them, under the ``outbox`` lock;
+        returns how many were sent. A step whose send raises stays (with those after it) for the next
+        relay, and the error propagates; a relay killed mid-way sends a step twice at worst.
+
+        ``announce`` steps are kept, marked ``sent_at``, until ``announced``; one sent more than
+        ``resend_after_s`` ago is due again."""
+        due = or_(
+            col(QueuedStep.sent_at).is_(None),
+            col(QueuedStep.sent_at) < utcnow() - timedelta(seconds=resend_after_s),
+        )
         with self.db.session() as s:
-            if s.exec(select(QueuedStep.id).limit(1)).first() is None:
+            if s.exec(select(QueuedStep.id).where(due).limit(1)).first() is None:
                 return 0  # the common case: nothing to relay, no lock taken
         sent = 0
         with self.db.session() as s:
             take_turn(s, "outbox")
-            rows = list(s.exec(select(QueuedStep).order_by(col(QueuedStep.id)).limit(limit)))
+            rows = list(s.exec(select(QueuedStep).where(due).order_by(col(QueuedStep.id)).limit(limit)))
             try:
                 for row in rows:
                     send(row)
-                    s.execute(delete(QueuedStep).where(col(QueuedStep.id) == row.id))
+                    this = col(QueuedStep.id) == row.id
+                    if row.kind in KEPT_UNTIL_DONE:
+                        s.execute(update(QueuedStep).where(this).values(sent_at=utcnow()))
+                    else:
+                        s.execute(delete(QueuedStep).where(this))
                     sent += 1
             finally:
                 s.commit()
         return sent
+
+    def announced(self, job_id: str) -> None:
+        """The job's end was announced (by the cpu worker's ``announce`` task): its step leaves the
+        outbox."""
+        with self.db.session() as s:
+            where = [col(QueuedStep.job_id) == job_id, col(QueuedStep.kind).in_(list(KEPT_UNTIL_DONE))]
+            s.execute(delete(QueuedStep).where(*where))
+            s.commit()
 
     def queued_steps(self) -> list[QueuedStep]:
         with self.db.session() as s:
@@ -284,19 +309,44 @@ class JobStore:
         return self._update(Job, [col(Job.id) == job_id, cond], **{field: new}) == 1
 
     def transition(
-        self, job_id: str, sources: Collection[JobStatus], target: JobStatus, **values: Any
+        self,
+        job_id: str,
+        sources: Collection[JobStatus],
+        target: JobStatus,
+        *,
+        announce: JoinedCheck | None = None,
+        **values: Any,
     ) -> bool:
-        """Move the job to ``target`` if it is in one of ``sources``; True when this call moved it."""
+        """Move the job to ``target`` if it is in one of ``sources``; True when this call moved it.
+
+        ``announce`` (an ending only): when this call ended the job and the job has a webhook or
+        ``announce(session, job_id)`` says it has something else to announce (a drop-folder
+        recording's outbox result), its ``announce`` step goes into the outbox in the same
+        transaction. The end and its announcement are one commit: a process killed right after the
+        end cannot lose the job's webhook or outbox result (a cpu worker relays the step).
+        """
         check_transition(sources, target)
         now = utcnow()
         if target in ENDED:
             values.setdefault("finished_at", now)
         where = [col(Job.id) == job_id, col(Job.status).in_(list(sources))]
-        return self._update(Job, where, status=target, updated_at=now, **values) == 1
+        with self.db.session() as s:
+            moved = _changed(
+                s.execute(update(Job).where(*where).values(status=target, updated_at=now, **values))
+            )
+            if moved == 1 and announce is not None and target in ENDED:
+                webhook = s.exec(select(Job.webhook_url).where(col(Job.id) == job_id)).first()
+                if webhook or announce(s, job_id):
+                    s.add(QueuedStep(job_id=job_id, kind="announce"))
+            s.commit()
+        return moved == 1
 
-    def end(self, job_id: str, target: JobStatus, reason: str | None) -> bool:
-        """Fail or cancel an active job; the first ending wins. True when this call ended it."""
-        return self.transition(job_id, ACTIVE, target, error=reason)
+    def end(
+        self, job_id: str, target: JobStatus, reason: str | None, *, announce: JoinedCheck | None = None
+    ) -> bool:
+        """Fail or cancel an active job; the first ending wins. True when this call ended it.
+        ``announce``: as for ``transition``."""
+        return self.transition(job_id, ACTIVE, target, announce=announce, error=reason)
 
     def heartbeat(self, job_id: str) -> None:
         """Keep ``updated_at`` fresh while a split, a reduce or a succeeded job's proceedings step

@@ -20,6 +20,7 @@ Flower's search finds every task of a job.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,7 @@ from celery.apps.worker import Worker as _CeleryWorker
 from celery.concurrency.thread import TaskPool as _CeleryThreadPool
 
 from jobs.settings import Settings, get_settings
+from workers.broker_transport import REDIS_TRANSPORT
 from workers.queues import (  # noqa: F401  (re-exported: the names a worker serves)
     ANNOUNCE,
     CPU_QUEUE,
@@ -68,6 +70,11 @@ def result_backend_url(broker_url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{(db + 1) % 16}", parts.query, ""))
 
 
+def broker_transport(broker_url: str) -> str | None:
+    """Our Redis transport (workers.broker_transport) for ``redis://``; kombu's own for anything else."""
+    return REDIS_TRANSPORT if urlsplit(broker_url).scheme == "redis" else None
+
+
 def celery_config(settings: Settings) -> dict[str, object]:
     transport = {
         "visibility_timeout": VISIBILITY_TIMEOUT_S,
@@ -79,6 +86,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
     }
     return {
         "broker_url": settings.broker_url,
+        "broker_transport": broker_transport(settings.broker_url),
         "result_backend": result_backend_url(settings.broker_url),
         # The visibility timeout is a transport option: a top-level key would be ignored (an
         # unknown setting; tests/security/test_workers.py checks every key against Celery's own).
@@ -139,8 +147,16 @@ STOP_HOOKS: list[Callable[[], None]] = []
 STOP_HOOK_TIMEOUT_S = 3.0
 
 
+# A worker whose consumer died (Celery's "Unrecoverable error": an exception out of the consumer that is
+# not a connection error) stops, and that stop waits for the running tasks (the threads pool joins its
+# threads) and can hang in kombu's teardown: the process stays up and takes nothing (issue 21). It
+# must exit so that its supervisor starts a fresh one: past this bound it exits at once.
+UNRECOVERABLE_EXIT_S = SOFT_SHUTDOWN_S + STOP_HOOK_TIMEOUT_S + 5.0
+
+
 class VoxbatchWorker(_CeleryWorker):
-    """Celery's worker program, handing running windows back as soon as a stop signal arrives.
+    """Celery's worker program, handing running windows back as soon as a stop signal arrives, and
+    exiting (non-zero, within ``UNRECOVERABLE_EXIT_S``) when its consumer died.
 
     Celery announces ``worker_shutting_down`` only after its soft shutdown has waited
     (``worker_soft_shutdown_timeout``) for running tasks: too late to let another worker take a
@@ -154,9 +170,38 @@ class VoxbatchWorker(_CeleryWorker):
             if callable(handler):
                 platforms.signals[name] = _hooks_first(handler)
 
+    def stop(self, in_sighandler: bool = False, exitcode: int | None = None) -> None:
+        # WorkController.start calls stop(exitcode=EX_FAILURE) after an unrecoverable error.
+        if exitcode == platforms.EX_FAILURE and not in_sighandler:
+            log.critical(
+                "the worker's consumer died: running windows are handed back and the process exits"
+                " within %.0f s so that its supervisor starts a fresh one",
+                UNRECOVERABLE_EXIT_S,
+            )
+            _exit_after(UNRECOVERABLE_EXIT_S, platforms.EX_FAILURE)
+            run_stop_hooks()
+        super().stop(in_sighandler=in_sighandler, exitcode=exitcode)
 
-def _hooks_first(handler: Callable[..., Any]) -> Callable[..., Any]:
-    fired = threading.Event()
+
+def _exit_after(delay_s: float, exitcode: int) -> None:
+    def hard_exit() -> None:
+        log.critical("the worker did not stop within %.0f s: exiting now", delay_s)
+        logging.shutdown()
+        os._exit(exitcode)
+
+    timer = threading.Timer(delay_s, hard_exit)
+    timer.daemon = True
+    timer.start()
+
+
+_hooks_fired = threading.Event()
+
+
+def run_stop_hooks() -> None:
+    """Run ``STOP_HOOKS`` once per process, in a thread, waiting at most ``STOP_HOOK_TIMEOUT_S``."""
+    if _hooks_fired.is_set():
+        return
+    _hooks_fired.set()
 
     def run_hooks() -> None:
         for hook in STOP_HOOKS:
@@ -165,14 +210,16 @@ def _hooks_first(handler: Callable[..., Any]) -> Callable[..., Any]:
             except Exception:
                 log.exception("stop hook %s failed", hook)
 
+    # In a thread: a signal handler interrupts the main thread wherever it is, possibly inside a
+    # lock the hooks need (database pool, producer pool).
+    worker = threading.Thread(target=run_hooks, name="voxbatch-stop-hooks", daemon=True)
+    worker.start()
+    worker.join(STOP_HOOK_TIMEOUT_S)
+
+
+def _hooks_first(handler: Callable[..., Any]) -> Callable[..., Any]:
     def wrapped(*args: Any) -> Any:
-        if not fired.is_set():
-            fired.set()
-            # In a thread: a signal handler interrupts the main thread wherever it is, possibly
-            # inside a lock the hooks need (database pool, producer pool).
-            worker = threading.Thread(target=run_hooks, name="voxbatch-stop-hooks", daemon=True)
-            worker.start()
-            worker.join(STOP_HOOK_TIMEOUT_S)
+        run_stop_hooks()
         return handler(*args)
 
     wrapped.__name__ = getattr(handler, "__name__", "worker_stop")

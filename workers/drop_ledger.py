@@ -247,6 +247,12 @@ def release(db: Database, row_id: int, owner: str | None = None) -> None:
         s.commit()
 
 
+def names_job(s: Session, job_id: str) -> bool:
+    """Whether a drop-folder recording's ledger row names this job (its end has an outbox result to
+    write). Read in the caller's transaction: the one that ends the job (``Runtime.announces``)."""
+    return s.exec(select(DropObject.id).where(col(DropObject.job_id) == job_id)).first() is not None
+
+
 def drop_object_for_job(db: Database, job_id: str) -> DropObject | None:
     with db.session() as s:
         return s.exec(select(DropObject).where(col(DropObject.job_id) == job_id)).first()

@@ -71,7 +71,7 @@ def choose(candidates: list[WindowCandidate], in_service: dict[str, float], n: i
 
 def relay(rt: Runtime) -> int:
     """Send the outbox's steps now; never raises (what could not be sent stays for the poller)."""
-    return relay_with(rt.store, lambda: dispatcher(rt))
+    return relay_with(rt.store, lambda: dispatcher(rt), rt.settings.announce_resend_s)
 
 
 # Broker priorities of the steps the outbox relays (Redis: the lower, the sooner a worker takes it).
@@ -88,13 +88,13 @@ def step_priority(job: Job | None) -> int:
     return 0 if (job.duration_s or 0.0) <= SHORT_RECORDING_S else 3
 
 
-def relay_with(store: JobStore, sender: Callable[[], Dispatcher]) -> int:
+def relay_with(store: JobStore, sender: Callable[[], Dispatcher], resend_after_s: float = 120.0) -> int:
     def send(row: Any) -> None:
         step = Step(row.kind, row.job_id, row.index, reason="relayed from the outbox")
         sender().send(step, retry=False, priority=step_priority(store.find(row.job_id)))
 
     try:
-        sent = store.relay(send)
+        sent = store.relay(send, resend_after_s=resend_after_s)
     except Exception as exc:
         log.warning("outbox: could not hand steps to the broker now (a cpu worker retries): %s", exc)
         return 0
@@ -150,8 +150,9 @@ def enqueue(rt: Runtime, steps: Iterable[Step]) -> None:
 
 
 def wake_after_end(rt: Runtime, job_id: str) -> None:
-    """A Runtime end hook: an ended job's slots in the gpu queue go to other jobs at once."""
-    meter(rt)
+    """A Runtime end hook: the ending's announce step (committed with the end) is relayed, and an
+    ended job's slots in the gpu queue go to other jobs at once."""
+    wake(rt)
 
 
 class RelayPoller:
@@ -176,4 +177,4 @@ class RelayPoller:
 
         store = JobStore(Database(self.settings.resolved_database_url()))
         while not self._stop.wait(self.settings.relay_poll_s):
-            relay_with(store, lambda: self.sender)
+            relay_with(store, lambda: self.sender, self.settings.announce_resend_s)

@@ -187,8 +187,10 @@ def _inside_inbox(folder: DropFolder, key: str) -> bool:
 DELIVERY_ATTEMPTS = 4
 
 
-def deliver_quietly(rt: Runtime, job_id: str) -> None:
-    """``deliver`` for the Celery layer: retries storage trouble a few times, never raises.
+def deliver_quietly(rt: Runtime, job_id: str) -> bool:
+    """``deliver`` for the Celery layer: retries storage trouble a few times, never raises. True when
+    delivered (or nothing to deliver); False when it could not be made now: the job's announce step
+    stays in the outbox and is sent again (``announce_resend_s``).
 
     The job's own outcome is already recorded; a delivery that cannot be made is logged (the
     documents stay under ``jobs/<id>/output/``, where ``voxbatch fetch`` finds them).
@@ -196,12 +198,13 @@ def deliver_quietly(rt: Runtime, job_id: str) -> None:
     for attempt in range(1, DELIVERY_ATTEMPTS + 1):
         try:
             deliver(rt, job_id)
-            return
+            return True
         except TransientError as exc:
             if attempt == DELIVERY_ATTEMPTS:
-                log.error("job %s: could not deliver to the outbox: %s", job_id, exc)
-                return
+                log.error("job %s: could not deliver to the outbox (tried again later): %s", job_id, exc)
+                return False
             time.sleep(2.0**attempt)
         except Exception:
-            log.exception("job %s: could not deliver to the outbox", job_id)
-            return
+            log.exception("job %s: could not deliver to the outbox (tried again later)", job_id)
+            return False
+    return False

@@ -1,8 +1,10 @@
 """Builds the pipeline's Runtime for this process from settings: database, storage, ffmpeg, engine,
-and what a job's end sets off here: its announcement (the drop-folder outbox, the webhook) queued
-as a step of its own, so whichever process ends the job (an API cancel, a cpu worker's reduce)
-does not wait on S3 or a webhook receiver; and the meter (the ended job's slots in the gpu queue
-go to others)."""
+and what a job's end sets off here: its announcement (the drop-folder outbox, the webhook), a step
+of its own put into the outbox in the ending's transaction (``announces``: a drop-folder job has an
+outbox result to write; a webhook the store sees itself), so whichever process ends the job (an API
+cancel, a cpu worker's reduce) neither waits on S3 or a webhook receiver nor can lose the
+announcement by dying; then the outbox relayed and the meter run (the ended job's slots in the gpu
+queue go to others)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,9 @@ import threading
 from jobs.db import Database
 from jobs.runtime import Runtime
 from jobs.settings import Settings, get_settings
-from jobs.steps.next import Step
 from jobs.storage_urls import open_storage
-from workers.drop_ledger import drop_object_for_job
-from workers.meter import enqueue, wake_after_end
+from workers.drop_ledger import names_job
+from workers.meter import wake_after_end
 from workers.outbox import deliver_quietly, remove_delivered
 from workers.webhooks import notify, notify_window
 
@@ -22,20 +23,14 @@ _process_runtime: Runtime | None = None
 _lock = threading.Lock()
 
 
-def announce_end(rt: Runtime, job_id: str) -> None:
+def announce_end(rt: Runtime, job_id: str) -> bool:
     """The side effects of a job's end: documents or error.json to the outbox (drop-folder jobs),
-    then the webhook. Runs as the ``announce`` step on a cpu worker (``queue_announcement``)."""
-    deliver_quietly(rt, job_id)
-    notify(rt, job_id)
-
-
-def queue_announcement(rt: Runtime, job_id: str) -> None:
-    """A job's end hook (``jobs.steps.ending.job_ended``): when the job has something to announce
-    (a webhook, a drop-folder recording), its ``announce`` step goes through the outbox to a cpu
-    worker; a local run's job has none, so nothing is queued there."""
-    job = rt.store.get(job_id)
-    if job.webhook_url or drop_object_for_job(rt.db, job_id) is not None:
-        enqueue(rt, [Step("announce", job_id, reason=f"the job ended {job.status}")])
+    then the webhook. Runs as the ``announce`` step on a cpu worker (queued by the ending itself,
+    ``JobStore.transition``). True when both are done (or not wanted): the step may then leave the
+    outbox; False leaves it there, to be sent again (``announce_resend_s``)."""
+    delivered = deliver_quietly(rt, job_id)
+    notified = notify(rt, job_id)
+    return delivered and notified
 
 
 def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
@@ -52,7 +47,8 @@ def build_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:
         audio=FfmpegAudio(),
         settings=settings,
         engine_factory=lambda: build_engine(settings),
-        on_job_end=[queue_announcement, wake_after_end],
+        announces=names_job,
+        on_job_end=[wake_after_end],
         on_window_done=[notify_window],
         on_job_deleted=[remove_delivered],
     )

@@ -165,8 +165,11 @@ def reduce(self: JobTask, job_id: str) -> str:
 @app.task(name=celery_app.ANNOUNCE, bind=True, acks_late=True, ignore_result=True)
 def announce(self: Any, job_id: str) -> None:
     """A job's end, announced: documents or error.json to the drop-folder outbox, then the webhook
-    (queued here by whichever process ended the job)."""
-    announce_end(process_runtime(), job_id)
+    (queued here by whichever process ended the job). Its outbox step is deleted once both are
+    done; otherwise the relay sends it again after ``announce_resend_s``."""
+    rt = process_runtime()
+    if announce_end(rt, job_id):
+        rt.store.announced(job_id)
 
 
 @app.task(base=JobTask, name=celery_app.PROCEEDINGS, bind=True)

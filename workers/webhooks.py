@@ -207,16 +207,20 @@ def _legacy_id(job_id: str, record: dict[str, Any]) -> str:
 
 
 def notify(rt: Runtime, job_id: str) -> bool:
-    """Enqueue the webhook of a job that has ended; once per job attempt and final status.
+    """Enqueue the webhook of a job that has ended (its ``job.finished`` event). True when queued or
+    not wanted; False when it could not be queued now (the job's announce step stays in the
+    outbox and calls this again).
 
-    Never raises: a webhook is a courtesy, the job's outcome is already stored.
+    Sent each time it is called, so each run of the announce step (at least once) sends it at
+    least once; the ``queued`` record is written once per event. Never raises: a webhook is a
+    courtesy, the job's outcome is already stored.
     """
     try:
         job = rt.store.get(job_id)
         if not job.webhook_url or not JobStatus(job.status).finished:
-            return False
+            return True
         if JOB_DONE not in webhook_events_of(job.webhook_events):
-            return False
+            return True
         record = {
             "at": utcnow().isoformat().replace("+00:00", "Z"),
             "status": "queued",
@@ -225,13 +229,12 @@ def notify(rt: Runtime, job_id: str) -> bool:
             "job_status": str(job.status),
             "job_attempt": job.attempt,
         }
-        if not _append(rt, job_id, record, unless_queued=True):
-            return False
+        first = _append(rt, job_id, record, unless_queued=True)
         dispatcher(rt).send_webhook(job_id, job.attempt)
-        log.info("job %s: webhook queued (%s)", job_id, job.status)
+        log.info("job %s: webhook queued (%s)%s", job_id, job.status, "" if first else " again")
         return True
     except Exception:
-        log.exception("job %s: could not queue the webhook", job_id)
+        log.exception("job %s: could not queue the webhook (tried again later)", job_id)
         return False
 
 

@@ -2,9 +2,11 @@
 
 Every path that ends a job (a step's permanent error, a task that gave up, cancel from the CLI or
 the API, a broker that could not be reached) comes through ``fail`` or ``cancel``; success comes
-through ``succeed``. Each then calls ``job_ended``, which runs the hooks the process installed on
-its Runtime (webhook, drop-folder outbox). A hook that fails is logged: the job's outcome is
-already stored.
+through ``succeed``. The ending commits together with its announcement (the ``announce`` step in
+the outbox, when the job has a webhook or ``rt.announces`` says so: webhook and drop-folder outbox,
+run by a cpu worker), so no crash can separate them. Each then calls ``job_ended``, which runs the
+hooks the process installed on its Runtime (relay the outbox, meter the gpu queue). A hook that
+fails is logged: the job's outcome and its announcement are already stored.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def fail(rt: Runtime, job_id: str, reason: str) -> bool:
 
     The first ending wins: a job that already ended keeps its state. True if this call ended it.
     """
-    ended = rt.store.end(job_id, JobStatus.failed, reason)
+    ended = rt.store.end(job_id, JobStatus.failed, reason, announce=rt.announces)
     if ended:
         log.info("job %s: failed: %s", job_id, reason)
         job_ended(rt, job_id)
@@ -54,7 +56,7 @@ def fail(rt: Runtime, job_id: str, reason: str) -> bool:
 
 def cancel(rt: Runtime, job_id: str, tenant: str | None = None) -> Job:
     rt.store.get(job_id, tenant)
-    if rt.store.end(job_id, JobStatus.cancelled, CANCELLED_REASON):
+    if rt.store.end(job_id, JobStatus.cancelled, CANCELLED_REASON, announce=rt.announces):
         log.info("job %s: cancelled", job_id)
         job_ended(rt, job_id)
     return rt.store.get(job_id)
@@ -62,7 +64,13 @@ def cancel(rt: Runtime, job_id: str, tenant: str | None = None) -> Job:
 
 def succeed(rt: Runtime, job_id: str, engine: str, model: str) -> bool:
     done = rt.store.transition(
-        job_id, [JobStatus.reducing], JobStatus.succeeded, engine=engine, model=model, error=None
+        job_id,
+        [JobStatus.reducing],
+        JobStatus.succeeded,
+        announce=rt.announces,
+        engine=engine,
+        model=model,
+        error=None,
     )
     if done:
         log.info("job %s: succeeded", job_id)

@@ -23,8 +23,8 @@ from jobs.models import Job, JobStatus
 from jobs.runtime import Runtime
 from jobs.steps.overall import needs_overall
 
-# "announce" (a job's end sent to the drop-folder outbox and its webhook) is queued by the end hook,
-# never answered here.
+# "announce" (a job's end sent to the drop-folder outbox and its webhook) is queued by the ending itself,
+# in its transaction (JobStore.transition), never answered here.
 StepKind = Literal["split", "window", "overall", "reduce", "proceedings", "announce"]
 
 

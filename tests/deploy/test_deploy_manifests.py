@@ -190,6 +190,19 @@ def test_grace_periods_fit_celerys_soft_shutdown() -> None:
     assert worker_stop >= soft + MARGIN_S
 
 
+def test_a_worker_that_exits_is_started_again_everywhere() -> None:
+    # A worker whose consumer died exits non-zero (workers.celery_app.VoxbatchWorker.stop, issue 21):
+    # only a supervisor that restarts it turns that into a fresh consumer.
+    services = compose()["services"]
+    for name in ("cpu-worker", "gpu-worker"):
+        assert services[name].get("restart") in {"always", "unless-stopped", "on-failure"}, name
+    pods = dict(k8s_workloads())
+    for name in ("cpu-worker", "gpu-worker"):
+        assert pods[name].get("restartPolicy", "Always") == "Always", name
+    unit = (ROOT / "infra" / "vllm" / "voxbatch-gpu-worker.service").read_text()
+    assert re.search(r"^Restart=(on-failure|always)$", unit, re.M)
+
+
 # -- compose ------------------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ Windows reach the gpu queue through the meter: every window records when it was 
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -13,7 +14,9 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +33,7 @@ from tests.documents import check_document
 from tests.fixtures.services import Postgres, wait_until
 from tests.speech import Recording
 from workers import meter
+from workers.dispatch import queue_depths
 
 KILLED_AFTER_COMMIT = textwrap.dedent(
     """
@@ -106,6 +110,112 @@ def test_a_job_submitted_while_the_broker_is_away_runs_once_it_is_back(
     fetch = c.cli("fetch", job_id, "--output-dir", str(tmp_path / "out"))
     assert fetch.returncode == 0, fetch.stderr
     check_document(tmp_path / "out", marker_recording)
+
+
+KILLED_AFTER_ENDING = textwrap.dedent(
+    """
+    import os, signal, sys
+    from jobs.settings import Settings
+    from jobs.steps import ending
+    from workers.runtime import build_runtime
+
+    rt = build_runtime(Settings())
+    # Dies right after the job's end commits, before anything that follows it (the end hooks) runs.
+    rt.on_job_end.insert(0, lambda rt, job_id: os.kill(os.getpid(), signal.SIGKILL))
+    ending.cancel(rt, sys.argv[1])
+    """
+)
+
+
+class WebhookReceiver:
+    """Records every POST's body; answers 204."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                receiver.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_a_process_killed_right_after_a_job_ends_still_announces_the_end(
+    stack_factory: Callable[..., Stack], marker_recording: Recording
+) -> None:
+    # The end and its announcement (the webhook, the drop folder's outbox result: one cpu step) are
+    # one commit: a canceller killed between the two used to lose the webhook for good.
+    receiver = WebhookReceiver()
+    stack = stack_factory(VOXBATCH_WEBHOOK_ALLOW_PRIVATE="1")
+    c = stack.cluster
+    c.start_worker("cpu", 1)  # no gpu worker: the job is still running when it is cancelled
+    rt = c.runtime()
+    job = create_job(
+        rt, str(marker_recording.path), JobOptions(window_minutes=1, webhook_url=receiver.url), enqueue=True
+    )
+    wait_until(lambda: rt.store.get(job.id).status == JobStatus.transcribing, 60, "the split to end")
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_ENDING, job.id],
+        env={**c.env, "PYTHONPATH": str(Path(__file__).parents[2])},
+        cwd=c.tmp,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert rt.store.get(job.id).status == JobStatus.cancelled
+    try:
+        wait_until(
+            lambda: [b for b in receiver.bodies if b["job"]["id"] == job.id],
+            60,
+            "the cancelled job's webhook (a cpu worker relays its announce step)",
+        )
+    finally:
+        receiver.server.shutdown()
+    assert [b["job"]["status"] for b in receiver.bodies] == ["cancelled"]
+    assert rt.store.queued_steps() == []
+
+
+def test_an_announcement_whose_message_redis_lost_is_sent_again(
+    stack_factory: Callable[..., Stack], marker_recording: Recording
+) -> None:
+    # The announce step stays in the outbox until a cpu worker has done it: its message lost with
+    # Redis's data (a restart without the AOF, the last second before a crash) is sent again.
+    receiver = WebhookReceiver()
+    stack = stack_factory(VOXBATCH_WEBHOOK_ALLOW_PRIVATE="1", VOXBATCH_ANNOUNCE_RESEND_S="5")
+    c = stack.cluster
+    rt = c.runtime()
+    job = create_job(
+        rt, str(marker_recording.path), JobOptions(window_minutes=1, webhook_url=receiver.url), enqueue=True
+    )
+    cancelled = c.cli("cancel", job.id)  # no worker yet: the CLI relays the announce step to Redis
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert queue_depths(stack.redis.url)["cpu"] >= 1
+    stack.redis.stop()
+    for f in stack.redis.directory.rglob("*"):
+        if f.is_file() and f.name != "redis.log":
+            f.unlink()
+    stack.redis.start()
+    assert queue_depths(stack.redis.url)["cpu"] == 0  # the message is gone
+    c.start_worker("cpu", 1)
+    try:
+        wait_until(
+            lambda: [b for b in receiver.bodies if b["job"]["id"] == job.id],
+            90,
+            "the cancelled job's webhook (its announce step sent again from the outbox)",
+        )
+    finally:
+        receiver.server.shutdown()
+    assert {b["job"]["status"] for b in receiver.bodies} == {"cancelled"}
+    wait_until(lambda: rt.store.queued_steps() == [], 30, "the announce step to leave the outbox once done")
 
 
 def test_meters_and_relays_racing_on_postgresql_send_each_thing_once(

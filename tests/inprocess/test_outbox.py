@@ -316,9 +316,11 @@ def test_a_cancel_queues_the_jobs_announcement_instead_of_delivering_it_itself(
     rt: Runtime, tones: Recording, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from workers import runtime as worker_runtime
+    from workers.drop_ledger import names_job
 
     rt.dispatcher = d = RecordingDispatcher()
-    rt.on_job_end.append(worker_runtime.queue_announcement)
+    rt.announces = names_job
+    rt.on_job_end.append(meter.wake_after_end)
     called: list[str] = []
     monkeypatch.setattr(worker_runtime, "notify", lambda _rt, job_id: called.append(job_id))
     monkeypatch.setattr(worker_runtime, "deliver_quietly", lambda _rt, job_id: called.append(job_id))
