@@ -246,3 +246,26 @@ def test_submit_refuses_a_webhook_url_the_api_would_refuse(
     done = CliRunner().invoke(cli, ["submit", str(tones.path), "--webhook-url", "http://127.0.0.1:9/hook"])
     assert done.exit_code == 2 and "private or reserved address" in done.stderr
     assert rt.store.list_jobs()[1] == 0 and sent == []
+
+
+# --- open streams per tenant without Redis ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("broker", ["redis://127.0.0.1:{port}/0", "memory://"])
+def test_without_redis_the_stream_limit_counts_in_this_process(broker: str) -> None:
+    from api.stream_slots import StreamSlots
+    from jobs.errors import TooBusy
+    from jobs.settings import Settings
+    from tests.fixtures.services import free_port
+
+    # Nothing answers at that port (or the broker is not Redis): the embedded single-process case.
+    slots = StreamSlots.from_settings(
+        Settings(broker_url=broker.format(port=free_port()), max_event_streams_per_tenant=2)
+    )
+    first, _ = slots.take("t"), slots.take("t")
+    with pytest.raises(TooBusy, match="VOXBATCH_MAX_EVENT_STREAMS_PER_TENANT"):
+        slots.take("t")
+    slots.take("other")  # another tenant has its own limit
+    slots.give("t", first)
+    slots.take("t")
+    assert slots.open_streams("t") == 2 and slots.open_streams() == 3
