@@ -96,12 +96,6 @@ class FleetStreams:
     def give(self, tenant: str, stream_id: str) -> None:
         self.client.zrem(self.key(tenant), stream_id)
 
-    def counted(self, tenant: str) -> int:
-        """Streams of ``tenant`` that count now, in the whole fleet."""
-        now_s, now_us = self.client.time()
-        now_ms = now_s * 1000 + now_us // 1000
-        return int(self.client.zcount(self.key(tenant), f"({now_ms}", "+inf"))
-
 
 class StreamSlots:
     """Open event streams per tenant: fleet-wide through ``fleet`` when it answers, else in this
@@ -116,7 +110,6 @@ class StreamSlots:
         self._leased: dict[str, str] = {}  # stream id → tenant, for the streams counted in Redis
         self._redis_down_until = 0.0
         self._renewer: threading.Thread | None = None
-        self._stopped = threading.Event()
         self.cut = 0  # streams ended because their client read nothing
 
     @classmethod
@@ -177,10 +170,6 @@ class StreamSlots:
             except redis.RedisError as exc:  # its lease runs out by itself
                 log.warning("an event stream's slot stays counted until its lease ends: %s", exc)
 
-    def stop(self) -> None:
-        """Stop renewing (the process is ending; its streams' leases run out)."""
-        self._stopped.set()
-
     def _start_renewer(self) -> None:
         with self._lock:
             if self._renewer is not None:
@@ -194,7 +183,8 @@ class StreamSlots:
         import redis
 
         assert self.fleet is not None
-        while not self._stopped.wait(self.renew_every_s):
+        while True:  # a daemon thread: it ends with the process
+            time.sleep(self.renew_every_s)
             with self._lock:
                 held: dict[str, list[str]] = {}
                 for stream_id, tenant in self._leased.items():
