@@ -28,6 +28,7 @@ from api import (
 )
 from api.job_routes import DocumentNotReady
 from api.limits import UploadSlots
+from api.stream_slots import StreamSlots
 from api.upload_stream import RequestTimedOut, UploadTooLarge
 from jobs.errors import Conflict, InputError, NotFound, PermanentError, TooBusy, TransientError, VoxbatchError
 from jobs.idempotency import IdempotencyInProgress
@@ -140,7 +141,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.state.upload_slots = UploadSlots.from_settings(runtime.settings)
-    app.state.event_streams = event_routes.StreamSlots(runtime.settings.max_event_streams_per_tenant)
+    app.state.event_streams = StreamSlots.from_settings(runtime.settings)
     app.state.metrics.register(event_routes.OpenStreams(app.state.event_streams))
     app.include_router(job_routes.router)
     app.include_router(event_routes.router)

@@ -5,16 +5,15 @@ Each open stream looks at the stored state every ``VOXBATCH_EVENTS_POLL_S`` and 
 an idle one sends a comment every ``VOXBATCH_EVENTS_KEEPALIVE_S``. A client that does not read is
 cut once one event has waited ``VOXBATCH_EVENTS_SEND_TIMEOUT_S`` to be written: the stream derives
 no further events while a write waits, so what a stream holds is one batch of events and the
-server's socket buffer, never a growing queue. Streams per tenant are limited per API process
-(``VOXBATCH_MAX_EVENT_STREAMS_PER_TENANT``, 429 past it).
+server's socket buffer, never a growing queue. Streams per tenant are limited across the API
+processes that share a Redis (``VOXBATCH_MAX_EVENT_STREAMS_PER_TENANT``, 429 past it;
+api/stream_slots.py).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated
 
@@ -27,8 +26,8 @@ from starlette.types import Receive, Scope, Send
 
 from api.auth import RuntimeDep, TenantDep
 from api.schemas import Problem
+from api.stream_slots import StreamSlots
 from jobs.documents import DOCUMENT_NAMES
-from jobs.errors import TooBusy
 from jobs.events import BATCH, Cursor, Event, next_events
 from jobs.runtime import Runtime
 
@@ -37,38 +36,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 RETRY_MS = 2000  # what EventSource clients wait before they reconnect
-RETRY_STREAM_S = 10
-
-
-class StreamSlots:
-    """Open event streams per tenant in this process."""
-
-    def __init__(self, per_tenant: int) -> None:
-        self.per_tenant = per_tenant
-        self._lock = threading.Lock()
-        self._open: Counter[str] = Counter()
-        self.cut = 0  # streams ended because their client read nothing
-
-    def open_streams(self, tenant: str | None = None) -> int:
-        with self._lock:
-            return self._open[tenant] if tenant is not None else sum(self._open.values())
-
-    def take(self, tenant: str) -> None:
-        with self._lock:
-            if self._open[tenant] >= self.per_tenant:
-                raise TooBusy(
-                    f"this API key already has {self.per_tenant} event streams open "
-                    "(VOXBATCH_MAX_EVENT_STREAMS_PER_TENANT); close one first",
-                    RETRY_STREAM_S,
-                )
-            self._open[tenant] += 1
-
-    def give(self, tenant: str, cut: bool = False) -> None:
-        with self._lock:
-            self.cut += cut
-            self._open[tenant] -= 1
-            if self._open[tenant] <= 0:
-                del self._open[tenant]
 
 
 class OpenStreams(Collector):
@@ -141,7 +108,9 @@ class EventStreamResponse(Response):
                 tg.cancel_scope.cancel()
         finally:
             await self.chunks.aclose()  # type: ignore[attr-defined]
-            self.on_close(slow)
+            # Shielded: a stream ended by the server's shutdown still gives its slot back.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.on_close, slow)
         if slow:
             # Raising is how an ASGI app aborts a response it has started: the server closes the
             # connection instead of waiting for a reader that does not read.
@@ -206,9 +175,9 @@ async def job_events(
     cursor = Cursor.parse(last_event_id)
     await anyio.to_thread.run_sync(lambda: rt.store.get(job_id, tenant))  # 404 for others' jobs
     slots: StreamSlots = request.app.state.event_streams
-    slots.take(tenant)
+    stream_id = await anyio.to_thread.run_sync(slots.take, tenant)  # Redis, fleet-wide
     return EventStreamResponse(
         _chunks(rt, request, job_id, tenant, cursor),
         rt.settings.events_send_timeout_s,
-        lambda slow: slots.give(tenant, cut=slow),
+        lambda slow: slots.give(tenant, stream_id, cut=slow),
     )

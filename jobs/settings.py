@@ -156,11 +156,15 @@ class Settings(BaseSettings):
     # Live events (GET /v1/jobs/{id}/events): how often an open stream looks at what is stored,
     # how often an idle one sends a comment (proxies cut silent connections), how long one event
     # may wait for a client that does not read before the stream is cut (its buffer stays bounded),
-    # and how many streams one tenant may hold open in one API process (429 past it).
+    # and how many streams one tenant may hold open (429 past it): across all API processes that
+    # share the broker's Redis, else in each process. A stream counts until its lease runs out; its
+    # API process renews it every third of the lease, so a killed process's streams stop counting
+    # after at most one lease (api/stream_slots.py).
     events_poll_s: float = Field(default=0.5, gt=0)
     events_keepalive_s: float = Field(default=15.0, gt=0)
     events_send_timeout_s: float = Field(default=30.0, gt=0)
     max_event_streams_per_tenant: int = Field(default=8, ge=1)
+    event_streams_lease_s: float = Field(default=30.0, gt=0)
     # Bearer token for /metrics (operators and Prometheus); unset: /metrics answers 401.
     metrics_token: str | None = None
     # A message redelivered this many times after its worker died (OOM kill, crash) fails its job.

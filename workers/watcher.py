@@ -19,8 +19,9 @@ What is not a recording: keys ending in ``/`` (the zero-byte "folders" consoles 
 sidecars (``*.json``). In-progress multipart uploads are invisible to listings until completed.
 
 Sidecars: ``<name>.json`` next to ``<name>.<ext>`` sets ``instructions``, ``preset``, ``language``,
-``vocabulary`` (comma-separated names and terms),
-``webhook_url``, ``window_minutes``, ``priority`` (``batch`` unless it says ``interactive``) and
+``vocabulary`` (comma-separated names and terms), ``webhook_url``, ``webhook_events``
+(``window.done``, ``job.done``: a comma-separated string or a list, checked as the API checks it),
+``window_minutes``, ``priority`` (``batch`` unless it says ``interactive``) and
 ``tenant`` (an existing tenant; default ``VOXBATCH_DROP_TENANT``, see ``workers.drop_tenant``).
 It is read when its recording is ingested; a sidecar that
 arrives later does not change a job already submitted (upload the sidecar first, or upload the
@@ -77,6 +78,7 @@ SIDECAR_FIELDS = (
     "preset",
     "language",
     "webhook_url",
+    "webhook_events",
     "window_minutes",
     "vocabulary",
     "priority",
@@ -291,6 +293,7 @@ class Watcher:
             language=fields.get("language"),
             window_minutes=fields.get("window_minutes"),
             webhook_url=fields.get("webhook_url"),
+            webhook_events=fields.get("webhook_events"),
             vocabulary=fields.get("vocabulary"),
             priority=fields.get("priority") or "batch",
         )
@@ -327,6 +330,13 @@ class Watcher:
                 f"allowed: {', '.join(SIDECAR_FIELDS)}"
             )
         for k, v in fields.items():
+            if k == "webhook_events" and isinstance(v, list):
+                # a list, as the API's JSON takes it; its names are checked with the job's options
+                if not all(isinstance(e, str) for e in v):
+                    raise InputError(
+                        f"the sidecar {name}: webhook_events must be a string or a list of strings"
+                    )
+                continue
             wanted: tuple[type, ...] = (int, float) if k == "window_minutes" else (str,)
             if v is not None and (not isinstance(v, wanted) or isinstance(v, bool)):
                 raise InputError(

@@ -70,6 +70,14 @@ def job_report(rt: Runtime, job: Job) -> dict[str, Any]:
 )
 @click.option("--title", default=None, help="The document's title (default: the file's name).")
 @tenant_option
+@click.option(
+    "--webhook-url", default=None, help="POSTed the job as JSON when it ends (as the API's webhook_url)."
+)
+@click.option(
+    "--webhook-events",
+    default=None,
+    help="Which events the webhook gets, comma-separated: window.done, job.done (default job.done).",
+)
 @one_line_errors
 def submit(
     source: str,
@@ -82,6 +90,8 @@ def submit(
     collection: str | None,
     title: str | None,
     tenant: str | None,
+    webhook_url: str | None,
+    webhook_events: str | None,
 ) -> None:
     """Put FILE or s3://bucket/key on the workers' queue; prints the job id as its last line."""
     from jobs.options import JobOptions
@@ -97,8 +107,14 @@ def submit(
         priority=priority,
         collection=collection,
         title=title,
+        webhook_url=webhook_url,
+        webhook_events=webhook_events,
     )
     options.validated(settings)  # checked before the file is probed; the collection's fill in later
+    if webhook_url:
+        from workers.webhooks import check_url
+
+        check_url(webhook_url, settings.webhook_allow_private)  # the address the API would refuse
     if not source.startswith("s3://"):
         from workers.audio import FfmpegAudio
 

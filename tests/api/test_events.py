@@ -5,6 +5,7 @@ API replica with Last-Event-ID gets exactly what it missed, partial documents gr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -49,13 +50,15 @@ def events(response: httpx.Response) -> Iterator[dict[str, Any]]:
             fields[name] = value
 
 
-def replica(stack: ApiStack, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A second API process on the same database and storage."""
+def replica(stack: ApiStack, tmp: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A second API process on the same database, storage and Redis (``env``: settings of its own)."""
     port = free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
     with (tmp / "replica.log").open("wb") as out:
         proc = subprocess.Popen(
             [*VOXBATCH, "api", "--port", str(port)],
-            env=stack.cluster.env, cwd=tmp, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**stack.cluster.env, **env}, cwd=tmp, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
 
@@ -155,6 +158,70 @@ def test_open_streams_per_tenant_are_limited(live_stack: ApiStack) -> None:
         )
         with client.stream("GET", url) as again:
             assert again.status_code == 200
+
+
+def test_the_stream_limit_holds_across_api_processes_and_a_killed_ones_streams_expire(
+    live_stack: ApiStack, tmp_path: Path
+) -> None:
+    import redis
+
+    rt = live_stack.cluster.runtime()
+    job = create_job(rt, "quiet.wav", JobOptions(), tenant="fleet")  # never runs: its streams stay open
+    url = f"/v1/jobs/{job.id}/events"
+    lease = {"VOXBATCH_EVENT_STREAMS_LEASE_S": "1.5"}  # limit 2 (live_stack)
+    a, a_url = replica(live_stack, tmp_path / "a", **lease)
+    b, b_url = replica(live_stack, tmp_path / "b", **lease)
+    counted = redis.Redis.from_url(live_stack.cluster.env["VOXBATCH_BROKER_URL"])
+    auth = {"Authorization": f"Bearer {live_stack.key('fleet')}"}
+    try:
+        with (
+            httpx.Client(base_url=a_url, headers=auth, timeout=30) as on_a,
+            httpx.Client(base_url=b_url, headers=auth, timeout=30) as on_b,
+            contextlib.ExitStack() as streams,
+        ):
+            assert streams.enter_context(on_a.stream("GET", url)).status_code == 200
+            assert streams.enter_context(on_b.stream("GET", url)).status_code == 200
+            # One stream in each process, two in the fleet: both processes refuse a third.
+            for client in (on_a, on_b):
+                # A stream that is not refused never ends: look at its status only.
+                with client.stream("GET", url) as refused:
+                    assert refused.status_code == 429
+                    assert "VOXBATCH_MAX_EVENT_STREAMS_PER_TENANT" in refused.read().decode()
+            # Both processes renew their streams' leases (each member's expiry moves on).
+            first = dict(counted.zrange("voxbatch:event-streams:fleet", 0, -1, withscores=True))
+            assert len(first) == 2
+            wait_until(
+                lambda: all(
+                    score > first[member]
+                    for member, score in counted.zrange(
+                        "voxbatch:event-streams:fleet", 0, -1, withscores=True
+                    )
+                ),
+                30,
+                "both leases to be renewed",
+            )
+            # A killed process renews nothing: its stream stops counting when its lease ends, and
+            # the other process takes the slot.
+            a.kill()
+            a.wait(15)
+
+            def taken() -> bool:
+                answer = streams.enter_context(on_b.stream("GET", url))
+                if answer.status_code == 200:
+                    return True
+                answer.read()
+                assert answer.status_code == 429, answer.text
+                return False
+
+            wait_until(taken, 30, "the killed process's stream to stop counting", poll_s=0.3)
+            # B's first stream (renewed past its lease) and the new one: the limit holds again.
+            with on_b.stream("GET", url) as refused:
+                assert refused.status_code == 429
+    finally:
+        for proc in (a, b):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(15)
 
 
 def test_a_client_that_never_reads_is_cut(live_stack: ApiStack) -> None:

@@ -14,7 +14,7 @@ from api.app import create_app
 from api.keys import create_key
 from jobs.events import Cursor, Event, next_events
 from jobs.models import Window
-from jobs.options import JobOptions
+from jobs.options import JobOptions, webhook_events_of
 from jobs.runtime import Runtime
 from jobs.steps.create import create_job
 from jobs.steps.local import run_local
@@ -174,3 +174,98 @@ def test_partial_documents_render_what_is_done_and_say_so(
         for name in ("transcript.txt", "transcript.srt", "transcript.vtt"):
             answer = client.get(f"{base}/{name}", params={"partial": "true"})
             assert answer.status_code == 200 and "said-1" in answer.text, name
+
+
+# --- webhook_events on `voxbatch submit`, checked as the API checks them --------------------------
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The steps submit would send to the broker (none is reachable here)."""
+    from tests.inprocess.conftest import RecordingDispatcher
+
+    dispatcher = RecordingDispatcher()
+    monkeypatch.setattr("workers.dispatch.Dispatcher", lambda settings: dispatcher)
+    return dispatcher.sent  # type: ignore[return-value]
+
+
+def test_voxbatch_submit_takes_webhook_events_and_stores_them_as_the_api_does(
+    make_runtime: Callable[..., Runtime],
+    tones: Recording,
+    sent: list[object],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from click.testing import CliRunner
+
+    from api.cli import cli
+
+    rt = make_runtime(webhook_allow_private=True)
+    monkeypatch.setattr("api.cli.common.get_settings", lambda: rt.settings)
+    hook = "http://127.0.0.1:9/hook"
+    done = CliRunner().invoke(
+        cli, ["submit", str(tones.path), "--webhook-url", hook, "--webhook-events", "job.done, Window.Done"]
+    )
+    assert done.exit_code == 0, done.output
+    job = rt.store.get(done.stdout.strip().splitlines()[-1])
+    assert (job.webhook_url, job.webhook_events) == (hook, "window.done,job.done")
+    assert webhook_events_of(job.webhook_events) == ("window.done", "job.done")  # as the API shows them
+    plain = CliRunner().invoke(cli, ["submit", str(tones.path), "--webhook-url", hook])
+    assert rt.store.get(plain.stdout.strip().splitlines()[-1]).webhook_events is None  # job.done only
+
+
+@pytest.mark.parametrize("value", ["job.started", "window.done,everything", " , nope"])
+def test_bad_webhook_events_are_refused_by_submit_in_the_apis_words(
+    rt: Runtime, tones: Recording, sent: list[object], monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    from click.testing import CliRunner
+
+    from api.cli import cli
+
+    with TestClient(
+        create_app(rt.settings, rt), headers={"Authorization": f"Bearer {create_key(rt.db, 'a')}"}
+    ) as c:
+        api = c.post(
+            "/v1/jobs", files={"file": ("t.flac", tones.path.read_bytes())}, data={"webhook_events": value}
+        )
+    assert api.status_code == 422, api.text
+    monkeypatch.setattr("api.cli.common.get_settings", lambda: rt.settings)
+    done = CliRunner().invoke(cli, ["submit", str(tones.path), "--webhook-events", value])
+    assert done.exit_code == 2
+    assert done.stderr.strip() == f"voxbatch: error: {api.json()['detail']}"
+    assert "\n" not in api.json()["detail"] and rt.store.list_jobs()[1] == 0 and sent == []
+
+
+def test_submit_refuses_a_webhook_url_the_api_would_refuse(
+    rt: Runtime, tones: Recording, sent: list[object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from api.cli import cli
+
+    monkeypatch.setattr("api.cli.common.get_settings", lambda: rt.settings)
+    done = CliRunner().invoke(cli, ["submit", str(tones.path), "--webhook-url", "http://127.0.0.1:9/hook"])
+    assert done.exit_code == 2 and "private or reserved address" in done.stderr
+    assert rt.store.list_jobs()[1] == 0 and sent == []
+
+
+# --- open streams per tenant without Redis ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("broker", ["redis://127.0.0.1:{port}/0", "memory://"])
+def test_without_redis_the_stream_limit_counts_in_this_process(broker: str) -> None:
+    from api.stream_slots import StreamSlots
+    from jobs.errors import TooBusy
+    from jobs.settings import Settings
+    from tests.fixtures.services import free_port
+
+    # Nothing answers at that port (or the broker is not Redis): the embedded single-process case.
+    slots = StreamSlots.from_settings(
+        Settings(broker_url=broker.format(port=free_port()), max_event_streams_per_tenant=2)
+    )
+    first, _ = slots.take("t"), slots.take("t")
+    with pytest.raises(TooBusy, match="VOXBATCH_MAX_EVENT_STREAMS_PER_TENANT"):
+        slots.take("t")
+    slots.take("other")  # another tenant has its own limit
+    slots.give("t", first)
+    slots.take("t")
+    assert slots.open_streams("t") == 2 and slots.open_streams() == 3

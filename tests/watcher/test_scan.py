@@ -341,6 +341,51 @@ def test_an_unknown_tenant_or_priority_gets_error_json_in_one_line(
     assert reason in written and "\n" not in written
 
 
+def test_a_sidecar_asks_for_webhook_events_as_a_string_or_a_list(drop: DropWorld, short_speech: Path) -> None:
+    sidecars = {
+        "both": {"webhook_url": "https://hooks.example.com/x", "webhook_events": "window.done, job.done"},
+        "windows": {"webhook_url": "https://hooks.example.com/x", "webhook_events": ["window.done"]},
+        "plain": {"webhook_url": "https://hooks.example.com/x"},
+    }
+    for name, fields in sidecars.items():
+        drop.s3.upload_file(str(short_speech), drop.bucket, f"inbox/w/{name}.wav")
+        drop.s3.put_object(Bucket=drop.bucket, Key=f"inbox/w/{name}.json", Body=json.dumps(fields).encode())
+    assert len(drop.watcher().scan().submitted) == 3
+    stored = {j.source_name: j.webhook_events for j in jobs(drop)}
+    # Stored as the API stores them: one form, job.done alone is the default.
+    assert stored == {"both.wav": "window.done,job.done", "windows.wav": "window.done", "plain.wav": None}
+
+
+def _api_reason(value: str) -> str:
+    """What the API answers for these webhook_events (the same check, jobs.options)."""
+    from jobs.errors import InputError
+    from jobs.options import check_webhook_events
+
+    with pytest.raises(InputError) as refused:
+        check_webhook_events(value)
+    return str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("sidecar", "reason"),
+    [
+        (b'{"webhook_events": "window.done,job.started"}', _api_reason("window.done,job.started")),
+        (b'{"webhook_events": ["job.done", "Everything"]}', _api_reason("job.done,Everything")),
+        (b'{"webhook_events": 7}', "webhook_events must be a string"),
+        (b'{"webhook_events": ["job.done", 7]}', "webhook_events must be a string or a list of strings"),
+    ],
+)
+def test_bad_webhook_events_in_a_sidecar_get_error_json_in_one_line(
+    drop: DropWorld, short_speech: Path, sidecar: bytes, reason: str
+) -> None:
+    drop.s3.upload_file(str(short_speech), drop.bucket, "inbox/e/talk.wav")
+    drop.s3.put_object(Bucket=drop.bucket, Key="inbox/e/talk.json", Body=sidecar)
+    report = drop.watcher().scan()
+    assert report.rejected == ["inbox/e/talk.wav"] and jobs(drop) == []
+    written = json.loads(drop.get("outbox/e/talk.wav/error.json"))["reason"]
+    assert reason in written and "\n" not in written
+
+
 def test_a_storm_past_an_api_tenants_limit_is_not_refused(drop: DropWorld, short_speech: Path) -> None:
     for n in range(4):
         drop.s3.upload_file(str(short_speech), drop.bucket, f"inbox/storm/{n}.wav")
