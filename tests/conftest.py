@@ -62,6 +62,7 @@ _data_dirs = itertools.count()
 _tier_seconds: dict[str, float] = {}
 _last_teardown = [False]
 SESSION_END = "session end"  # shared services stopped after the last test
+UNREACHABLE_BROKER = "redis://127.0.0.1:1/0"  # port 1: nothing listens, refused at once
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -110,6 +111,9 @@ def _own_data_dir(
 
     path = tmp_path_factory.getbasetemp() / "voxbatch-data" / str(next(_data_dirs))
     monkeypatch.setenv("VOXBATCH_DATA_DIR", str(path))
+    # The default broker is a developer's own Redis on 6379 (the API counts event streams there):
+    # a test that wants a broker starts its own and names it; the rest reach nothing.
+    monkeypatch.setenv("VOXBATCH_BROKER_URL", UNREACHABLE_BROKER)
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, TEST_SWITCHES
+from tests.conftest import ROOT, TEST_SWITCHES, UNREACHABLE_BROKER
 
 # Tests that once wrote into the database the shell's VOXBATCH_DATABASE_URL names.
 SUBSET = [
@@ -28,8 +28,9 @@ def _contents(directory: Path) -> dict[str, str]:
 
 def test_only_the_suites_own_voxbatch_variables_are_set() -> None:
     ours = {n for n in os.environ if n.startswith("VOXBATCH_")} - TEST_SWITCHES
-    assert ours == {"VOXBATCH_DATA_DIR"}
+    assert ours == {"VOXBATCH_DATA_DIR", "VOXBATCH_BROKER_URL"}
     assert Path(os.environ["VOXBATCH_DATA_DIR"]).resolve() != (ROOT / "voxbatch-data").resolve()
+    assert os.environ["VOXBATCH_BROKER_URL"] == UNREACHABLE_BROKER  # never a developer's own Redis
 
 
 def test_the_suite_leaves_the_users_database_and_store_untouched(tmp_path: Path) -> None:
