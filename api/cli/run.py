@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
+import threading
 import unicodedata
 from pathlib import Path
 from typing import Any
 
 import click
 
-from api.cli.common import job_options, load_settings, one_line_errors
+from api.cli.common import EXIT_INTERRUPTED, job_options, load_settings, one_line_errors
 from api.cli.follow import follow_in_background
 from jobs.errors import InputError
 from jobs.models import JobStatus
@@ -91,6 +93,7 @@ def run(
             # Requests still at the model server are cancelled, so the process exits now instead
             # of waiting for their answers; their windows are pending again, for the next run.
             abort_all()
+            _exit_soon_after_interrupt()
             raise
         except BaseException:
             if follower is not None:
@@ -102,6 +105,25 @@ def run(
     if follower is not None:
         follower[0].join()  # the job has ended: the follower prints the rest and stops
     click.echo(str(copy_documents(rt, job, out_dir).absolute()))
+
+
+INTERRUPT_EXIT_S = 15.0
+
+
+def _exit_soon_after_interrupt() -> None:
+    """A Ctrl-C may land anywhere in this thread, even between a lock's acquire and its release;
+    the interpreter then waits at exit for the window threads, which can wait on what it left
+    held. Whatever stored is durable (windows and segments are written whole), so past
+    ``INTERRUPT_EXIT_S`` the process leaves without them, as a kill would."""
+
+    def leave() -> None:
+        sys.stderr.write("voxbatch: the windows did not stop in time; exiting without them\n")
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+
+    timer = threading.Timer(INTERRUPT_EXIT_S, leave)
+    timer.daemon = True
+    timer.start()
 
 
 def default_output_dir(path: Path) -> Path:

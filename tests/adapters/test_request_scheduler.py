@@ -193,6 +193,25 @@ def test_abort_fails_running_and_waiting_requests_and_later_ones() -> None:
         scheduler.call(_gated(never, order, "later"), share=Share(), cost_s=1, deadline_s=1, retries=0)
 
 
+def test_abort_settles_a_request_in_flight_even_when_the_loop_cannot_turn() -> None:
+    scheduler = RequestScheduler(max_inflight=1)
+    entered, unblock = threading.Event(), threading.Event()
+
+    async def blocks_the_loop(_deadline: float) -> str:
+        entered.set()
+        unblock.wait()  # a blocking call on the loop: no task can be cancelled meanwhile
+        return "late"
+
+    running = scheduler.submit(blocks_the_loop, share=Share(), cost_s=1, deadline_s=600, retries=0)
+    assert entered.wait(30)
+    try:
+        scheduler.abort()  # its wait for the loop gives up; the window's thread must not wait
+        with pytest.raises(EngineAborted):
+            running.result(timeout=0)
+    finally:
+        unblock.set()
+
+
 # --- the HTTP client against a misbehaving server ------------------------------------------------------
 
 

@@ -137,6 +137,9 @@ class RequestScheduler:
         self._peak_inflight = 0
         self._aborted = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # The requests of the attempts in flight, so ``abort`` settles their futures from the
+        # caller's thread whether or not the loop gets to cancel the tasks.
+        self._sending: dict[int, _Request] = {}
         # The first-text hold: per job, its first window's requests waiting or in flight, and the
         # jobs that have had an answer (bounded: only the hold's recent jobs matter).
         self._leads: dict[tuple[str, str], int] = {}
@@ -195,8 +198,11 @@ class RequestScheduler:
             self._lines.clear()
             self._waiting = 0
             inflight = self._inflight
+            sending = list(self._sending.values())
         for request in waiting:
             _settle(request.future, exc=EngineAborted(f"the worker is stopping: {request.what} not sent"))
+        for request in sending:
+            _settle(request.future, exc=EngineAborted(f"the worker is stopping: {request.what} aborted"))
         if self._loop.is_running():
             done = asyncio.run_coroutine_threadsafe(self._cancel_all(), self._loop)
             try:
@@ -248,6 +254,7 @@ class RequestScheduler:
                         break
                     self._inflight += 1
                     self._peak_inflight = max(self._peak_inflight, self._inflight)
+                    self._sending[request.seq] = request
                 task = asyncio.ensure_future(self._send(request))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -292,6 +299,7 @@ class RequestScheduler:
         finally:
             with self._lock:
                 self._inflight -= 1
+                self._sending.pop(request.seq, None)
                 if request.future.done():
                     self._lead_ended(request.share)
             self._wake.set()
