@@ -406,8 +406,12 @@ def print_storm(result: StormResult, args: argparse.Namespace) -> None:
     ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
     print()
+    from jobs.settings import Settings
+
+    windows = args.gpu_concurrency or Settings.model_fields["gpu_concurrency"].default
     print(f"storm: {result.recordings} x {RECORDING_S:g} s recordings, {args.clips} API clips, "
-          f"GPU costs x{args.gpu_cost_scale:g}, watch interval {args.watch_interval:g} s")  # fmt: skip
+          f"GPU costs x{args.gpu_cost_scale:g}, watch interval {args.watch_interval:g} s, "
+          f"gpu worker {windows} windows at once")  # fmt: skip
     print(f"{'measure':<{width}}  {'value':<44}  goal")
     for name, value, goal in rows:
         print(f"{name:<{width}}  {value:<44}  {goal}")

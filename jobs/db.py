@@ -55,11 +55,22 @@ def transient(exc: BaseException) -> bool:
 
 
 def _unavailable(exc: BaseException) -> DatabaseUnavailable:
-    said = str(exc.orig if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None else exc)
-    said = said.split("(Background on this error", 1)[0].strip().splitlines()[0] if said.strip() else ""
-    return DatabaseUnavailable(
-        f"the database could not answer now ({said or type(exc).__name__}); try again later"
-    )
+    """The error users and logs see: what kind of trouble, never the driver's text (it names hosts
+    and ports, which an API answer must not show); the original stays as ``__cause__``."""
+    if isinstance(exc, sa_exc.TimeoutError):
+        what = "no pooled connection was free in time"
+    else:
+        orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else None
+        code = str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+        if code.startswith("40"):
+            what = f"it refused the transaction (SQLSTATE {code}: serialization failure or deadlock)"
+        elif code:
+            what = f"SQLSTATE {code}"
+        elif isinstance(orig, sqlite3.OperationalError):
+            what = "it is locked by another writer"
+        else:
+            what = "the connection was refused or dropped"
+    return DatabaseUnavailable(f"the database could not answer now ({what}); this is retried")
 
 
 @contextmanager
