@@ -266,6 +266,7 @@ def run_storm(
     kill_after_s: float = 30.0,
     timeout_s: float = 1800.0,
     progress: bool = True,
+    gpu_concurrency: int | None = None,
 ) -> StormResult:
     def say(text: str) -> None:
         if progress:
@@ -293,6 +294,7 @@ def run_storm(
             VOXBATCH_OUTBOX_URL=f"s3://{bucket}/outbox/",
             VOXBATCH_S3_ENDPOINT_URL=moto.endpoint,
             VOXBATCH_WATCH_INTERVAL_S=str(watch_interval_s),
+            **({"VOXBATCH_GPU_CONCURRENCY": str(gpu_concurrency)} if gpu_concurrency else {}),
             AWS_CONFIG_FILE=str(tmp / "no-aws-config"),
             AWS_SHARED_CREDENTIALS_FILE=str(tmp / "no-aws-config"),
             **AWS_ENV,
@@ -404,8 +406,12 @@ def print_storm(result: StormResult, args: argparse.Namespace) -> None:
     ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
     print()
+    from jobs.settings import Settings
+
+    windows = args.gpu_concurrency or Settings.model_fields["gpu_concurrency"].default
     print(f"storm: {result.recordings} x {RECORDING_S:g} s recordings, {args.clips} API clips, "
-          f"GPU costs x{args.gpu_cost_scale:g}, watch interval {args.watch_interval:g} s")  # fmt: skip
+          f"GPU costs x{args.gpu_cost_scale:g}, watch interval {args.watch_interval:g} s, "
+          f"gpu worker {windows} windows at once")  # fmt: skip
     print(f"{'measure':<{width}}  {'value':<44}  goal")
     for name, value, goal in rows:
         print(f"{name:<{width}}  {value:<44}  {goal}")
@@ -498,6 +504,9 @@ def main() -> None:
     parser.add_argument("--kill-after", type=float, default=30.0, help="seconds after the drop")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the documents")
     parser.add_argument(
+        "--gpu-concurrency", type=int, default=None, help="VOXBATCH_GPU_CONCURRENCY (default: the setting's)"
+    )
+    parser.add_argument(
         "--scan", type=int, default=None, metavar="N", help="time one scan of N ingested objects"
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs)")
@@ -511,7 +520,7 @@ def main() -> None:
         else:
             result = run_storm(
                 tmp, args.recordings, args.clips, args.gpu_cost_scale, args.watch_interval, args.kill_after,
-                args.timeout,
+                args.timeout, gpu_concurrency=args.gpu_concurrency,
             )  # fmt: skip
             print_storm(result, args)
         if args.keep:

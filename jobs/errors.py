@@ -12,7 +12,9 @@
     └── TransientError            a later attempt may succeed (retry with backoff)
         ├── EngineUnavailable     connection errors, timeouts, 5xx, 429
         ├── TooBusy               a limit on concurrent work was reached (HTTP 429, Retry-After)
-        └── StorageUnavailable    object storage did not answer
+        ├── StorageUnavailable    object storage did not answer
+        └── DatabaseUnavailable   the database did not answer, dropped the connection, had no free
+                                  connection in time, or refused a transaction to be run again
 
 Every message is one sentence a user can act on: it ends up in a CLI line or a job's ``error``.
 """
@@ -80,6 +82,10 @@ class EngineUnavailable(TransientError):
 
 class StorageUnavailable(TransientError):
     """Object storage did not answer."""
+
+
+class DatabaseUnavailable(TransientError):
+    """The database could not do it now (``jobs.db.transient``): the same transaction may pass later."""
 
 
 class TooBusy(TransientError):

@@ -161,7 +161,7 @@ def index_job(
         for seg in segments
         if str(seg.get("text") or "").strip()
     ]
-    with db.engine.begin() as conn:
+    with db.begin() as conn:
         _unindex(conn, job_id)
         if rows:
             conn.execute(SearchSegment.__table__.insert(), rows)  # type: ignore[attr-defined]
@@ -198,7 +198,7 @@ def index_job(
 
 def unindex_job(db: Database, job_id: str) -> None:
     """Remove a job's segments from the index (nothing to do when it has none)."""
-    with db.engine.begin() as conn:
+    with db.begin() as conn:
         _unindex(conn, job_id)
 
 
@@ -240,7 +240,7 @@ def search(
     """The tenant's segments matching every word and phrase of ``q``, best first."""
     query = parse_query(q)
     limit = max(1, min(limit, MAX_HITS))
-    with db.engine.connect() as conn:
+    with db.connect() as conn:
         docs = select(col(SearchDoc.config)).where(col(SearchDoc.tenant) == tenant)
         if collection_id is not None:
             docs = docs.where(col(SearchDoc.collection_id) == collection_id)

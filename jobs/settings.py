@@ -122,12 +122,13 @@ class Settings(BaseSettings):
     flower_basic_auth: str | None = None
     flower_url: str | None = None
     # Windows a gpu worker process runs at once. Cheap: they mostly wait on the request scheduler,
-    # which keeps VOXBATCH_MAX_INFLIGHT at the server whatever the number of windows.
-    # Windows at once: 16 x 64 segments keeps VOXBATCH_MAX_INFLIGHT full with long windows; a
-    # running 30-minute window holds its samples (57.6 MB). A storm of 2-minute recordings (a few
-    # segments each) fills ~100 of 256 at 16; 32 filled more but ran out of database connections
-    # in the storm benchmark before the pool was raised (jobs/db.py): not measured since.
-    gpu_concurrency: int = 16
+    # which keeps VOXBATCH_MAX_INFLIGHT at the server whatever the number of windows. Long windows
+    # fill it with a few (16 x 64 segments); short ones need many: a 2-minute recording is about 5
+    # segments and a summary, so 16 of them filled ~100 of 256 in the storm benchmark. 64 keeps
+    # it full with short windows too; a running 30-minute window holds its samples (57.6 MB, so
+    # ~3.7 GB at most), and the windows' database use stays small (short sessions; one meter and
+    # one relay turn at a time per process, workers/meter.py).
+    gpu_concurrency: int = 64
     # Segments each running window hands the request scheduler at once (jobs/steps/segments.py);
     # windows x this should stay above VOXBATCH_MAX_INFLIGHT so the server's batch stays full.
     segment_concurrency: int = Field(default=64, ge=1, le=1024)

@@ -137,11 +137,17 @@ class JobStore:
             s.commit()
 
     def relay(
-        self, send: Callable[[QueuedStep], None], limit: int = 200, resend_after_s: float = 120.0
+        self,
+        send: Callable[[QueuedStep, Job | None], None],
+        limit: int = 200,
+        resend_after_s: float = 120.0,
     ) -> int:
-        """Hand the outbox's due steps to ``send`` and delete them, under the ``outbox`` lock;
-        returns how many were sent. A step whose send raises stays (with those after it) for the next
-        relay, and the error propagates; a relay killed mid-way sends a step twice at worst.
+        """Hand the outbox's due steps, each with its job (None if deleted since), to ``send`` and
+        delete them, under the ``outbox`` lock; returns how many were sent. A step whose send
+        raises stays (with those after it) for the next relay, and the error propagates; a relay
+        killed mid-way sends a step twice at worst. The jobs are read in the lock's own session:
+        ``send`` must not open another one while the lock is held (with every other pooled
+        connection waiting on the lock, it would wait for the pool until its timeout).
 
         ``announce`` steps are kept, marked ``sent_at``, until ``announced``; one sent more than
         ``resend_after_s`` ago is due again."""
@@ -155,10 +161,18 @@ class JobStore:
         sent = 0
         with self.db.session() as s:
             take_turn(s, "outbox")
-            rows = list(s.exec(select(QueuedStep).where(due).order_by(col(QueuedStep.id)).limit(limit)))
+            rows = list(
+                s.exec(
+                    select(QueuedStep, Job)
+                    .join(Job, col(Job.id) == col(QueuedStep.job_id), isouter=True)
+                    .where(due)
+                    .order_by(col(QueuedStep.id))
+                    .limit(limit)
+                )
+            )
             try:
-                for row in rows:
-                    send(row)
+                for row, job in rows:
+                    send(row, job)
                     this = col(QueuedStep.id) == row.id
                     if row.kind in KEPT_UNTIL_DONE:
                         s.execute(update(QueuedStep).where(this).values(sent_at=utcnow()))
@@ -440,8 +454,13 @@ class JobStore:
             )
 
     def claim_window(self, job_id: str, index: int, owner: str, lease_s: float) -> Window | None:
-        """Take the window's lease; None when it is done or another worker's lease is still valid."""
+        """Take the window's lease; None when it is done or another worker's lease is still valid.
+
+        A claim counts an attempt, except when ``owner`` holds the lease already: the same task
+        retried in the same process after a try that could not hand the window back (the database
+        was away then), which is the outside world's failure, not the window's."""
         now = utcnow()
+        counted = case((col(Window.lease_owner) == owner, 0), else_=1)
         with self.db.session() as s:
             res = s.execute(
                 update(Window)
@@ -458,7 +477,7 @@ class JobStore:
                     status=WindowStatus.running,
                     lease_owner=owner,
                     lease_expires_at=now + timedelta(seconds=lease_s),
-                    attempts=Window.attempts + 1,
+                    attempts=Window.attempts + counted,
                     started_at=now,
                 )
             )
@@ -652,13 +671,13 @@ class JobStore:
         target: int,
         choose: Callable[[list[WindowCandidate], dict[str, float], int], list[WindowCandidate]],
         send: Callable[[list[WindowCandidate]], None],
-        taken: tuple[str, int] | None = None,
+        taken: Collection[tuple[str, int]] = (),
     ) -> list[WindowCandidate]:
         """Fill the gpu queue up to ``target`` windows sent and not yet taken, under the
         ``windows`` lock: ``choose(candidates, seconds in service per tenant, free slots)`` picks,
         the picks get ``dispatched_at``, ``send`` hands them to the broker before the commit (a send
-        that raises rolls the marks back). ``taken``: a window whose message a worker holds now
-        (counted as out of the queue though it is not claimed yet)."""
+        that raises rolls the marks back). ``taken``: windows whose messages a worker holds now
+        (counted as out of the queue though they are not claimed yet)."""
         unsent = (
             (col(Window.status) == WindowStatus.pending)
             & col(Window.dispatched_at).is_(None)
@@ -683,8 +702,8 @@ class JobStore:
             take_turn(s, "windows")
             count = select(func.count()).select_from(Window).join(Job, col(Job.id) == col(Window.job_id))
             count = count.where(in_queue, active)
-            if taken is not None:
-                count = count.where(~((col(Window.job_id) == taken[0]) & (col(Window.index) == taken[1])))
+            for job_id, index in taken:
+                count = count.where(~((col(Window.job_id) == job_id) & (col(Window.index) == index)))
             free = target - int(s.exec(count).one())
             if free <= 0:
                 s.commit()

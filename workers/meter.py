@@ -22,13 +22,21 @@ next, and when it is sent").
   windows are never sent: only running jobs' windows are candidates; its sent ones return quietly).
   A sent window whose message vanished (Redis lost its data) is marked unsent by the sweep
   (``JobStore.undispatch_lost``) and sent again here.
+- **One turn at a time per process** (``Turns``). Both take a database lock, and a caller waiting
+  for it holds a pooled connection: a gpu worker's windows starting and ending together (dozens at
+  once in a storm of short recordings) would each hold one, until the pool ran dry and a relay
+  holding the lock waited on the pool itself. So in each process a call made while a turn of the
+  same kind runs asks for one more turn after it and returns at once; the running thread makes
+  that turn (with the windows taken meanwhile), so nothing asked for is skipped, and a process holds
+  at most one connection waiting on each lock, whatever the number of its windows.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from jobs.models import Job, Priority
@@ -69,9 +77,70 @@ def choose(candidates: list[WindowCandidate], in_service: dict[str, float], n: i
     return picks
 
 
+class Turns:
+    """Coalesces calls from the threads of one process: one runs turns, the others leave their
+    request (and what it carries) and return; the runner turns again until nobody asked."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._running = False
+        self._again = False
+        self._taken: set[tuple[str, int]] = set()
+
+    def run(
+        self, turn: Callable[[frozenset[tuple[str, int]]], int], taken: tuple[str, int] | None = None
+    ) -> int:
+        """``turn(windows taken since the last turn)``, now or by the thread already turning;
+        returns what this thread's turns returned (0 when another thread makes the turn)."""
+        with self._mutex:
+            if taken is not None:
+                self._taken.add(taken)
+            if self._running:
+                self._again = True
+                return 0
+            self._running = True
+        total = 0
+        try:
+            while True:
+                with self._mutex:
+                    carried, self._taken = frozenset(self._taken), set()
+                    self._again = False
+                total += turn(carried)
+                with self._mutex:
+                    if not self._again:
+                        self._running = False
+                        return total
+        except BaseException:
+            with self._mutex:
+                self._running = False
+            raise
+
+
+_turns: dict[tuple[str, str], Turns] = {}
+_turns_lock = threading.Lock()
+
+
+def _forget_turns() -> None:
+    # A forked pool child starts with no turn running: a parent's turn in flight at the fork
+    # would otherwise look like one forever in the child.
+    global _turns, _turns_lock
+    _turns, _turns_lock = {}, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_turns)
+
+
+def turns(rt: Runtime, kind: str) -> Turns:
+    """This process's ``Turns`` of ``kind`` on ``rt``'s database."""
+    key = (kind, rt.db.url)
+    with _turns_lock:
+        return _turns.setdefault(key, Turns())
+
+
 def relay(rt: Runtime) -> int:
     """Send the outbox's steps now; never raises (what could not be sent stays for the poller)."""
-    return relay_with(rt.store, lambda: dispatcher(rt), rt.settings.announce_resend_s)
+    resend_after_s = rt.settings.announce_resend_s
+    return turns(rt, "relay").run(lambda _: relay_with(rt.store, lambda: dispatcher(rt), resend_after_s))
 
 
 # Broker priorities of the steps the outbox relays (Redis: the lower, the sooner a worker takes it).
@@ -89,9 +158,9 @@ def step_priority(job: Job | None) -> int:
 
 
 def relay_with(store: JobStore, sender: Callable[[], Dispatcher], resend_after_s: float = 120.0) -> int:
-    def send(row: Any) -> None:
+    def send(row: Any, job: Job | None) -> None:
         step = Step(row.kind, row.job_id, row.index, reason="relayed from the outbox")
-        sender().send(step, retry=False, priority=step_priority(store.find(row.job_id)))
+        sender().send(step, retry=False, priority=step_priority(job))
 
     try:
         sent = store.relay(send, resend_after_s=resend_after_s)
@@ -106,7 +175,13 @@ def relay_with(store: JobStore, sender: Callable[[], Dispatcher], resend_after_s
 def meter(rt: Runtime, taken: tuple[str, int] | None = None) -> int:
     """Fill the gpu queue up to its target with the fairest next windows; never raises.
 
-    ``taken``: the window a gpu worker just received (its slot in the queue is free)."""
+    ``taken``: the window a gpu worker just received (its slot in the queue is free). Returns the
+    windows sent by this call's turns (0 when another thread of the process turns for it)."""
+    return turns(rt, "meter").run(lambda carried: meter_once(rt, carried), taken)
+
+
+def meter_once(rt: Runtime, taken: Collection[tuple[str, int]] = ()) -> int:
+    """One turn of the meter, not coalesced (``meter`` is what callers use)."""
 
     def send(picks: list[WindowCandidate]) -> None:
         sender = dispatcher(rt)

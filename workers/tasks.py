@@ -7,18 +7,20 @@ through enqueues the reduce (no chord).
 
 Errors: ``TransientError`` is retried with exponential backoff (``autoretry_for``); anything else
 fails the job with its reason (``JobTask.on_failure`` → ``jobs.steps.ending.fail``, which also runs
-the job-end side effects), as does a transient error that outlived its retries. A cancelled job's
-tasks return quietly.
+the job-end side effects), as does a transient error that outlived its retries, except the
+database's (``DatabaseUnavailable``: no free connection, a dropped one, a serialization failure),
+which is retried until the database answers. A cancelled job's tasks return quietly.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from celery import Task
 
-from jobs.errors import JobCancelled, TransientError
+from jobs.errors import DatabaseUnavailable, JobCancelled, TransientError
 from jobs.models import JobStatus
 from jobs.proceedings import build as build_proceedings
 from jobs.steps.ending import fail, failure_reason
@@ -37,6 +39,10 @@ from workers.sweeper import sweep
 log = logging.getLogger(__name__)
 
 MAX_RETRIES = 8
+# The database's passing trouble is not the job's: a step that met it is retried (with the same
+# backoff, at most RETRY_BACKOFF_MAX_S apart) until the database answers, however long it is away;
+# failing the job would need the database anyway.
+DATABASE_RETRIES = sys.maxsize
 
 
 class JobTask(Task):
@@ -48,6 +54,21 @@ class JobTask(Task):
     retry_jitter = True
     max_retries = MAX_RETRIES
     acks_late = True
+
+    def retry(
+        self,
+        args: Any = None,
+        kwargs: Any = None,
+        exc: BaseException | None = None,
+        throw: bool = True,
+        eta: Any = None,
+        countdown: float | None = None,
+        max_retries: int | None = None,
+        **options: Any,
+    ) -> Any:
+        if isinstance(exc, DatabaseUnavailable):
+            max_retries = DATABASE_RETRIES
+        return super().retry(args, kwargs, exc, throw, eta, countdown, max_retries, **options)
 
     def first_deliveries(self, job_id: str) -> bool:
         """False when this message was redelivered past the cap (the job is failed, the message acked)."""
