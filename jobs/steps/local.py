@@ -20,6 +20,7 @@ from typing import Any
 from jobs.documents import DOCUMENT_NAMES
 from jobs.engine import Samples
 from jobs.errors import JobCancelled, PermanentError
+from jobs.interrupts import join_interruptibly, wait_interruptibly
 from jobs.models import Job, JobStatus
 from jobs.options import JobOptions
 from jobs.proceedings import build as build_proceedings
@@ -117,6 +118,7 @@ def _windows_side_by_side(rt: Runtime, job_id: str, indexes: list[int]) -> None:
     pool = ThreadPoolExecutor(max_workers=windows_at_once(rt), thread_name_prefix=f"windows-{job_id}")
     try:
         futures = [pool.submit(run_window, rt, job_id, index) for index in indexes]
+        wait_interruptibly(futures)
         failures = [f.exception() for f in futures if f.exception() is not None]
     except BaseException:
         # A Ctrl-C: do not wait for windows in the model (the caller aborts their requests).
@@ -172,7 +174,7 @@ def _split_while_windows_run(rt: Runtime, job_id: str) -> None:
     for _ in workers:
         ready.put(None)
     for worker in workers:
-        worker.join()
+        join_interruptibly(worker)
     if failures:
         # Windows run side by side: say the earliest window's failure, whichever failed first.
         raise min(failures, key=lambda failure: failure[0])[1]

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobs.errors import EngineUnavailable
+from jobs.interrupts import wait_interruptibly
 from jobs.shares import Share
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,9 @@ class RequestScheduler:
 
     def call(self, attempt: Attempt, **kwargs: Any) -> Any:
         """``submit`` and wait for the answer (in a caller's thread, never on the loop)."""
-        return self.submit(attempt, **kwargs).result()
+        future = self.submit(attempt, **kwargs)
+        wait_interruptibly([future])
+        return future.result()
 
     def abort(self) -> int:
         """Cancel the attempts in flight and fail every waiting request with EngineAborted; later
