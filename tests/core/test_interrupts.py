@@ -6,6 +6,7 @@ import concurrent.futures
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,6 +14,17 @@ import pytest
 from jobs.interrupts import join_interruptibly, wait_interruptibly
 
 GUARD_S = 60.0  # only if the interrupt never lands: the wait ends and the test fails, not hangs
+
+
+@pytest.fixture(autouse=True)
+def _python_handles_sigint() -> Iterator[None]:
+    """Python's own SIGINT handler (KeyboardInterrupt), whatever an earlier test in this process
+    installed (an in-process server or worker replaces it)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _interrupt_through_another_thread(waiting_in: str) -> threading.Event:
