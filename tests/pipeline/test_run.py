@@ -196,8 +196,16 @@ def test_an_interrupted_run_resumes_after_the_last_finished_window(
             "--output-dir",
             str(tmp_path / "out"),
         ]
+        # SIGINT as a terminal gives it: an earlier test of this process may have left SIGINT
+        # ignored, and an ignored signal stays ignored across exec (the run then never stops).
         proc = subprocess.Popen(
-            args, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            args,
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         assert proc.stderr is not None
         stderr: list[str] = []
