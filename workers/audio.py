@@ -65,7 +65,8 @@ class FfmpegAudio:
         self.ffprobe = ffprobe
 
     def probe(self, source: str) -> SourceInfo:
-        """Probe a local path or an http(s) URL. Raises InputError naming what is wrong."""
+        """Probe a local path or an http(s) URL. Raises InputError naming what is wrong, or
+        StorageUnavailable where the server may answer later (5xx, refused, timed out)."""
         target = FfmpegInput.parse(source)
         cmd = [
             self.ffprobe, "-v", "error", "-hide_banner",

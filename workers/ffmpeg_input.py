@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from jobs.errors import InputError
+from jobs.errors import InputError, StorageUnavailable, VoxbatchError
 
 LOCAL_PROTOCOLS = "file,pipe"
 URL_PROTOCOLS = "http,https,tcp,tls,crypto"
@@ -74,7 +74,13 @@ class FfmpegInput:
         """ffmpeg's message without the URL, whose query may hold a presigned signature."""
         return re.sub(r"\?\S*", "", detail.replace(self.url, self.name))
 
-    def unreadable(self, detail: str) -> InputError:
-        if self.path is None and re.search(r"Server returned|Connection|resolve|timed out", detail):
-            return InputError(f"{self.name} could not be fetched: {detail}")
+    def unreadable(self, detail: str) -> VoxbatchError:
+        """Why ffmpeg could not open the source: transient where the server may answer later."""
+        if self.path is None:
+            # ffmpeg names any 5xx "Server returned 5XX Server Error reply": S3 under load answers
+            # 503 SlowDown to a presigned GET, so the step must retry rather than fail the job.
+            if re.search(r"Server returned 5|Connection refused|Connection reset|timed out", detail):
+                return StorageUnavailable(f"{self.name} could not be fetched now: {detail}")
+            if re.search(r"Server returned|Connection|resolve", detail):
+                return InputError(f"{self.name} could not be fetched: {detail}")
         return InputError(f"{self.name} is not an audio or video file ffmpeg can read")

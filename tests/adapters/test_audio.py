@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jobs.engine import WindowAudio
-from jobs.errors import InputError
+from jobs.errors import InputError, StorageUnavailable, TransientError
 from tests.markers import detect
 from tests.speech import (
     PARAGRAPHS,
@@ -273,10 +273,17 @@ def test_closing_the_generator_stops_ffmpeg_and_leaves_only_finished_windows(
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    """Serves a directory; files named ``cut-*`` break off halfway, like a dropped download."""
+    """Serves a directory; files named ``cut-*`` break off halfway, like a dropped download, and
+    files named ``busy-*`` get S3's answer under load (503 SlowDown)."""
 
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+    def send_head(self) -> Any:
+        if "/busy-" in self.path:
+            self.send_error(503, "Slow Down")
+            return None
+        return super().send_head()
 
     def copyfile(self, source: Any, outputfile: Any) -> None:
         if "/cut-" not in self.path:
@@ -314,6 +321,22 @@ def test_probe_and_split_an_http_url(
     with pytest.raises(InputError, match=r"gone\.mp3 could not be fetched") as missing:
         audio.probe(f"{base}/gone.mp3?X-Amz-Signature=secret")
     assert "secret" not in str(missing.value)
+
+
+def test_a_server_that_answers_503_is_a_transient_error(
+    http_root: tuple[Path, str], marker_recording_mp3: Recording, tmp_path: Path
+) -> None:
+    """S3 under load answers 503 to a presigned GET: the job must retry, not fail as bad input."""
+    root, base = http_root
+    (root / "busy-talk.mp3").write_bytes(marker_recording_mp3.path.read_bytes())
+    url = f"{base}/busy-talk.mp3?X-Amz-Signature=secret"
+    with pytest.raises(StorageUnavailable, match=r"busy-talk\.mp3 could not be fetched now") as probing:
+        audio.probe(url)
+    with pytest.raises(StorageUnavailable, match=r"busy-talk\.mp3 could not be fetched now") as splitting:
+        list(audio.split(url, tmp_path / "out", 30.0))
+    for refused in (probing, splitting):
+        assert isinstance(refused.value, TransientError)
+        assert "secret" not in str(refused.value)
 
 
 def test_a_download_that_breaks_off_is_an_input_error(
