@@ -28,8 +28,10 @@ a latency per request. Storage is S3 (through the proxy); the drop folder and it
    ``job_id``, ``timings`` and ``created_at``-like fields, listed in ``VOLATILE``); every drop-folder
    object has exactly one job and one outbox result and no error.json; every job with a webhook got
    at least one delivery and every delivery of one event (event id) has the same body; no window holds
-   a lease, the outbox table is empty, the tmpfs is empty, Redis's queues are empty; /healthz p99 under
-   1 s while the API process was up.
+   a lease, the outbox table is empty, the tmpfs is empty, Redis's queues are empty (its ``unacked``
+   set too, once the sweep has had time to drop what killed workers left there: up to
+   max(lease, 300 s) after the newest entry, ``workers/unacked.py``); /healthz p99 under 1 s while the
+   API process was up.
 
 ``run_soak`` is what tests/distributed/test_soak.py calls for a short version.
 """
@@ -67,6 +69,8 @@ from bench.soak_stack import (
     answers,
     wait_for,
 )
+from workers.sweeper import sweep_period_s
+from workers.unacked import safe_age_s, unacked_keys
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "soak"
 ENDED = ("succeeded", "failed", "cancelled")
@@ -806,10 +810,13 @@ def _check(
     if left:
         problems.append(f"temporary files left: {left[:10]}")
     queues = {}
+    unacked_at_settle: int | None = None
     with contextlib.suppress(Exception):
         r = soak.redis.client()
+        unacked_at_settle = int(r.hlen(unacked_keys()[0]))
+        _wait_for_the_unacked_sweep(soak, r)
         queues = {q: int(r.llen(q)) for q in ("cpu", "gpu")}
-        queues["unacked"] = int(r.hlen("unacked"))
+        queues["unacked"] = int(r.hlen(unacked_keys()[0]))
     if any(queues.values()):
         problems.append(f"redis queues not empty: {queues}")
     # Processes that exited on their own (nothing here restarts them, as compose or Kubernetes would).
@@ -862,12 +869,34 @@ def _check(
         ("leases held / outbox rows / tmp files / redis queues",
          f"{leases} / {outbox_rows} / {len(left)} / {queues}",
          "0 / 0 / 0 / 0"),
+        ("unacked messages at the settle (killed workers' leftovers, for the sweep)",
+         str(unacked_at_settle), ""),
         ("/healthz p99 while the API was up", f"{p99:.3f} s ({len(lat)} probes)" if p99 else "n/a", "< 1 s"),
         ("longest fault end to progress", f"{worst:.1f} s ({worst_kind})", ""),
     ]  # fmt: skip
     # Own exits first (the cause of what follows), then leftovers and losses; the list is cut at 40.
     problems.sort(key=lambda p: (" exited on its own " not in p, "differ from" in p))
     return SoakResult(rows, problems, lost, outcomes)
+
+
+def _wait_for_the_unacked_sweep(soak: Soak, r: Any) -> None:
+    """The messages SIGKILLed workers left in kombu's unacked set are the sweep's to drop once they
+    are older than its safe age (workers/unacked.py): wait until the newest entry is that old and a
+    few sweeps have run since (or the set is empty), so that what is left is what the sweep keeps."""
+    lease = float(soak.env["VOXBATCH_LEASE_SECONDS"])
+    margin = 3 * sweep_period_s(lease)
+    unacked, index = unacked_keys()
+
+    def swept() -> bool:
+        newest = r.zrange(index, -1, -1, withscores=True)
+        return (
+            int(r.hlen(unacked)) == 0 or not newest or time.time() > newest[0][1] + safe_age_s(lease) + margin
+        )
+
+    with contextlib.suppress(RuntimeError):
+        wait_for(
+            swept, safe_age_s(lease) + 2 * margin, "the sweep to drop the killed workers' messages", poll_s=2
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -191,6 +191,13 @@ class JobStore:
             s.execute(delete(QueuedStep).where(*where))
             s.commit()
 
+    def announce_pending(self, job_id: str) -> bool:
+        """Whether the job's end still has to be announced: its step is in the outbox until
+        ``announced``."""
+        with self.db.session() as s:
+            where = [col(QueuedStep.job_id) == job_id, col(QueuedStep.kind).in_(list(KEPT_UNTIL_DONE))]
+            return s.exec(select(QueuedStep.id).where(*where).limit(1)).first() is not None
+
     def queued_steps(self) -> list[QueuedStep]:
         with self.db.session() as s:
             return list(s.exec(select(QueuedStep).order_by(col(QueuedStep.id))))

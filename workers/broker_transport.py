@@ -14,8 +14,9 @@ running windows (issue 21: both gpu workers alive and idle after the soak's 4th 
 Here a channel whose transport was already detached answers with a Redis ``ConnectionError``, which
 is what it is: the close is ignored like any other close on a lost connection, and the consumer
 reconnects. The messages it could not restore stay in Redis's unacked set (restored after the
-visibility timeout, as for any worker that loses Redis while running a task); the window they carry
-is sent again by the database (its lease and the sweep), not by that message.
+visibility timeout, as for any worker that loses Redis while running a task, unless the sweep drops
+them first because their work is done: ``workers.unacked``); the window they carry is sent again by
+the database (its lease and the sweep), not by that message.
 """
 
 from __future__ import annotations

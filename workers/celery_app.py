@@ -8,7 +8,9 @@ Why each setting (Celery's and kombu's documentation for Redis; docs/operations.
   message back instead of acking it.
 - ``visibility_timeout`` (set in all three places) is above the longest task, so Redis never
   redelivers a running window on its own. A SIGKILLed worker's window comes back much earlier through
-  the database lease and the sweep (``workers.sweeper``), not through the visibility timeout.
+  the database lease and the sweep (``workers.sweeper``), not through the visibility timeout; the
+  sweep also drops the message it left unacked once its work is done (``workers.unacked``), so
+  Redis does not deliver it again 6 h later.
 - Soft shutdown plus ``REMAP_SIGTERM=SIGQUIT`` (set by ``voxbatch worker``): SIGTERM gives running
   tasks a few seconds, then restores their messages to the queue at once.
 - Events on and ``task_send_sent_event`` so Flower shows queued tasks too.
@@ -75,8 +77,10 @@ def broker_transport(broker_url: str) -> str | None:
     return REDIS_TRANSPORT if urlsplit(broker_url).scheme == "redis" else None
 
 
-def celery_config(settings: Settings) -> dict[str, object]:
-    transport = {
+def broker_transport_options() -> dict[str, Any]:
+    """The broker's transport options: what every worker and publisher of voxbatch is configured with
+    (the sweep reads kombu's key names for the unacked set from them, ``workers.unacked``)."""
+    return {
         "visibility_timeout": VISIBILITY_TIMEOUT_S,
         # Publishing while Redis restarts: keep trying instead of failing the task that enqueues.
         "max_retries": 15,
@@ -84,6 +88,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "interval_step": 0.5,
         "interval_max": 1,
     }
+
+
+def celery_config(settings: Settings) -> dict[str, object]:
+    transport = broker_transport_options()
     return {
         "broker_url": settings.broker_url,
         "broker_transport": broker_transport(settings.broker_url),

@@ -19,7 +19,11 @@ messages too; the sweep enqueues what ``next_steps`` says it needs. Enqueuing tw
 from being duplicated.
 Every sweep ends by relaying the outbox and metering the gpu queue (``workers.meter.wake``), then
 deletes the finished jobs of tenants with a retention setting that are older than it
-(``jobs.retention.sweep_expired``).
+(``jobs.retention.sweep_expired``), and last clears the broker's unacked set of what dead workers
+left there (``workers.unacked``): a SIGKILLed worker's reserved messages stay in kombu's ``unacked``
+hash until the visibility timeout (6 h) and would then be delivered again; those older than
+max(one lease, ``RETRY_BACKOFF_MAX_S``) whose work is finished (their job ended, their announce step
+done, their webhook event delivered...) are removed the way kombu acks (``SweepReport.unacked_dropped``).
 
 The sweep runs every ``lease_seconds / 4`` in every cpu worker (``SweepTimer``); a Redis key taken
 with ``SET NX PX`` lets only one of them enqueue ``voxbatch.sweep`` per period.
@@ -32,6 +36,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 import redis
 
@@ -39,7 +44,7 @@ from jobs import retention
 from jobs.models import JobStatus, utcnow
 from jobs.runtime import Runtime
 from jobs.steps.next import next_steps
-from workers import meter
+from workers import meter, unacked
 from workers.celery_app import RETRY_BACKOFF_MAX_S
 from workers.dispatch import dispatcher, queue_depths
 from workers.queues import CPU_QUEUE, GPU_QUEUE
@@ -58,17 +63,26 @@ class SweepReport:
     lost: list[tuple[str, int]] = field(default_factory=list)  # sent windows whose message vanished
     expired: list[str] = field(default_factory=list)  # finished jobs deleted by their tenant's retention
     proceedings: list[str] = field(default_factory=list)  # succeeded jobs whose proceedings step was lost
+    unacked_dropped: int = 0  # messages lost workers left unacked, their work done (workers.unacked)
 
 
 def sweep_period_s(lease_seconds: float) -> float:
     return max(1.0, lease_seconds / 4)
 
 
-def sweep(rt: Runtime, queue_depth: Callable[[], dict[str, int]] | None = None) -> SweepReport:
+def sweep(
+    rt: Runtime,
+    queue_depth: Callable[[], dict[str, int]] | None = None,
+    broker: redis.Redis | None = None,
+) -> SweepReport:
     """Give back windows with expired leases, re-enqueue splits/reduces whose worker stopped
-    beating and the work of orphaned jobs, mark lost window messages unsent; then relay and meter.
-    ``queue_depth`` (messages waiting per queue) defaults to asking the Runtime's broker."""
+    beating and the work of orphaned jobs, mark lost window messages unsent; then relay and meter,
+    apply retention and drop the finished work's messages lost workers left unacked.
+    ``queue_depth`` (messages waiting per queue) and ``broker`` (the broker's Redis, for its unacked
+    set) default to the Runtime's broker; a caller that stands in for the queues' depths and names
+    no broker (the in-process tests, which have no Redis) has no unacked set to sweep."""
     report = SweepReport()
+    sweeps_unacked = broker is not None or queue_depth is None
     depths = queue_depth or (lambda: queue_depths(dispatcher(rt).broker_url))
     _sweep_orphans(rt, depths, report)
     for job_id, index in rt.store.expired_leases():
@@ -88,7 +102,25 @@ def sweep(rt: Runtime, queue_depth: Callable[[], dict[str, int]] | None = None) 
         report.expired = retention.sweep_expired(rt)
     except Exception:
         log.exception("sweep: the retention step failed (the next sweep tries again)")
+    if sweeps_unacked:
+        try:
+            report.unacked_dropped = _sweep_unacked(rt, broker)
+        except Exception as exc:  # Redis restarting: the entries wait for the next sweep
+            log.warning("sweep: could not clear the unacked messages of lost workers: %s", exc)
     return report
+
+
+def _sweep_unacked(rt: Runtime, broker: redis.Redis | None) -> int:
+    if broker is not None:
+        return len(unacked.drop_finished(rt, broker))
+    url = dispatcher(rt).broker_url
+    if urlsplit(url).scheme not in ("redis", "rediss"):
+        return 0  # kombu's unacked set is its Redis transport's
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        return len(unacked.drop_finished(rt, client))
+    finally:
+        client.close()
 
 
 def _sweep_orphans(rt: Runtime, queue_depth: Callable[[], dict[str, int]], report: SweepReport) -> None:

@@ -215,6 +215,7 @@ def sweep_leases() -> dict[str, int]:
         "orphans": len(report.orphans),
         "lost": len(report.lost),
         "proceedings": len(report.proceedings),
+        "unacked_dropped": report.unacked_dropped,
     }
 
 

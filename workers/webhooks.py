@@ -206,6 +206,21 @@ def _legacy_id(job_id: str, record: dict[str, Any]) -> str:
     return event_id(job_id, str(record.get("job_status")), int(record.get("job_attempt") or 0))
 
 
+def settled(job: Job, job_attempt: int, window: int | None = None) -> bool:
+    """Whether an event's deliveries are over, by the job's record: one was delivered, or the last
+    gave up. A job's end is one event per job attempt; a window's is one event whatever the attempt
+    (``event_id``). Queued and failed deliveries settle nothing: a retry may still be on its way."""
+    event = JOB_FINISHED if window is None else WINDOW_DONE
+    for record in _attempts(job):
+        if record.get("status") not in ("delivered", "gave_up") or record.get("event", JOB_FINISHED) != event:
+            continue
+        if window is not None and record.get("window") == window:
+            return True
+        if window is None and record.get("job_attempt") == job_attempt:
+            return True
+    return False
+
+
 def notify(rt: Runtime, job_id: str) -> bool:
     """Enqueue the webhook of a job that has ended (its ``job.finished`` event). True when queued or
     not wanted; False when it could not be queued now (the job's announce step stays in the
