@@ -44,8 +44,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any, Protocol
 
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
-
 from jobs import collections
 from jobs.db import Database
 from jobs.engine import AudioTool
@@ -400,33 +398,27 @@ class Watcher:
         """Scan every ``watch_interval_s`` (and consume events in between) until ``stop`` is set.
 
         A scan or an event batch that fails because S3 or the database is away is logged and
-        tried again at the next turn: the watcher outlives a PostgreSQL restart (the chaos soak
-        saw it exit there, and every recording dropped after it waited for good)."""
+        tried again at the next turn (``jobs.db`` turns the database's passing trouble into
+        ``DatabaseUnavailable``): the watcher outlives a PostgreSQL restart (the chaos soak saw it
+        exit there, and every recording dropped after it waited for good)."""
         interval = self.settings.watch_interval_s
         next_scan = 0.0
         while not stop.is_set():
             if time.monotonic() >= next_scan:
                 try:
                     self.scan()
-                except SCAN_FAILURES as exc:
+                except VoxbatchError as exc:
                     log.error("drop: scan failed: %s", _one_line(exc))
                 next_scan = time.monotonic() + interval
             left = max(0.0, next_scan - time.monotonic())
             if self.sqs is not None:
                 try:
                     self.poll_events(wait_s=min(left, self.event_wait_s))
-                except SCAN_FAILURES as exc:
+                except VoxbatchError as exc:
                     log.error("drop: receiving events failed: %s", _one_line(exc))
                     stop.wait(min(left, 5.0))
             else:
                 stop.wait(left)
-
-
-# What SQLAlchemy raises while the database is restarting or unreachable (connections refused,
-# cut, or invalidated by the pool): a scan's failure, not the watcher's.
-DATABASE_AWAY: tuple[type[Exception], ...] = (OperationalError, InterfaceError, DisconnectionError)
-# A scan or an event batch that fails with one of these is tried again at the next turn.
-SCAN_FAILURES: tuple[type[Exception], ...] = (VoxbatchError, *DATABASE_AWAY)
 
 
 def _one_line(exc: BaseException) -> str:
