@@ -354,16 +354,21 @@ class Proc:
     # a crash of its own, which no supervisor here restarts (compose or Kubernetes would).
     exits: list[tuple[int, int]] = field(default_factory=list)
     _ending: bool = False
+    # The progress thread's note_exit reads (process, _ending, starts) while the chaos thread kills
+    # and starts again: without the lock it saw the killed run's -9 after start() had cleared
+    # _ending, and called the soak's own kill "exited on its own" (a 30-minute run did).
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> None:
-        self._ending = False
-        self.starts += 1
-        log = self.logs / f"{self.name}.{self.starts}.log"
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [VOXBATCH, *self.args], env=self.env, cwd=self.logs, stdout=out,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
+        with self._lock:
+            self.starts += 1
+            log = self.logs / f"{self.name}.{self.starts}.log"
+            with log.open("wb") as out:
+                self.process = subprocess.Popen(
+                    [VOXBATCH, *self.args], env=self.env, cwd=self.logs, stdout=out,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                )  # fmt: skip
+            self._ending = False
 
     @property
     def alive(self) -> bool:
@@ -371,12 +376,14 @@ class Proc:
 
     def note_exit(self) -> None:
         """Record this run's exit if it ended on its own (called by the soak's progress thread)."""
-        code = None if self.process is None else self.process.poll()
-        if code is not None and not self._ending and all(n != self.starts for n, _ in self.exits):
-            self.exits.append((self.starts, code))
+        with self._lock:
+            code = None if self.process is None else self.process.poll()
+            if code is not None and not self._ending and all(n != self.starts for n, _ in self.exits):
+                self.exits.append((self.starts, code))
 
     def kill(self) -> None:
-        self._ending = True
+        with self._lock:
+            self._ending = True
         if self.process is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
@@ -384,7 +391,8 @@ class Proc:
 
     def stop(self) -> None:
         """SIGTERM (a warm shutdown: windows handed back), SIGKILL after 30 s; the group after."""
-        self._ending = True
+        with self._lock:
+            self._ending = True
         if self.process is None:
             return
         if self.process.poll() is None:
