@@ -131,7 +131,12 @@ class Settings(BaseSettings):
     gpu_concurrency: int = 64
     # Segments each running window hands the request scheduler at once (jobs/steps/segments.py);
     # windows x this should stay above VOXBATCH_MAX_INFLIGHT so the server's batch stays full.
-    segment_concurrency: int = Field(default=64, ge=1, le=1024)
+    # 32, not 64: `voxbatch run` then holds 256 / 32 + 1 = 9 windows (4.5 h) side by side and the
+    # scheduler takes every one's summary at once. With 64 it held 5, each until its summary was
+    # answered (~150 s behind the segments' prefills), and the last windows' summaries, which the
+    # overall summary waits for, went out late: 0.866 of the one-job ideal on a 3-h talk against
+    # 0.969 (bench.fleet --local). A gpu worker's 64 windows x 32 stay far above the cap.
+    segment_concurrency: int = Field(default=32, ge=1, le=1024)
     max_upload_mb: float = 20_000.0
     webhook_allow_private: bool = False
     # Buckets besides the storage bucket that API tenants may name as s3:// sources (comma-separated):
