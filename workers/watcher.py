@@ -266,7 +266,8 @@ class Watcher:
         try:
             self.audio.probe(self.presigned_url(key))
         except InputError as exc:
-            # ffprobe could not download it (S3 down, or the object deleted since the listing):
+            # ffprobe got a 4xx for it (the object deleted or replaced since the listing; a 5xx
+            # or a refused connection is StorageUnavailable already, workers/ffmpeg_input.py):
             # nothing is known about the recording itself, so the next scan decides.
             if "could not be fetched" in str(exc):
                 raise StorageUnavailable(str(exc)) from exc
