@@ -118,6 +118,9 @@ class Settings(BaseSettings):
     # A watcher's claim on a recording lasts this long unless the live watcher renews it; then any
     # watcher takes the recording over at its next scan.
     drop_claim_lease_s: float = Field(default=30.0, gt=0)
+    # New recordings a watcher takes at once (sidecar, ffprobe, the job's transaction: mostly
+    # waiting on S3 and the database).
+    drop_ingest_threads: int = Field(default=4, ge=1, le=64)
     max_window_attempts: int = 4
     flower_basic_auth: str | None = None
     flower_url: str | None = None

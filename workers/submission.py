@@ -55,16 +55,19 @@ def submit(
     source_name: str | None = None,
     tenant: str | None = None,
     fingerprint: str | None = None,
+    duration_s: float | None = None,
 ) -> Job:
     """Create a job for ``source`` (a local path, an ``s3://`` URL, or ``stream``'s bytes) and enqueue it.
 
     With ``stream``, ``source`` is only the name the user knows the recording by (an upload).
+    ``duration_s``: an ``s3://`` source's length, when the caller has just probed it (the watcher).
     """
     options = with_collection(rt.db, tenant, options).validated(rt.settings)
     name = source_name
     if stream is None and source.startswith("s3://"):
         key = parse_s3_url(source)[1]
-        duration_s = probe_s3(rt, source)
+        if duration_s is None:
+            duration_s = probe_s3(rt, source)
         job = create_job(
             rt,
             source,

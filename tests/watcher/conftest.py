@@ -115,10 +115,19 @@ class DropWorld:
     s3: Any
     endpoint: str
 
-    def submit(self, source: str, options: JobOptions, source_name: str, tenant: str | None = None) -> str:
+    def submit(
+        self,
+        source: str,
+        options: JobOptions,
+        source_name: str,
+        tenant: str | None = None,
+        duration_s: float | None = None,
+    ) -> str:
         # The real job creation (options validated, row written); only the enqueue is left out,
         # which these tests do not exercise (tests/watcher/test_end_to_end.py does).
-        return create_job(self.rt, source, options, source_name=source_name, tenant=tenant).id
+        return create_job(
+            self.rt, source, options, source_name=source_name, tenant=tenant, duration_s=duration_s
+        ).id
 
     def watcher(self, submit: Submit | None = None, **overrides: Any) -> Watcher:
         settings = self.settings.model_copy(update=overrides) if overrides else self.settings

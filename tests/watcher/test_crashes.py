@@ -54,8 +54,14 @@ def real_submit(drop: DropWorld) -> Any:
     """The watcher's real submit (``workers.submission``): job row and split in the outbox in one
     transaction, relayed at once; only the broker is a recording stand-in."""
 
-    def submit(source: str, options: JobOptions, source_name: str, tenant: str | None = None) -> str:
-        return submission.submit(drop.rt, source, options, source_name=source_name).id
+    def submit(
+        source: str,
+        options: JobOptions,
+        source_name: str,
+        tenant: str | None = None,
+        duration_s: float | None = None,
+    ) -> str:
+        return submission.submit(drop.rt, source, options, source_name=source_name, duration_s=duration_s).id
 
     return submit
 
@@ -71,7 +77,13 @@ def test_killed_after_the_claim_another_watcher_takes_the_recording_once_the_lea
 ) -> None:
     upload(drop, short_speech, "inbox/storm/a.wav")
 
-    def die(source: str, options: JobOptions, source_name: str, tenant: str | None = None) -> str:
+    def die(
+        source: str,
+        options: JobOptions,
+        source_name: str,
+        tenant: str | None = None,
+        duration_s: float | None = None,
+    ) -> str:
         raise Killed  # probed, options read, the claim written: dead before the job
 
     with pytest.raises(Killed):

@@ -16,12 +16,15 @@ from sqlalchemy import event
 from sqlmodel import select
 
 from api.keys import create_key
+from jobs.engine import SourceInfo
 from jobs.errors import StorageUnavailable
 from jobs.models import DropObject, Job, utcnow
 from jobs.options import JobOptions
 from tests.watcher.conftest import DropWorld
+from workers import submission
+from workers.audio import FfmpegAudio
 from workers.drop_ledger import STALE_CLAIM, DropItem, claim
-from workers.watcher import sidecar_key
+from workers.watcher import Watcher, sidecar_key
 
 NAMES = ["talk.wav", "track b/Panel.wav", "track b/deep/nested/Ünïcode talk ☕.wav", "a+b%20c.wav"]
 
@@ -192,7 +195,13 @@ def test_empty_object_is_rejected_without_a_probe(drop: DropWorld) -> None:
 def test_trouble_while_submitting_defers_to_the_next_scan(drop: DropWorld, short_speech: Path) -> None:
     drop.s3.upload_file(str(short_speech), drop.bucket, "inbox/r.wav")
 
-    def broker_down(source: str, options: JobOptions, source_name: str, tenant: str | None = None) -> str:
+    def broker_down(
+        source: str,
+        options: JobOptions,
+        source_name: str,
+        tenant: str | None = None,
+        duration_s: float | None = None,
+    ) -> str:
         raise StorageUnavailable("the broker did not answer")
 
     report = drop.watcher(submit=broker_down).scan()
@@ -414,3 +423,54 @@ def test_a_folder_named_like_a_collection_joins_it(drop: DropWorld, short_speech
         "talk.wav": (None, "conference-talk", None),
         "loose.wav": (None, "conference-talk", None),
     }
+
+
+class CountingAudio(FfmpegAudio):
+    """Real ffprobe, counted; each probe waits at ``gate`` (when set) until that many run at once."""
+
+    def __init__(self, gate: threading.Barrier | None = None) -> None:
+        super().__init__()
+        self.gate = gate
+        self.probes = 0
+        self.lock = threading.Lock()
+
+    def probe(self, source: str) -> SourceInfo:
+        with self.lock:
+            self.probes += 1
+        if self.gate is not None:
+            self.gate.wait()  # BrokenBarrierError (the recording deferred) if probes run one by one
+        return super().probe(source)
+
+
+def test_a_scan_takes_new_recordings_several_at_a_time(drop: DropWorld, short_speech: Path) -> None:
+    threads = drop.settings.drop_ingest_threads
+    assert threads > 1
+    keys = [f"inbox/storm/{i:02d}.wav" for i in range(threads * 2)]
+    for key in keys:
+        drop.s3.upload_file(str(short_speech), drop.bucket, key)
+    audio = CountingAudio(threading.Barrier(threads, timeout=30))
+    watcher = Watcher(drop.settings, drop.db, drop.submit, s3=drop.s3, audio=audio)
+    report = watcher.scan()
+    assert report.new == len(keys) and report.deferred == [] and report.rejected == []
+    assert sorted(report.submitted) == sorted(j.id for j in jobs(drop))
+    assert sorted(j.source_name for j in jobs(drop)) == sorted(Path(k).name for k in keys)
+
+
+def test_the_real_submit_does_not_probe_the_recording_again(drop: DropWorld, short_speech: Path) -> None:
+    drop.s3.upload_file(str(short_speech), drop.bucket, "inbox/once.wav")
+    audio = CountingAudio()
+    drop.rt.audio = audio
+
+    def submit(
+        source: str,
+        options: JobOptions,
+        source_name: str,
+        tenant: str | None = None,
+        duration_s: float | None = None,
+    ) -> str:
+        return submission.submit(drop.rt, source, options, source_name=source_name, duration_s=duration_s).id
+
+    assert len(Watcher(drop.settings, drop.db, submit, s3=drop.s3, audio=audio).scan().submitted) == 1
+    (job,) = jobs(drop)
+    length = FfmpegAudio().probe(str(short_speech)).duration_s
+    assert audio.probes == 1 and job.duration_s == pytest.approx(length)
