@@ -37,8 +37,9 @@ from tests.standins.gpu_model import BatchEngine, GpuModel, GpuRequest
 SEGMENT_S = 30.0
 SEGMENTS_PER_WINDOW = 60  # a 30-minute window's speech segments
 WINDOW_S = 1800.0
-WARM_S = 60.0  # modelled seconds of backlog before B arrives
+WARM_S = 20.0  # modelled seconds of backlog before B arrives
 FULL = 256
+A_WINDOWS = 12  # tenant A's backlog: 3 talks of 2 hours
 
 
 class _PriorityEngine(BatchEngine):
@@ -62,64 +63,89 @@ def b_requests(clip_s: float, summary_tokens: int) -> list[GpuRequest]:
 
 
 def behind_backlog(
-    model: GpuModel, clip_s: float, summary_tokens: int, a_cap_while_b: int, server_priority: bool
+    model: GpuModel,
+    clip_s: float,
+    summary_tokens: int,
+    a_cap_while_b: int,
+    server_priority: bool,
+    preempt: bool = False,
+    a_windows: int = A_WINDOWS,
+    with_b: bool = True,
 ) -> tuple[float, float]:
-    """B's latency behind A's full backlog, and A's answers per modelled second over the run."""
+    """B's latency behind A's backlog of ``a_windows`` 30-minute windows, and A's makespan.
+
+    ``preempt``: when B arrives the client cancels A's youngest requests in flight down to the cap
+    (the server drops a request whose client went away, its work lost) and sends them again later."""
     engine: BatchEngine = _PriorityEngine(model) if server_priority else BatchEngine(model)
     keys = itertools.count()
-    a_pattern = itertools.cycle(["segment"] * SEGMENTS_PER_WINDOW + ["summary"])
-    a_out: set[Hashable] = set()
+    a_todo: list[GpuRequest] = []
+    for _ in range(a_windows):
+        a_todo += [GpuRequest(SEGMENT_S)] * SEGMENTS_PER_WINDOW + [GpuRequest(WINDOW_S, output_tokens=300)]
+    a_todo.reverse()  # popped from the end: in order
+    a_out: dict[Hashable, GpuRequest] = {}  # in the order sent
     b_out: set[Hashable] = set()
     b_start: float | None = None
     b_end: float | None = None
-    a_done = 0
+    a_end = 0.0
 
     def send_a(limit: int) -> None:
-        while len(a_out) < limit:
-            kind = next(a_pattern)
-            request = GpuRequest(SEGMENT_S) if kind == "segment" else GpuRequest(WINDOW_S, output_tokens=300)
+        while len(a_out) < limit and a_todo:
             key = ("a", next(keys))
+            a_out[key] = request = a_todo.pop()
             engine.submit(key, request, at=engine.t)
-            a_out.add(key)
 
-    while b_end is None or engine.t < b_end + WARM_S / 2:
+    while a_todo or a_out or b_out or (with_b and b_start is None):
         send_a(a_cap_while_b if b_out else FULL - len(b_out))
-        if b_start is None and engine.t >= WARM_S:
+        if with_b and b_start is None and engine.t >= WARM_S:
             b_start = engine.t
             for request in b_requests(clip_s, summary_tokens):
                 b_key = ("b", next(keys))
                 engine.submit(b_key, request, at=engine.t)
                 b_out.add(b_key)
+            while preempt and len(a_out) > a_cap_while_b:
+                youngest = next(reversed(a_out))
+                engine.abort(youngest)
+                a_todo.append(a_out.pop(youngest))
         for key, finished in engine.run_until(engine.t):
             if _tenant(key) == "a":
-                a_out.discard(key)
-                a_done += 1
+                del a_out[key]
+                a_end = finished
             else:
                 b_out.discard(key)
                 if not b_out:
                     b_end = finished
+    if not with_b:
+        return 0.0, a_end
     assert b_start is not None and b_end is not None
-    return b_end - b_start, a_done / engine.t
+    return b_end - b_start, a_end
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clip-minutes", type=float, default=5.0)
     parser.add_argument("--summary-tokens", type=int, default=300, help="B's summary answer (the stand-in's)")
+    parser.add_argument("--a-windows", type=int, default=A_WINDOWS, help="A's backlog in 30-minute windows")
     args = parser.parse_args()
     model = GpuModel()
     clip_s = args.clip_minutes * 60
     alone = max(model.alone_s(r) for r in b_requests(clip_s, args.summary_tokens))
     print(f"B alone (its longest request at batch 1): {alone:.2f} s modelled")
-    full_b, full_a = behind_backlog(model, clip_s, args.summary_tokens, FULL, server_priority=False)
-    header = ("server", "A cap while B runs", "B behind backlog", "/ alone", "A answers/s")
-    print(f"{header[0]:<10} {header[1]:<20} {header[2]:>17} {header[3]:>8} {header[4]:>12}")
-    print(f"{'FCFS':<10} {'256 (kept full)':<20} {full_b:>15.2f} s {full_b / alone:>7.2f}x {full_a:>12.2f}")
-    for priority in (False, True):
-        for cap in (128, 64, 32, 0):
-            b, a = behind_backlog(model, clip_s, args.summary_tokens, cap, server_priority=priority)
-            name = "priority" if priority else "FCFS"
-            print(f"{name:<10} {cap:<20} {b:>15.2f} s {b / alone:>7.2f}x {a:>12.2f}")
+    _, a_alone = behind_backlog(
+        model, clip_s, args.summary_tokens, FULL, False, a_windows=args.a_windows, with_b=False
+    )
+    print(f"A alone ({args.a_windows} windows of 30 minutes, kept full): {a_alone:.1f} s modelled")
+    header = ("client / server", "A cap while B runs", "B behind backlog", "/ alone", "A's time", "/ alone")
+    print(f"{header[0]:<16} {header[1]:<19} {header[2]:>17} {header[3]:>8} {header[4]:>10} {header[5]:>8}")
+    variants = (("FCFS", False, False), ("priority", True, False), ("cancel A / FCFS", False, True))
+    for name, priority, preempt in variants:
+        for cap in (FULL, 128, 64, 32, 16, 0):
+            if cap == FULL and (priority or preempt):
+                continue
+            b, a = behind_backlog(
+                model, clip_s, args.summary_tokens, cap, priority, preempt, a_windows=args.a_windows
+            )
+            label = f"{cap} (kept full)" if cap == FULL else str(cap)
+            print(f"{name:<16} {label:<19} {b:>15.2f} s {b / alone:>7.2f}x {a:>8.1f} s {a / a_alone:>7.3f}x")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """A hundred recordings at once in the S3 drop folder (issue 25, item 4).
 
     .venv/bin/python -m bench.storm [--recordings 120] [--clips 8] [--gpu-cost-scale 1]
-        [--watch-interval 10] [--kill-after 30] [--timeout 1800]
+        [--watch-interval 10] [--kill-after 30] [--timeout 1800] [--events]
     .venv/bin/python -m bench.storm --scan 10000
 
 On the real parts: PostgreSQL, redis-server, a moto S3 server (``python -m moto.server``, as
@@ -19,6 +19,10 @@ worker (default settings), the stand-in vLLM server in GPU mode (fast: no decodi
    while a recording is claimed but not yet submitted, watcher 1, the one busy submitting, is
    SIGKILLed (its whole process group) and started again.
 3. Every recording's ``document.json`` is waited for in the outbox (or ``--timeout``).
+
+``--events``: the inbox also sends its ``ObjectCreated`` events to an SQS queue on the moto server,
+and both watchers consume it (``VOXBATCH_DROP_SQS_QUEUE_URL``): recordings are taken as they land
+instead of at the next scan, which is up to ``--watch-interval`` later.
 
 Printed: drain time (drop to last document), throughput efficiency (the same model requests
 replayed through the same GPU model, all present at t = 0, over the achieved span, as in
@@ -118,12 +122,12 @@ class Moto:
 
         wait_http(f"{self.endpoint}/moto-api/", 30, "moto", self.process)
 
-    def client(self) -> Any:
+    def client(self, service: str = "s3") -> Any:
         import boto3
         from botocore.config import Config
 
         return boto3.client(
-            "s3",
+            service,  # type: ignore[call-overload]
             endpoint_url=self.endpoint,
             region_name="us-east-1",
             aws_access_key_id="testing",
@@ -212,6 +216,21 @@ def _clip_times(stack: Stack, posted: list[Submitted], timeout_s: float) -> tupl
     return times, failed
 
 
+def _event_queue(moto: Moto, s3: Any, bucket: str) -> str:
+    """An SQS queue on the moto server that gets the inbox's ObjectCreated events (event mode)."""
+    sqs = moto.client("sqs")
+    url = str(sqs.create_queue(QueueName=f"{bucket}-events")["QueueUrl"])
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    rule = {"Key": {"FilterRules": [{"Name": "prefix", "Value": "inbox/"}]}}
+    s3.put_bucket_notification_configuration(
+        Bucket=bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"], "Filter": rule}]
+        },
+    )
+    return url
+
+
 class Watchers:
     """``voxbatch -v watch`` processes; each in its own process group."""
 
@@ -267,6 +286,7 @@ def run_storm(
     timeout_s: float = 1800.0,
     progress: bool = True,
     gpu_concurrency: int | None = None,
+    events: bool = False,
 ) -> StormResult:
     def say(text: str) -> None:
         if progress:
@@ -287,6 +307,7 @@ def run_storm(
     bucket = f"storm-{uuid.uuid4().hex[:10]}"
     s3 = moto.client()
     s3.create_bucket(Bucket=bucket)
+    queue_url = _event_queue(moto, s3, bucket) if events else None
     watchers: Watchers | None = None
     try:
         env = dict(
@@ -295,6 +316,7 @@ def run_storm(
             VOXBATCH_S3_ENDPOINT_URL=moto.endpoint,
             VOXBATCH_WATCH_INTERVAL_S=str(watch_interval_s),
             **({"VOXBATCH_GPU_CONCURRENCY": str(gpu_concurrency)} if gpu_concurrency else {}),
+            **({"VOXBATCH_DROP_SQS_QUEUE_URL": queue_url} if queue_url else {}),
             AWS_CONFIG_FILE=str(tmp / "no-aws-config"),
             AWS_SHARED_CREDENTIALS_FILE=str(tmp / "no-aws-config"),
             **AWS_ENV,
@@ -410,8 +432,8 @@ def print_storm(result: StormResult, args: argparse.Namespace) -> None:
 
     windows = args.gpu_concurrency or Settings.model_fields["gpu_concurrency"].default
     print(f"storm: {result.recordings} x {RECORDING_S:g} s recordings, {args.clips} API clips, "
-          f"GPU costs x{args.gpu_cost_scale:g}, watch interval {args.watch_interval:g} s, "
-          f"gpu worker {windows} windows at once")  # fmt: skip
+          f"GPU costs x{args.gpu_cost_scale:g}, watch interval {args.watch_interval:g} s"
+          f"{' and S3 events' if args.events else ''}, gpu worker {windows} windows at once")  # fmt: skip
     print(f"{'measure':<{width}}  {'value':<44}  goal")
     for name, value, goal in rows:
         print(f"{name:<{width}}  {value:<44}  {goal}")
@@ -510,6 +532,7 @@ def main() -> None:
         "--scan", type=int, default=None, metavar="N", help="time one scan of N ingested objects"
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs)")
+    parser.add_argument("--events", action="store_true", help="watchers also consume S3 events (SQS)")
     args = parser.parse_args()
     with scratch("voxbatch-storm-", args.keep) as tmp:
         if args.scan is not None:
@@ -520,7 +543,7 @@ def main() -> None:
         else:
             result = run_storm(
                 tmp, args.recordings, args.clips, args.gpu_cost_scale, args.watch_interval, args.kill_after,
-                args.timeout, gpu_concurrency=args.gpu_concurrency,
+                args.timeout, gpu_concurrency=args.gpu_concurrency, events=args.events,
             )  # fmt: skip
             print_storm(result, args)
         if args.keep:

@@ -224,14 +224,20 @@ class Watcher:
 
     def ingest(self, item: DropItem, report: ScanReport | None = None) -> ScanReport:
         """Take one object version if nobody has: the shared path of scans and events."""
+        return self.ingest_many([item], report)
+
+    def ingest_many(self, items: list[DropItem], report: ScanReport | None = None) -> ScanReport:
+        """Take the object versions nobody has, ``drop_ingest_threads`` at a time (an event batch)."""
         report = report or ScanReport()
-        report.listed += 1
-        if not self.folder.contains(item.bucket, item.key) or not is_recording(item.key):
-            return report
-        report.recordings += 1
-        if (item.key, item.etag) in known_versions(self.db, item.bucket, [item.key]):
-            return report
-        self._ingest_new(item, report)
+        report.listed += len(items)
+        wanted = [i for i in items if self.folder.contains(i.bucket, i.key) and is_recording(i.key)]
+        report.recordings += len(wanted)
+        new: list[DropItem] = []
+        for bucket in sorted({i.bucket for i in wanted}):
+            here = [i for i in wanted if i.bucket == bucket]
+            seen = known_versions(self.db, bucket, [i.key for i in here])
+            new += [i for i in here if (i.key, i.etag) not in seen and i not in new]
+        self._ingest_all(new, report)
         return report
 
     def _ingest_all(self, items: list[DropItem], report: ScanReport) -> None:
@@ -418,18 +424,20 @@ class Watcher:
             resp = self.sqs.receive_message(
                 QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=int(max(0, min(20, wait_s)))
             )
+        batch: list[tuple[dict[str, Any], list[DropItem]]] = []
         for message in resp.get("Messages", []):
             report.messages += 1
-            deferred = len(report.deferred)
             try:
                 items = events_in(message["Body"])
             except (ValueError, KeyError, TypeError) as exc:
                 # Dropping it is safe: the periodic scan reconciles whatever it named.
                 log.warning("drop: ignoring an SQS message that is not an S3 event: %s", exc)
                 items = []
-            for item in items:
-                self.ingest(item, report)
-            if len(report.deferred) == deferred:
+            batch.append((message, items))
+        self.ingest_many([item for _, items in batch for item in items], report)
+        deferred = set(report.deferred)
+        for message, items in batch:
+            if not any(item.key in deferred for item in items):
                 with s3_errors("deleting an SQS message"):
                     self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
         return report

@@ -171,6 +171,19 @@ class BatchEngine:
             self.t = at  # the GPU waited for this request
         self.waiting.append((key, request, at))
 
+    def abort(self, key: Hashable) -> bool:
+        """Drop a request, waiting or in flight, as vLLM does when its client goes away; its work
+        so far is lost. Returns whether it was there."""
+        if key in self.active:
+            del self.active[key]
+            self.context -= self._held.pop(key)
+            return True
+        for item in self.waiting:
+            if item[0] == key:
+                self.waiting.remove(item)
+                return True
+        return False
+
     def next_arrival(self) -> float | None:
         return self.waiting[0][2] if self.waiting else None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import boto3
 import pytest
 
 from jobs.db import Database
+from jobs.engine import SourceInfo
 from jobs.options import JobOptions
 from jobs.runtime import Runtime
 from jobs.settings import Settings
@@ -163,3 +165,20 @@ def drop(tmp_path: Path, moto_endpoint: str, s3: Any, bucket: str) -> DropWorld:
         engine_factory=lambda: pytest.fail("these tests never run an engine"),
     )
     return DropWorld(settings=settings, db=db, rt=rt, bucket=bucket, s3=s3, endpoint=moto_endpoint)
+
+
+class CountingAudio(FfmpegAudio):
+    """Real ffprobe, counted; each probe waits at ``gate`` (when set) until that many run at once."""
+
+    def __init__(self, gate: threading.Barrier | None = None) -> None:
+        super().__init__()
+        self.gate = gate
+        self.probes = 0
+        self.lock = threading.Lock()
+
+    def probe(self, source: str) -> SourceInfo:
+        with self.lock:
+            self.probes += 1
+        if self.gate is not None:
+            self.gate.wait()  # BrokenBarrierError (the recording deferred) if probes run one by one
+        return super().probe(source)

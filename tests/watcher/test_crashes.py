@@ -108,10 +108,10 @@ def test_a_live_watcher_keeps_its_claim_past_the_lease(
     slow = drop.watcher(submit=real_submit(drop), drop_claim_lease_s=3.0)
     real_probe = slow.probe
 
-    def slow_probe(key: str) -> None:
+    def slow_probe(key: str) -> float:
         probing.set()
         assert go_on.wait(60)
-        real_probe(key)
+        return real_probe(key)
 
     slow.probe = slow_probe  # type: ignore[method-assign]
     result: list[Any] = []

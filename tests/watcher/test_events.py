@@ -14,8 +14,9 @@ from sqlmodel import select
 
 from jobs.models import Job
 from tests.fixtures.services import wait_until
-from tests.watcher.conftest import DropWorld
+from tests.watcher.conftest import CountingAudio, DropWorld
 from workers.drop_events import events_in
+from workers.watcher import Watcher
 
 
 @pytest.fixture
@@ -110,6 +111,27 @@ def test_duplicate_and_replayed_events_make_one_job(
     submitted, _ = drain(watcher)
     assert len(submitted) == 1
     assert job_names(drop) == ["dup.wav"]
+
+
+def test_an_event_batch_is_taken_several_at_a_time(
+    drop: DropWorld, queue: tuple[Any, str], short_speech: Path
+) -> None:
+    sqs, url = queue
+    threads = drop.settings.drop_ingest_threads
+    keys = [f"inbox/storm/{i:02d}.wav" for i in range(threads)]
+    for key in keys:
+        drop.s3.upload_file(str(short_speech), drop.bucket, key)
+    # One receive takes them all (at most 10 a receive; the test event may be one of them).
+    assert threads <= 9
+    audio = CountingAudio(threading.Barrier(threads, timeout=30))
+    watcher = Watcher(
+        drop.settings.model_copy(update={"drop_sqs_queue_url": url}), drop.db, drop.submit, s3=drop.s3,
+        sqs=sqs, audio=audio,
+    )  # fmt: skip
+    report = watcher.poll_events(wait_s=1)
+    assert report.deferred == [] and len(report.submitted) == threads
+    assert job_names(drop) == sorted(Path(k).name for k in keys)
+    assert sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0).get("Messages", []) == []
 
 
 def test_event_format() -> None:

@@ -16,11 +16,10 @@ from sqlalchemy import event
 from sqlmodel import select
 
 from api.keys import create_key
-from jobs.engine import SourceInfo
 from jobs.errors import StorageUnavailable
 from jobs.models import DropObject, Job, utcnow
 from jobs.options import JobOptions
-from tests.watcher.conftest import DropWorld
+from tests.watcher.conftest import CountingAudio, DropWorld
 from workers import submission
 from workers.audio import FfmpegAudio
 from workers.drop_ledger import STALE_CLAIM, DropItem, claim
@@ -423,23 +422,6 @@ def test_a_folder_named_like_a_collection_joins_it(drop: DropWorld, short_speech
         "talk.wav": (None, "conference-talk", None),
         "loose.wav": (None, "conference-talk", None),
     }
-
-
-class CountingAudio(FfmpegAudio):
-    """Real ffprobe, counted; each probe waits at ``gate`` (when set) until that many run at once."""
-
-    def __init__(self, gate: threading.Barrier | None = None) -> None:
-        super().__init__()
-        self.gate = gate
-        self.probes = 0
-        self.lock = threading.Lock()
-
-    def probe(self, source: str) -> SourceInfo:
-        with self.lock:
-            self.probes += 1
-        if self.gate is not None:
-            self.gate.wait()  # BrokenBarrierError (the recording deferred) if probes run one by one
-        return super().probe(source)
 
 
 def test_a_scan_takes_new_recordings_several_at_a_time(drop: DropWorld, short_speech: Path) -> None:
