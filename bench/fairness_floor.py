@@ -71,6 +71,7 @@ def behind_backlog(
     preempt: bool = False,
     a_windows: int = A_WINDOWS,
     with_b: bool = True,
+    b_after_s: float = WARM_S,
 ) -> tuple[float, float]:
     """B's latency behind A's backlog of ``a_windows`` 30-minute windows, and A's makespan.
 
@@ -96,7 +97,7 @@ def behind_backlog(
 
     while a_todo or a_out or b_out or (with_b and b_start is None):
         send_a(a_cap_while_b if b_out else FULL - len(b_out))
-        if with_b and b_start is None and engine.t >= WARM_S:
+        if with_b and b_start is None and engine.t >= b_after_s:
             b_start = engine.t
             for request in b_requests(clip_s, summary_tokens):
                 b_key = ("b", next(keys))
@@ -124,6 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clip-minutes", type=float, default=5.0)
     parser.add_argument("--summary-tokens", type=int, default=300, help="B's summary answer (the stand-in's)")
+    parser.add_argument("--b-after", type=float, default=WARM_S, help="modelled seconds into A's backlog")
     parser.add_argument("--a-windows", type=int, default=A_WINDOWS, help="A's backlog in 30-minute windows")
     args = parser.parse_args()
     model = GpuModel()
@@ -142,7 +144,7 @@ def main() -> None:
             if cap == FULL and (priority or preempt):
                 continue
             b, a = behind_backlog(
-                model, clip_s, args.summary_tokens, cap, priority, preempt, a_windows=args.a_windows
+                model, clip_s, args.summary_tokens, cap, priority, preempt, args.a_windows, True, args.b_after
             )
             label = f"{cap} (kept full)" if cap == FULL else str(cap)
             print(f"{name:<16} {label:<19} {b:>15.2f} s {b / alone:>7.2f}x {a:>8.1f} s {a / a_alone:>7.3f}x")

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     # Requests each process keeps at the model server (vLLM's --max-num-seqs, which `voxbatch vllm`
     # sets to the same number): windows put their requests into one queue, this many go out.
     max_inflight: int = Field(default=256, ge=1, le=4096)
+    # While a clip's requests (an interactive job of at most 30 minutes) wait or are out, the other
+    # work's new requests (long jobs, batch jobs) go out only while fewer than this many of theirs
+    # are at the vLLM server, so the clip's decoding is not slowed by a full batch and by prefills
+    # admitted after it (workers/engines/scheduler.py). VOXBATCH_MAX_INFLIGHT or more: no hold.
+    max_inflight_beside_clips: int = Field(default=16, ge=0)
     # A running window none of whose requests was answered for this long stops renewing its lease,
     # so the sweep gives it to another worker.
     window_stall_s: float = Field(default=1200.0, gt=0)

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from jobs.models import Job, Priority
 
 PRIORITY_RANK = {Priority.interactive: 0, Priority.batch: 1}
+# An interactive job this long or shorter is a clip: while its requests are out, the request
+# scheduler holds the other work's new requests (workers/engines/scheduler.py). One window.
+CLIP_S = 30 * 60.0
 
 
 @dataclass(frozen=True)
@@ -26,10 +29,16 @@ class Share:
     priority: Priority = Priority.interactive
     # The place in the tenant's line: (job created at, window index); smaller goes first.
     order: tuple[str, int] = ("", 0)
+    short: bool = False  # the job's audio is at most CLIP_S
 
     @property
     def rank(self) -> int:
         return PRIORITY_RANK[self.priority]
+
+    @property
+    def clip(self) -> bool:
+        """A short interactive job: someone is waiting on it."""
+        return self.short and self.priority == Priority.interactive
 
 
 UNCHARGED = Share()
@@ -42,6 +51,7 @@ def share_of(job: Job, window_index: int = 0) -> Share:
         tenant=job.tenant or "",
         priority=Priority(job.priority or Priority.interactive),
         order=(job.created_at.isoformat() if job.created_at else "", window_index),
+        short=job.duration_s is not None and job.duration_s <= CLIP_S,
     )
 
 

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 import pytest
 
 from jobs.errors import EngineUnavailable
-from jobs.models import Priority
-from jobs.shares import Share, charged_to
+from jobs.models import Job, Priority
+from jobs.shares import Share, charged_to, share_of
 from workers.engines.http import ApiClient
 from workers.engines.scheduler import EngineAborted, RequestScheduler, Retryable
 
@@ -132,12 +132,59 @@ def test_a_jobs_later_windows_wait_for_its_first_answer_while_others_go() -> Non
     gate.set()
     # Other jobs are not held, the same tenant's next job included.
     assert [future.result(timeout=30) for future in free] == ["b", "a-next"]
-    assert scheduler.stats() == {"inflight": 2, "waiting": 1, "peak_inflight": 4}
+    assert scheduler.stats().items() >= {"inflight": 2, "waiting": 1, "peak_inflight": 4}.items()
     lead_gate.set()  # the first window's answers come back: the job's later window goes
     assert held.result(timeout=30) == "w1"
     for future in leads:
         future.result(timeout=30)
     assert order.index("w1") > min(order.index("w0-0"), order.index("w0-1"))
+
+
+def test_a_clip_holds_other_jobs_new_requests_until_it_is_answered() -> None:
+    scheduler = RequestScheduler(max_inflight=8, max_inflight_beside_clips=2)
+    early, rest, clip_gate = threading.Event(), threading.Event(), threading.Event()
+    order: list[str] = []
+    talk = Share(tenant="a", order=("2026-01-01", 3))  # a long job's later window: no first-text hold
+    clip = Share(tenant="b", order=("2026-01-02", 0), short=True)
+
+    def send(gate: threading.Event, name: str, share: Share) -> Any:
+        return scheduler.submit(_gated(gate, order, name), share=share, cost_s=1, deadline_s=60, retries=0)
+
+    running = [send(early, f"a{n}", talk) for n in range(4)]
+    _wait_for(lambda: scheduler.stats()["inflight"] == 4, "the long job's first requests out")
+    short = send(clip_gate, "b", clip)
+    later = [send(rest, f"a{n}", talk) for n in range(4, 10)]
+    _wait_for(lambda: scheduler.stats()["inflight"] == 5, "the clip's request out")
+    # 4 of the long job's requests are out, more than 2: its new ones wait while the clip runs.
+    assert scheduler.stats().items() >= {"waiting": 6, "clips_open": 1, "others_inflight": 4}.items()
+    early.set()
+    for future in running:
+        future.result(timeout=30)
+    _wait_for(lambda: scheduler.stats()["others_inflight"] == 2, "the long job down to the cap")
+    assert scheduler.stats().items() >= {"inflight": 3, "waiting": 4}.items()
+    clip_gate.set()
+    assert short.result(timeout=30) == "b"
+    # The clip is answered: the long job fills the server again.
+    _wait_for(lambda: scheduler.stats()["inflight"] == 6, "every long request out")
+    rest.set()
+    assert [f.result(timeout=30) for f in later] == [f"a{n}" for n in range(4, 10)]
+    assert scheduler.stats().items() >= {"clips_open": 0, "others_inflight": 0}.items()
+
+
+def test_short_batch_jobs_hold_nothing() -> None:
+    scheduler = RequestScheduler(max_inflight=4, max_inflight_beside_clips=0)
+    gate = threading.Event()
+    order: list[str] = []
+    drop = Share(tenant="drop", priority=Priority.batch, order=("2026-01-01", 0), short=True)
+    talk = Share(tenant="a", order=("2026-01-02", 2))
+    futures = [
+        scheduler.submit(_gated(gate, order, name), share=share, cost_s=1, deadline_s=60, retries=0)
+        for name, share in (("drop", drop), ("a1", talk), ("a2", talk))
+    ]
+    _wait_for(lambda: scheduler.stats()["inflight"] == 3, "all three out")
+    assert scheduler.stats()["clips_open"] == 0
+    gate.set()
+    assert [f.result(timeout=30) for f in futures] == ["drop", "a1", "a2"]
 
 
 def test_a_later_window_is_not_held_when_its_first_window_is_not_here() -> None:
@@ -293,3 +340,20 @@ def test_hundreds_of_requests_all_end_against_a_server_that_drops_and_hangs(faul
     held = [n for n, count in _Faulty.received.items() if count > 1]
     assert held, "no request was held, so the deadline was never tested"
     client.close()
+
+
+@pytest.mark.parametrize(
+    ("duration_s", "priority", "clip"),
+    [
+        (300.0, Priority.interactive, True),
+        (1800.0, Priority.interactive, True),
+        (300.0, Priority.batch, False),
+        (7200.0, Priority.interactive, False),
+        (None, Priority.interactive, False),
+    ],
+)
+def test_an_interactive_job_of_one_window_or_less_is_a_clip(
+    duration_s: float | None, priority: Priority, clip: bool
+) -> None:
+    job = Job(id="j", source="s", source_name="s", tenant="b", duration_s=duration_s, priority=priority)
+    assert share_of(job, 0).clip is clip

@@ -20,6 +20,14 @@ thread with an async HTTP client. Why:
   tenant that becomes active starts at the class's virtual time, so idle time is not banked as
   credit), then that tenant's earliest job and window. A 5-minute clip's segments go out as soon
   as slots free, not after another tenant's backlog.
+- **A clip is not decoded inside a full batch.** While a request of a clip (``Share.clip``: a short
+  interactive job, someone waiting on it) waits or is out, every other request (long jobs, batch
+  jobs such as the drop folder's) is sent only while fewer than ``max_inflight_beside_clips`` of
+  them are at the server. Fair share alone sends the clip's requests first, but they still decode
+  in a batch of 256 that also prefills every request admitted after them: its summary's steps cost
+  2-3x a step alone and the clip takes 6-11x its time alone (bench/fairness_floor.py, the GPU
+  model). Holding the other work's new requests lets the batch drain around the clip (1.6-2.1x),
+  for a few seconds of the other work's time.
 - **A job's first text first.** Until a job has its first answer, its later windows' requests wait
   while its first window's are waiting or in flight. The server's prefill is what a long job's
   start is short of (every request sent is prefilled before the batch decodes again), so spending
@@ -124,10 +132,15 @@ class _TenantLine:
 class RequestScheduler:
     """Sends submitted attempts from one event loop thread, ``max_inflight`` at a time, fairly."""
 
-    def __init__(self, max_inflight: int, name: str = "model-requests") -> None:
+    def __init__(
+        self, max_inflight: int, name: str = "model-requests", max_inflight_beside_clips: int | None = None
+    ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
         self.max_inflight = max_inflight
+        self.max_inflight_beside_clips = (
+            max_inflight if max_inflight_beside_clips is None else max(0, max_inflight_beside_clips)
+        )
         self._name = name
         self._seq = itertools.count()
         self._lock = threading.Lock()  # guards the lines, counters and the aborted flag
@@ -145,6 +158,9 @@ class RequestScheduler:
         # jobs that have had an answer (bounded: only the hold's recent jobs matter).
         self._leads: dict[tuple[str, str], int] = {}
         self._answered: dict[tuple[str, str], None] = {}
+        # The clip hold: clips' requests not yet settled, and the other requests at the server.
+        self._clips_open = 0
+        self._others_inflight = 0
         self._loop = asyncio.new_event_loop()
         self._wake = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -182,6 +198,8 @@ class RequestScheduler:
             if self._aborted:
                 future.set_exception(EngineAborted(f"the worker is stopping: {what} not sent"))
                 return future
+            if share.clip:
+                self._clips_open += 1
             self._enqueue(request)
         self._loop.call_soon_threadsafe(self._wake.set)
         return future
@@ -200,6 +218,7 @@ class RequestScheduler:
             waiting = self._all_waiting()
             self._lines.clear()
             self._waiting = 0
+            self._clips_open -= sum(1 for r in waiting if r.share.clip)
             inflight = self._inflight
             sending = list(self._sending.values())
         for request in waiting:
@@ -220,6 +239,8 @@ class RequestScheduler:
                 "inflight": self._inflight,
                 "waiting": self._waiting,
                 "peak_inflight": self._peak_inflight,
+                "clips_open": self._clips_open,
+                "others_inflight": self._others_inflight,
             }
 
     def run_on_loop(self, coro: Awaitable[Any]) -> Any:
@@ -240,6 +261,7 @@ class RequestScheduler:
                 self._aborted = True
                 waiting = self._all_waiting()
                 self._lines.clear()
+                self._clips_open -= sum(1 for r in waiting if r.share.clip)
             for request in waiting:
                 stopped = EngineUnavailable(f"the request scheduler stopped: {request.what}")
                 _settle(request.future, exc=stopped)
@@ -257,6 +279,8 @@ class RequestScheduler:
                         break
                     self._inflight += 1
                     self._peak_inflight = max(self._peak_inflight, self._inflight)
+                    if not request.share.clip:
+                        self._others_inflight += 1
                     self._sending[request.seq] = request
                 task = asyncio.ensure_future(self._send(request))
                 self._tasks.add(task)
@@ -302,9 +326,11 @@ class RequestScheduler:
         finally:
             with self._lock:
                 self._inflight -= 1
+                if not request.share.clip:
+                    self._others_inflight -= 1
                 self._sending.pop(request.seq, None)
                 if request.future.done():
-                    self._lead_ended(request.share)
+                    self._settled(request.share)
             self._wake.set()
         if retry_after is not None:
             await asyncio.sleep(retry_after)
@@ -312,7 +338,7 @@ class RequestScheduler:
                 if self._aborted:
                     aborted = EngineAborted(f"the worker is stopping: {request.what} not sent")
                     _settle(request.future, exc=aborted)
-                    self._lead_ended(request.share)
+                    self._settled(request.share)
                     return
                 self._enqueue(request, retry=True)
             self._wake.set()
@@ -361,7 +387,10 @@ class RequestScheduler:
         return None
 
     def _held(self, share: Share) -> bool:
-        """A later window's request of a job whose first window is still out and unanswered."""
+        """Any request but a clip's while a clip's are open and enough others are at the server; or
+        a later window's request of a job whose first window is still out and unanswered."""
+        if not share.clip and self._clips_open and self._others_inflight >= self.max_inflight_beside_clips:
+            return True
         if _is_lead(share) or not share.order[0]:
             return False
         job = _job_of(share)
@@ -373,6 +402,12 @@ class RequestScheduler:
         self._answered[_job_of(share)] = None
         while len(self._answered) > ANSWERED_JOBS_KEPT:
             del self._answered[next(iter(self._answered))]
+
+    def _settled(self, share: Share) -> None:
+        """A request's future is done: it no longer holds anything."""
+        if share.clip:
+            self._clips_open -= 1
+        self._lead_ended(share)
 
     def _lead_ended(self, share: Share) -> None:
         if _is_lead(share):
@@ -407,17 +442,20 @@ def _settle(
         pass  # settled by another path (an abort) meanwhile
 
 
-_schedulers: dict[int, RequestScheduler] = {}
+_schedulers: dict[tuple[int, int | None], RequestScheduler] = {}
 _schedulers_lock = threading.Lock()
 _process_aborted = threading.Event()
 
 
-def process_scheduler(max_inflight: int) -> RequestScheduler:
-    """The process's scheduler for ``max_inflight`` (one per value: in practice one per process)."""
+def process_scheduler(max_inflight: int, max_inflight_beside_clips: int | None = None) -> RequestScheduler:
+    """The process's scheduler for these settings (one per value: in practice one per process)."""
     with _schedulers_lock:
-        scheduler = _schedulers.get(max_inflight)
+        key = (max_inflight, max_inflight_beside_clips)
+        scheduler = _schedulers.get(key)
         if scheduler is None:
-            scheduler = _schedulers[max_inflight] = RequestScheduler(max_inflight)
+            scheduler = _schedulers[key] = RequestScheduler(
+                max_inflight, max_inflight_beside_clips=max_inflight_beside_clips
+            )
             if _process_aborted.is_set():
                 scheduler.abort()
         return scheduler
