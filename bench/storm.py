@@ -287,6 +287,7 @@ def run_storm(
     progress: bool = True,
     gpu_concurrency: int | None = None,
     events: bool = False,
+    beside_clips: int | None = None,
 ) -> StormResult:
     def say(text: str) -> None:
         if progress:
@@ -317,6 +318,7 @@ def run_storm(
             VOXBATCH_WATCH_INTERVAL_S=str(watch_interval_s),
             **({"VOXBATCH_GPU_CONCURRENCY": str(gpu_concurrency)} if gpu_concurrency else {}),
             **({"VOXBATCH_DROP_SQS_QUEUE_URL": queue_url} if queue_url else {}),
+            **({"VOXBATCH_MAX_INFLIGHT_BESIDE_CLIPS": str(beside_clips)} if beside_clips is not None else {}),
             AWS_CONFIG_FILE=str(tmp / "no-aws-config"),
             AWS_SHARED_CREDENTIALS_FILE=str(tmp / "no-aws-config"),
             **AWS_ENV,
@@ -431,9 +433,12 @@ def print_storm(result: StormResult, args: argparse.Namespace) -> None:
     from jobs.settings import Settings
 
     windows = args.gpu_concurrency or Settings.model_fields["gpu_concurrency"].default
+    beside = args.max_inflight_beside_clips
+    beside = Settings.model_fields["max_inflight_beside_clips"].default if beside is None else beside
     print(f"storm: {result.recordings} x {RECORDING_S:g} s recordings, {args.clips} API clips, "
           f"GPU costs x{args.gpu_cost_scale:g}, watch interval {args.watch_interval:g} s"
-          f"{' and S3 events' if args.events else ''}, gpu worker {windows} windows at once")  # fmt: skip
+          f"{' and S3 events' if args.events else ''}, gpu worker {windows} windows at once, "
+          f"{beside} requests of other work beside a clip")  # fmt: skip
     print(f"{'measure':<{width}}  {'value':<44}  goal")
     for name, value, goal in rows:
         print(f"{name:<{width}}  {value:<44}  {goal}")
@@ -533,6 +538,9 @@ def main() -> None:
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs)")
     parser.add_argument("--events", action="store_true", help="watchers also consume S3 events (SQS)")
+    parser.add_argument(
+        "--max-inflight-beside-clips", type=int, default=None, help="VOXBATCH_MAX_INFLIGHT_BESIDE_CLIPS"
+    )
     args = parser.parse_args()
     with scratch("voxbatch-storm-", args.keep) as tmp:
         if args.scan is not None:
@@ -544,6 +552,7 @@ def main() -> None:
             result = run_storm(
                 tmp, args.recordings, args.clips, args.gpu_cost_scale, args.watch_interval, args.kill_after,
                 args.timeout, gpu_concurrency=args.gpu_concurrency, events=args.events,
+                beside_clips=args.max_inflight_beside_clips,
             )  # fmt: skip
             print_storm(result, args)
         if args.keep:
