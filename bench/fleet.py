@@ -135,7 +135,8 @@ def run_phase(
         f"A {_fmt(phase.latency('tenant-a'))} s, B {_fmt(phase.latency('tenant-b'))} s; "
         f"peak in flight {traffic['peak_in_flight']}, largest batch {gpu.get('max_active')}, "
         f"longest silence {traffic['longest_gap_s']:.1f} s, efficiency {_fmt(phase.efficiency(), 3)}, "
-        f"max sends {traffic['max_sends']} (dropped {traffic['dropped']}, held {traffic['held']})",
+        f"max sends {traffic['max_sends']} (dropped {traffic['dropped']}, held {traffic['held']}, "
+        f"abandoned by their client {gpu.get('aborted', 0)})",
         flush=True,
     )
     for line in phase.stuck:

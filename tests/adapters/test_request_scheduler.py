@@ -140,35 +140,44 @@ def test_a_jobs_later_windows_wait_for_its_first_answer_while_others_go() -> Non
     assert order.index("w1") > min(order.index("w0-0"), order.index("w0-1"))
 
 
-def test_a_clip_holds_other_jobs_new_requests_until_it_is_answered() -> None:
+def test_a_clip_cuts_other_work_to_its_cap_until_it_is_answered() -> None:
     scheduler = RequestScheduler(max_inflight=8, max_inflight_beside_clips=2)
     early, rest, clip_gate = threading.Event(), threading.Event(), threading.Event()
     order: list[str] = []
+    starts = Counter[str]()
     talk = Share(tenant="a", order=("2026-01-01", 3))  # a long job's later window: no first-text hold
     clip = Share(tenant="b", order=("2026-01-02", 0), short=True)
 
     def send(gate: threading.Event, name: str, share: Share) -> Any:
-        return scheduler.submit(_gated(gate, order, name), share=share, cost_s=1, deadline_s=60, retries=0)
+        async def attempt(_deadline: float) -> str:
+            starts[name] += 1
+            await _until(gate)
+            order.append(name)
+            return name
+
+        return scheduler.submit(attempt, share=share, cost_s=1, deadline_s=60, retries=0)
 
     running = [send(early, f"a{n}", talk) for n in range(4)]
-    _wait_for(lambda: scheduler.stats()["inflight"] == 4, "the long job's first requests out")
+    _wait_for(lambda: sum(starts.values()) == 4, "the long job's first requests out")
     short = send(clip_gate, "b", clip)
     later = [send(rest, f"a{n}", talk) for n in range(4, 10)]
-    _wait_for(lambda: scheduler.stats()["inflight"] == 5, "the clip's request out")
-    # 4 of the long job's requests are out, more than 2: its new ones wait while the clip runs.
-    assert scheduler.stats().items() >= {"waiting": 6, "clips_open": 1, "others_inflight": 4}.items()
+    # The two newest of the long job's attempts are cancelled and wait again, with its new ones.
+    _wait_for(lambda: starts["b"] == 1 and scheduler.stats()["preempted"] == 2, "the clip out, two cut")
+    assert scheduler.stats().items() >= {"inflight": 3, "waiting": 8, "others_inflight": 2}.items()
     early.set()
-    for future in running:
-        future.result(timeout=30)
-    _wait_for(lambda: scheduler.stats()["others_inflight"] == 2, "the long job down to the cap")
-    assert scheduler.stats().items() >= {"inflight": 3, "waiting": 4}.items()
+    # a0 and a1 answer; a2 and a3 go again first (their place kept, retries=0 not spent), then
+    # a4 and a5 fill the cap while the clip is still out.
+    assert [f.result(timeout=30) for f in running] == ["a0", "a1", "a2", "a3"]
+    assert starts["a2"] == starts["a3"] == 2
+    _wait_for(lambda: starts["a4"] == starts["a5"] == 1, "the cap filled again")
+    assert scheduler.stats().items() >= {"others_inflight": 2, "waiting": 4}.items()
     clip_gate.set()
     assert short.result(timeout=30) == "b"
     # The clip is answered: the long job fills the server again.
     _wait_for(lambda: scheduler.stats()["inflight"] == 6, "every long request out")
     rest.set()
     assert [f.result(timeout=30) for f in later] == [f"a{n}" for n in range(4, 10)]
-    assert scheduler.stats().items() >= {"clips_open": 0, "others_inflight": 0}.items()
+    assert scheduler.stats().items() >= {"clips_open": 0, "others_inflight": 0, "preempted": 2}.items()
 
 
 def test_short_batch_jobs_hold_nothing() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -126,3 +127,26 @@ def test_dropped_and_held_requests_are_counted(tmp_path: Path) -> None:
         assert stats["longest_gap_s"] >= 0.9
         httpx.post(f"{server.url.removesuffix('/v1')}/stats/reset", timeout=10)
         assert server.stats()["traffic"]["arrivals"] == 0
+
+
+def test_a_client_that_leaves_takes_its_request_off_the_gpu(tmp_path: Path) -> None:
+    # vLLM aborts a request whose client disconnected (its with_cancellation on both endpoints):
+    # the request scheduler relies on that when it cuts other work for a clip.
+    audio = build_recording([Speech(PARAGRAPHS[0])], tmp_path / "speech.wav").path.read_bytes()
+    with StandInVLLM(gpu=True, gpu_time_scale=1000.0, fast=True) as server:  # minutes per answer
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                f"{server.url}/audio/transcriptions",
+                files={"file": ("a.wav", audio)},
+                data={"model": VOXTRAL_SMALL},
+                timeout=httpx.Timeout(30.0, read=1.0),
+            )
+        waited = threading.Event()
+        for _ in range(600):
+            gpu = server.stats()["gpu"]
+            if gpu["aborted"] == 1:
+                break
+            waited.wait(0.05)
+        traffic = server.stats()["traffic"]
+    assert gpu["aborted"] == 1 and gpu["requests"] == 0  # not in the ideal either
+    assert traffic["answers"] == 0 and traffic["in_flight"] == 0

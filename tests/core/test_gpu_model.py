@@ -139,3 +139,18 @@ def test_bad_figures_are_refused() -> None:
         GpuFigures(max_sequences=0)
     with pytest.raises(ValueError):
         GpuFigures(step_fixed_s=-1.0)
+
+
+def test_an_aborted_request_frees_its_slot_and_its_context() -> None:
+    model = GpuModel(PLAIN)
+    engine = BatchEngine(model)
+    engine.submit("kept", GpuRequest(30.0, output_tokens=20), at=0.0)
+    engine.submit("gone", GpuRequest(30.0, output_tokens=20), at=0.0)
+    engine.submit("waiting", GpuRequest(30.0, output_tokens=20), at=1.0)
+    engine.run_until(0.8)  # both prefilled, a few steps decoded; the third not arrived
+    assert set(engine.active) == {"kept", "gone"}
+    assert engine.abort("gone") and engine.abort("waiting") and not engine.abort("never")
+    assert set(engine.active) == {"kept"} and not engine.waiting
+    assert engine.context == engine._held["kept"]
+    engine.run_until(math.inf)
+    assert set(engine.finished) == {"kept"}

@@ -69,6 +69,7 @@ multiplies its costs (a GPU K times slower, in wall seconds).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -217,6 +218,12 @@ class ServerState:
         with self.lock:
             self.posts += 1
             return self.posts
+
+    def watch(self, gone: threading.Event) -> None:
+        """The calling thread's request is abandoned when ``gone`` is set (GPU mode only)."""
+
+    def wake(self) -> None:
+        """A ``gone`` was set: let the threads waiting on the GPU look (GPU mode only)."""
 
     def hold(self, entry: dict[str, Any]) -> None:
         """Wait for ``released`` when the audio answered holds one of ``config.hold_markers``."""
@@ -469,8 +476,14 @@ class _Watched:
                     received(not more)
                 return message
 
+            gone = False
+
             async def watch(message: Any) -> None:
-                nonlocal answered
+                nonlocal answered, gone
+                if message["type"] == "http.response.start" and message.get("status") == CLIENT_GONE:
+                    gone = True  # nobody is there to answer
+                if gone:
+                    return
                 if message["type"] == "http.response.start" and not answered:
                     answered = True
                     traffic.answer()
@@ -909,6 +922,17 @@ def _error_body(config: ServerConfig, err: APIError) -> dict[str, Any]:
     }
 
 
+# The status nginx logs for a client that closed its request before the answer (never sent: the
+# client is gone).
+CLIENT_GONE = 499
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body is read whole before this is awaited)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="stand-in vLLM (Voxtral)")
     config = state.config
@@ -1004,10 +1028,28 @@ def create_app(state: ServerState) -> FastAPI:
         params = {k: v for k, v in form.items() if isinstance(v, str)}
         data = await upload.read() if isinstance(upload, UploadFile) else None
         await form.close()
-        return await run_in_threadpool(_transcribe_sync, params, data)
+        return await answered_unless_gone(request, _transcribe_sync, params, data)
 
-    def _transcribe_sync(params: dict[str, Any], data: bytes | None) -> Response:
+    async def answered_unless_gone(request: Request, fn: Any, *args: Any) -> Response:
+        """``fn(*args, gone)`` in a thread. In GPU mode a client that goes away first sets
+        ``gone``: its request leaves the modelled GPU (vLLM's ``with_cancellation`` aborts a
+        request whose client disconnected) and the answer is not counted as one."""
+        gone = threading.Event()
+        if getattr(state, "gpu", None) is None:
+            return await run_in_threadpool(fn, *args, gone)  # type: ignore[no-any-return]
+        work = asyncio.ensure_future(run_in_threadpool(fn, *args, gone))
+        listener = asyncio.ensure_future(_client_gone(request))
+        await asyncio.wait({work, listener}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            gone.set()
+            state.wake()
+        listener.cancel()
+        answer: Response = await work
+        return Response(status_code=CLIENT_GONE) if gone.is_set() else answer
+
+    def _transcribe_sync(params: dict[str, Any], data: bytes | None, gone: threading.Event) -> Response:
         endpoint = "transcriptions"
+        state.watch(gone)
         fault = injected_fault(endpoint)
         if fault is not None:
             return fault
@@ -1046,10 +1088,11 @@ def create_app(state: ServerState) -> FastAPI:
         raw = await request.body()
         if not authorized(request):
             return unauthorized()
-        return await run_in_threadpool(_chat_sync, raw)
+        return await answered_unless_gone(request, _chat_sync, raw)
 
-    def _chat_sync(raw: bytes) -> Response:
+    def _chat_sync(raw: bytes, gone: threading.Event) -> Response:
         endpoint = "chat"
+        state.watch(gone)
         fault = injected_fault(endpoint)
         if fault is not None:
             return fault
@@ -1119,6 +1162,7 @@ class RealtimeGpu:
         self.requests: list[GpuRequest] = []
         self.first_arrival: float | None = None
         self.last_finish = 0.0
+        self.aborted = 0  # requests whose client went away before their answer
         self._keys = 0
         self._thread = threading.Thread(target=self._drive, daemon=True, name="standin-gpu")
         self._thread.start()
@@ -1127,9 +1171,13 @@ class RealtimeGpu:
         """Modelled seconds since the GPU was created."""
         return (time.monotonic() - self.t0) / self.scale
 
-    def serve(self, request: GpuRequest, arrived: float | None = None) -> float:
+    def serve(
+        self, request: GpuRequest, arrived: float | None = None, gone: threading.Event | None = None
+    ) -> float | None:
         """Run ``request`` on the modelled GPU from ``arrived`` (modelled seconds; default now)
-        and return its modelled finish time, once the wall clock has reached it."""
+        and return its modelled finish time, once the wall clock has reached it. When ``gone`` is
+        set first (its client went away) the request is dropped from the GPU, its work lost, as
+        vLLM aborts a request whose client disconnected; None is returned."""
         with self.cond:
             self._keys += 1
             key = self._keys
@@ -1139,6 +1187,12 @@ class RealtimeGpu:
             self.engine.submit(key, request, at=at)
             self.cond.notify_all()
             while key not in self.engine.finished:
+                if gone is not None and gone.is_set():
+                    self.engine.abort(key)
+                    self.requests.remove(request)  # not in the ideal: it was sent again, or never
+                    self.aborted += 1
+                    self.cond.notify_all()
+                    return None
                 self.cond.wait(timeout=1.0)
             finish = self.engine.finished.pop(key)
             self.last_finish = max(self.last_finish, finish)
@@ -1163,6 +1217,7 @@ class RealtimeGpu:
             self.requests = []
             self.first_arrival = None
             self.last_finish = 0.0
+            self.aborted = 0
             self.engine.busy_s = 0.0
             self.engine.steps = 0
             self.engine.max_active = len(self.engine.active)
@@ -1180,6 +1235,7 @@ class RealtimeGpu:
                 "time_scale": self.scale,
                 "first_arrival_s": self.first_arrival,
                 "last_finish_s": self.last_finish,
+                "aborted": self.aborted,
                 "now_s": self.now(),
             }
         # The replay runs outside the lock: the modelled GPU keeps serving meanwhile.
@@ -1197,6 +1253,16 @@ class GpuServerState(ServerState):
     chat_tokens: int = 300
 
     arrivals: dict[int, float] = field(default_factory=dict)
+    leaving: dict[int, threading.Event] = field(default_factory=dict)  # thread -> its client gone
+
+    def watch(self, gone: threading.Event) -> None:
+        with self.lock:
+            self.leaving[threading.get_ident()] = gone
+
+    def wake(self) -> None:
+        if self.gpu is not None:
+            with self.gpu.cond:
+                self.gpu.cond.notify_all()
 
     def next_post(self) -> int:
         # Every POST handler starts here, in the thread that will answer it: the request reaches
@@ -1211,14 +1277,18 @@ class GpuServerState(ServerState):
         super().record(entry)
         with self.lock:
             arrived = self.arrivals.pop(threading.get_ident(), None)
+            gone = self.leaving.pop(threading.get_ident(), None)
         if self.gpu is None or entry.get("status") != 200 or entry.get("injected"):
             return
         request = self.gpu_request(entry)
         if request is None:
             return
-        finish = self.gpu.serve(request, arrived)
+        finish = self.gpu.serve(request, arrived, gone)
         with self.lock:
-            entry["gpu_finish_s"] = round(finish, 6)
+            if finish is None:
+                entry["client_gone"] = True
+            else:
+                entry["gpu_finish_s"] = round(finish, 6)
 
     def gpu_request(self, entry: dict[str, Any]) -> GpuRequest | None:
         audio_s = float(entry.get("duration_s") or 0.0)

@@ -21,13 +21,15 @@ thread with an async HTTP client. Why:
   credit), then that tenant's earliest job and window. A 5-minute clip's segments go out as soon
   as slots free, not after another tenant's backlog.
 - **A clip is not decoded inside a full batch.** While a request of a clip (``Share.clip``: a short
-  interactive job, someone waiting on it) waits or is out, every other request (long jobs, batch
-  jobs such as the drop folder's) is sent only while fewer than ``max_inflight_beside_clips`` of
-  them are at the server. Fair share alone sends the clip's requests first, but they still decode
-  in a batch of 256 that also prefills every request admitted after them: its summary's steps cost
-  2-3x a step alone and the clip takes 6-11x its time alone (bench/fairness_floor.py, the GPU
-  model). Holding the other work's new requests lets the batch drain around the clip (1.6-2.1x),
-  for a few seconds of the other work's time.
+  interactive job, someone waiting on it) waits or is out, the other work (long jobs, batch jobs
+  such as the drop folder's) keeps at most ``max_inflight_beside_clips`` requests at the server:
+  its newest attempts beyond that are cancelled and put back in line (not counted as tries; vLLM
+  drops a request whose client went away, and the newest were most likely still waiting for their
+  prefill, so little is lost), and its new ones wait. Fair share alone sends the clip's requests
+  first, but behind a server that already holds 256 requests, in a batch of 256 that also
+  prefills every request admitted after them, a 5-minute clip took 7-12x its time alone
+  (bench/fairness_floor.py, the GPU model); with the other work cut to 16 beside it, 1.6x, for
+  about the clip's own GPU time of the other work's.
 - **A job's first text first.** Until a job has its first answer, its later windows' requests wait
   while its first window's are waiting or in flight. The server's prefill is what a long job's
   start is short of (every request sent is prefilled before the batch decodes again), so spending
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import heapq
 import itertools
 import logging
@@ -97,6 +100,7 @@ class _Request:
     tries: int = 0
     last_error: str = ""
     key: tuple[Any, ...] = field(default=())
+    preempted: bool = False  # its attempt is being cancelled to make room for a clip
 
 
 class _TenantLine:
@@ -151,6 +155,7 @@ class RequestScheduler:
         self._peak_inflight = 0
         self._aborted = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._task_of: dict[int, asyncio.Task[None]] = {}  # request seq -> its attempt's task
         # The requests of the attempts in flight, so ``abort`` settles their futures from the
         # caller's thread whether or not the loop gets to cancel the tasks.
         self._sending: dict[int, _Request] = {}
@@ -161,6 +166,8 @@ class RequestScheduler:
         # The clip hold: clips' requests not yet settled, and the other requests at the server.
         self._clips_open = 0
         self._others_inflight = 0
+        self._preempting = 0  # attempts being cancelled for a clip, not yet back in line
+        self._preempted = 0  # attempts cancelled for a clip, in all
         self._loop = asyncio.new_event_loop()
         self._wake = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -241,6 +248,7 @@ class RequestScheduler:
                 "peak_inflight": self._peak_inflight,
                 "clips_open": self._clips_open,
                 "others_inflight": self._others_inflight,
+                "preempted": self._preempted,
             }
 
     def run_on_loop(self, coro: Awaitable[Any]) -> Any:
@@ -270,6 +278,12 @@ class RequestScheduler:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            with self._lock:
+                victims = [] if self._aborted else self._victims()
+            for victim in victims:
+                task = self._task_of.get(victim.seq)
+                if task is not None:
+                    task.cancel()
             while True:
                 with self._lock:
                     if self._aborted or self._inflight >= self.max_inflight:
@@ -284,11 +298,15 @@ class RequestScheduler:
                     self._sending[request.seq] = request
                 task = asyncio.ensure_future(self._send(request))
                 self._tasks.add(task)
+                self._task_of[request.seq] = task
                 task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(functools.partial(self._forget_task, request.seq))
 
     async def _send(self, request: _Request) -> None:
-        """One attempt; a retryable failure puts the request back in line after its backoff."""
+        """One attempt; a retryable failure puts the request back in line after its backoff, an
+        attempt cancelled for a clip goes back at once (not counted as a try)."""
         retry_after: float | None = None
+        preempted = False
         try:
             request.tries += 1
             try:
@@ -319,8 +337,11 @@ class RequestScheduler:
                     exc,
                 )
         except asyncio.CancelledError:
-            _settle(request.future, exc=EngineAborted(f"the worker is stopping: {request.what} aborted"))
-            raise
+            if request.preempted and not self._aborted:
+                preempted = True  # the server drops it (vLLM aborts a request whose client left)
+            else:
+                _settle(request.future, exc=EngineAborted(f"the worker is stopping: {request.what} aborted"))
+                raise
         except Exception as exc:
             _settle(request.future, exc=exc)
         finally:
@@ -328,10 +349,24 @@ class RequestScheduler:
                 self._inflight -= 1
                 if not request.share.clip:
                     self._others_inflight -= 1
+                if request.preempted:
+                    self._preempting -= 1
+                    request.preempted = False
                 self._sending.pop(request.seq, None)
                 if request.future.done():
                     self._settled(request.share)
             self._wake.set()
+        if preempted:
+            with self._lock:
+                request.tries -= 1
+                self._preempted += 1
+                if not self._aborted:
+                    self._enqueue(request, retry=True)
+                    return
+            _settle(request.future, exc=EngineAborted(f"the worker is stopping: {request.what} not sent"))
+            with self._lock:
+                self._settled(request.share)
+            return
         if retry_after is not None:
             await asyncio.sleep(retry_after)
             with self._lock:
@@ -342,6 +377,9 @@ class RequestScheduler:
                     return
                 self._enqueue(request, retry=True)
             self._wake.set()
+
+    def _forget_task(self, seq: int, _task: asyncio.Task[None]) -> None:
+        self._task_of.pop(seq, None)
 
     async def _cancel_all(self) -> None:
         tasks = [t for t in self._tasks if not t.done()]
@@ -385,6 +423,23 @@ class RequestScheduler:
                 self._waiting -= 1
                 return request
         return None
+
+    def _victims(self) -> list[_Request]:
+        """While a clip is open, the other work's newest attempts beyond the cap: cancelled and put
+        back in line. The newest first, because the server most likely has not prefilled them yet
+        (nothing is lost); the older ones are decoding and finish soon."""
+        excess = self._others_inflight - self._preempting - self.max_inflight_beside_clips
+        if not self._clips_open or excess <= 0:
+            return []
+        victims: list[_Request] = []
+        for request in reversed(self._sending.values()):
+            if len(victims) == excess:
+                break
+            if not request.share.clip and not request.preempted:
+                request.preempted = True
+                victims.append(request)
+        self._preempting += len(victims)
+        return victims
 
     def _held(self, share: Share) -> bool:
         """Any request but a clip's while a clip's are open and enough others are at the server; or
