@@ -1,29 +1,33 @@
 """How fast can a small job be behind a backlog on one modelled GPU? The floor, from the model alone.
 
     .venv/bin/python -m bench.fairness_floor [--clip-minutes 5] [--summary-tokens 300]
+        [--a-windows 12] [--b-after 5]
 
 The fleet benchmark (bench/fleet.py) measures tenant B's 5-minute clip behind tenant A's backlog
 over B alone on the real stack. This one asks the GPU model itself (tests/standins/gpu_model.py,
 the figures measured on an H100) what any client could get, so that figure can be read against a
-limit: A keeps the server full (256 requests in flight, 30-s segments and 30-minute summaries in
-the proportion of a real job, a new request the moment one finishes); B's requests (its segments
-and its one summary, which hears the whole clip and is its longest chain) arrive mid-backlog and
-are sent before any more of A's. Printed, in modelled seconds:
+limit: A has ``--a-windows`` 30-minute windows to do (12: three 2-hour talks), 60 30-s segments and
+one summary each, and keeps the server full (256 requests in flight, a new one the moment one
+finishes); B's requests (its segments and its one summary, which hears the whole clip and is its
+longest chain) arrive ``--b-after`` modelled seconds in and are sent before any more of A's.
+Printed, in modelled seconds: B alone (batch 1, nothing else on the GPU), A alone, and then B
+behind the backlog over B alone beside A's makespan over A alone, for
 
-* B alone (batch 1, nothing else on the GPU);
-* B behind the backlog with A's requests still sent as slots free (what a client that keeps the
-  server full gets, B first in its line);
-* the same with the client holding A's new requests back while B has any in flight, at several
-  caps on A's requests in flight (0: A sends nothing new until B is done), with A's throughput
-  over the same span beside it, so the trade is visible;
-* the same two with the server ordering its own waiting queue by priority (B ahead of A's requests
-  already sent; vLLM's ``--scheduling-policy priority``).
+* FCFS, A kept full: what a client that keeps the server full gets, B first in its line;
+* FCFS, A capped while B has requests out: A's new requests wait while A has that many out
+  (0: A sends nothing new until B is done);
+* priority: the same with the server ordering its own waiting queue by priority (B ahead of A's
+  requests already sent; vLLM's ``--scheduling-policy priority``);
+* cancel A: the same cap, and when B arrives A's newest requests beyond it are cancelled (the
+  server drops a request whose client went away, its work so far lost) and sent again later:
+  what voxbatch's request scheduler does for a clip (``VOXBATCH_MAX_INFLIGHT_BESIDE_CLIPS``).
 
 Why B cannot be within 2x of alone while the server is kept full, in this model: B's summary
 decodes one token per step; a step with 256 sequences costs about twice a step with one (30.9 ms
 fixed + 0.1 ms per sequence + the KV cache read), and every request admitted is prefilled between
 steps (a 30-s segment ~40 ms, a 30-minute window 2.4 s), which is most of the GPU's time for this
-audio-heavy load.
+audio-heavy load. Early in a backlog the server still holds hundreds of A's requests waiting for
+their prefill, which a cap on new requests cannot reach; cancelling them loses nothing.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from tests.standins.gpu_model import BatchEngine, GpuModel, GpuRequest
 SEGMENT_S = 30.0
 SEGMENTS_PER_WINDOW = 60  # a 30-minute window's speech segments
 WINDOW_S = 1800.0
-WARM_S = 20.0  # modelled seconds of backlog before B arrives
+WARM_S = 5.0  # modelled seconds into the backlog B arrives (the fleet: 20 s at costs x4)
 FULL = 256
 A_WINDOWS = 12  # tenant A's backlog: 3 talks of 2 hours
 

@@ -25,6 +25,7 @@ from jobs.runtime import Runtime
 from jobs.settings import Settings
 from jobs.steps.create import create_job
 from jobs.storage import LocalStorage
+from workers import submission
 from workers.audio import FfmpegAudio
 from workers.watcher import Submit, Watcher
 
@@ -130,6 +131,21 @@ class DropWorld:
         return create_job(
             self.rt, source, options, source_name=source_name, tenant=tenant, duration_s=duration_s
         ).id
+
+    def real_submit(
+        self,
+        source: str,
+        options: JobOptions,
+        source_name: str,
+        tenant: str | None = None,
+        duration_s: float | None = None,
+    ) -> str:
+        """The watcher's real submit (``workers.submission``): job row and split in the outbox in
+        one transaction, relayed at once to whatever broker the runtime has."""
+        job = submission.submit(
+            self.rt, source, options, source_name=source_name, tenant=tenant, duration_s=duration_s
+        )
+        return job.id
 
     def watcher(self, submit: Submit | None = None, **overrides: Any) -> Watcher:
         settings = self.settings.model_copy(update=overrides) if overrides else self.settings

@@ -50,22 +50,6 @@ def sent(drop: DropWorld) -> RecordingDispatcher:
     return drop.rt.dispatcher  # type: ignore[no-any-return]
 
 
-def real_submit(drop: DropWorld) -> Any:
-    """The watcher's real submit (``workers.submission``): job row and split in the outbox in one
-    transaction, relayed at once; only the broker is a recording stand-in."""
-
-    def submit(
-        source: str,
-        options: JobOptions,
-        source_name: str,
-        tenant: str | None = None,
-        duration_s: float | None = None,
-    ) -> str:
-        return submission.submit(drop.rt, source, options, source_name=source_name, duration_s=duration_s).id
-
-    return submit
-
-
 def upload(drop: DropWorld, path: Path, key: str) -> DropItem:
     drop.s3.upload_file(str(path), drop.bucket, key)
     head = drop.s3.head_object(Bucket=drop.bucket, Key=key)
@@ -90,7 +74,7 @@ def test_killed_after_the_claim_another_watcher_takes_the_recording_once_the_lea
         drop.watcher(submit=die, **LEASE).scan()
     (row,) = ledger(drop)
     assert row.job_id is None and row.error is None and row.lease_owner  # a claim nobody renews
-    other = drop.watcher(submit=real_submit(drop), **LEASE)
+    other = drop.watcher(submit=drop.real_submit, **LEASE)
     # Before leases the claim was only released after 15 minutes; now within one lease.
     taken = wait_until(lambda: other.scan().submitted, 20, "another watcher to take the recording", 0.2)
     assert len(taken) == 1 and [j.id for j in jobs(drop)] == taken
@@ -105,7 +89,7 @@ def test_a_live_watcher_keeps_its_claim_past_the_lease(
     upload(drop, short_speech, "inbox/slow.wav")
     probing = threading.Event()
     go_on = threading.Event()
-    slow = drop.watcher(submit=real_submit(drop), drop_claim_lease_s=3.0)
+    slow = drop.watcher(submit=drop.real_submit, drop_claim_lease_s=3.0)
     real_probe = slow.probe
 
     def slow_probe(key: str) -> float:
@@ -125,7 +109,7 @@ def test_a_live_watcher_keeps_its_claim_past_the_lease(
     wait_until(lambda: utcnow() > first_expiry + timedelta(seconds=0.5), 10, "the first lease to pass")
     (row,) = ledger(drop)
     assert row.lease_expires_at is not None and row.lease_expires_at > utcnow()
-    assert drop.watcher(submit=real_submit(drop), drop_claim_lease_s=3.0).scan().submitted == []
+    assert drop.watcher(submit=drop.real_submit, drop_claim_lease_s=3.0).scan().submitted == []
     go_on.set()
     thread.join(30)
     assert len(result[0].submitted) == 1 and len(jobs(drop)) == 1
@@ -141,12 +125,12 @@ def test_killed_after_the_job_row_the_split_is_relayed_and_nobody_takes_it_again
 
     monkeypatch.setattr(submission, "relay_now", die)
     with pytest.raises(Killed):
-        drop.watcher(submit=real_submit(drop), **LEASE).scan()
+        drop.watcher(submit=drop.real_submit, **LEASE).scan()
     monkeypatch.undo()
     (job,) = jobs(drop)
     # The ledger got the job id in the job's own transaction: no second job, ever.
     assert [r.job_id for r in ledger(drop)] == [job.id]
-    assert drop.watcher(submit=real_submit(drop), **LEASE).scan().new == 0
+    assert drop.watcher(submit=drop.real_submit, **LEASE).scan().new == 0
     assert sent.sent == []
     # A cpu worker's relay poller sends the split in seconds, not the sweep in 900 s.
     poller = meter.RelayPoller(drop.settings.model_copy(update={"relay_poll_s": 0.05}), sent)  # type: ignore[arg-type]
@@ -162,7 +146,7 @@ def test_killed_after_the_send_the_recording_stays_one_job(
     drop: DropWorld, short_speech: Path, sent: RecordingDispatcher
 ) -> None:
     upload(drop, short_speech, "inbox/c.wav")
-    dying = drop.watcher(submit=real_submit(drop), drop_tag_processed=True, **LEASE)
+    dying = drop.watcher(submit=drop.real_submit, drop_tag_processed=True, **LEASE)
 
     def die(*_: object) -> None:
         raise Killed  # the split is on the broker; dead before tagging the source
@@ -172,7 +156,7 @@ def test_killed_after_the_send_the_recording_stays_one_job(
         dying.scan()
     (job,) = jobs(drop)
     assert [(s.kind, s.job_id) for s in sent.sent] == [("split", job.id)]
-    assert drop.watcher(submit=real_submit(drop), **LEASE).scan().new == 0
+    assert drop.watcher(submit=drop.real_submit, **LEASE).scan().new == 0
     assert len(jobs(drop)) == 1 and [s.job_id for s in sent.sent] == [job.id]
 
 

@@ -20,7 +20,6 @@ from jobs.errors import StorageUnavailable
 from jobs.models import DropObject, Job, utcnow
 from jobs.options import JobOptions
 from tests.watcher.conftest import CountingAudio, DropWorld
-from workers import submission
 from workers.audio import FfmpegAudio
 from workers.drop_ledger import STALE_CLAIM, DropItem, claim
 from workers.watcher import Watcher, sidecar_key
@@ -443,16 +442,9 @@ def test_the_real_submit_does_not_probe_the_recording_again(drop: DropWorld, sho
     audio = CountingAudio()
     drop.rt.audio = audio
 
-    def submit(
-        source: str,
-        options: JobOptions,
-        source_name: str,
-        tenant: str | None = None,
-        duration_s: float | None = None,
-    ) -> str:
-        return submission.submit(drop.rt, source, options, source_name=source_name, duration_s=duration_s).id
-
-    assert len(Watcher(drop.settings, drop.db, submit, s3=drop.s3, audio=audio).scan().submitted) == 1
+    assert (
+        len(Watcher(drop.settings, drop.db, drop.real_submit, s3=drop.s3, audio=audio).scan().submitted) == 1
+    )
     (job,) = jobs(drop)
     length = FfmpegAudio().probe(str(short_speech)).duration_s
     assert audio.probes == 1 and job.duration_s == pytest.approx(length)
