@@ -232,11 +232,12 @@ class Watcher:
         report.listed += len(items)
         wanted = [i for i in items if self.folder.contains(i.bucket, i.key) and is_recording(i.key)]
         report.recordings += len(wanted)
+        wanted = list(dict.fromkeys(wanted))  # SQS delivers at least once: one record twice
         new: list[DropItem] = []
         for bucket in sorted({i.bucket for i in wanted}):
             here = [i for i in wanted if i.bucket == bucket]
             seen = known_versions(self.db, bucket, [i.key for i in here])
-            new += [i for i in here if (i.key, i.etag) not in seen and i not in new]
+            new += [i for i in here if (i.key, i.etag) not in seen]
         self._ingest_all(new, report)
         return report
 
@@ -257,10 +258,6 @@ class Watcher:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="voxbatch-drop-ingest") as pool:
             for outcome in pool.map(self._take, items):
                 report.add(outcome)
-
-    def _ingest_new(self, item: DropItem, report: ScanReport) -> None:
-        report.new += 1
-        report.add(self._take(item))
 
     def _take(self, item: DropItem) -> Outcome:
         """Claim one new recording and make its job, or its error.json."""

@@ -143,11 +143,11 @@ def test_the_loser_of_the_insert_does_nothing(drop: DropWorld, short_speech: Pat
     watcher = drop.watcher(submit=lambda s, o, source_name: calls.append(s) or "x")
     report = watcher.scan()
     assert report.new == 0 and calls == []
-    # A race lost inside _ingest_new (lookup said new, insert said no) counts as raced.
+    # A race lost inside _ingest_all (lookup said new, insert said no) counts as raced.
     from workers.watcher import ScanReport
 
     lost = ScanReport()
-    watcher._ingest_new(item, lost)
+    watcher._ingest_all([item], lost)
     assert lost.raced == 1 and calls == []
 
 
@@ -304,7 +304,7 @@ def test_an_object_deleted_before_its_probe_is_not_rejected(drop: DropWorld, sho
 
     report = ScanReport()
     o = page[0]
-    watcher._ingest_new(DropItem(drop.bucket, o["Key"], o["ETag"].strip('"'), o["Size"]), report)
+    watcher._ingest_all([DropItem(drop.bucket, o["Key"], o["ETag"].strip('"'), o["Size"])], report)
     assert report.deferred == ["inbox/gone.wav"] and report.rejected == []
     assert ledger(drop) == [] and drop.outbox_keys() == []
 

@@ -154,7 +154,6 @@ class RequestScheduler:
         self._inflight = 0
         self._peak_inflight = 0
         self._aborted = False
-        self._tasks: set[asyncio.Task[None]] = set()
         self._task_of: dict[int, asyncio.Task[None]] = {}  # request seq -> its attempt's task
         # The requests of the attempts in flight, so ``abort`` settles their futures from the
         # caller's thread whether or not the loop gets to cancel the tasks.
@@ -221,11 +220,7 @@ class RequestScheduler:
         """Cancel the attempts in flight and fail every waiting request with EngineAborted; later
         submissions fail at once. Returns how many attempts were in flight."""
         with self._lock:
-            self._aborted = True
-            waiting = self._all_waiting()
-            self._lines.clear()
-            self._waiting = 0
-            self._clips_open -= sum(1 for r in waiting if r.share.clip)
+            waiting = self._stop_waiting()
             inflight = self._inflight
             sending = list(self._sending.values())
         for request in waiting:
@@ -266,10 +261,7 @@ class RequestScheduler:
         finally:
             # Whatever happens to the loop, no caller waits forever on a request it held.
             with self._lock:
-                self._aborted = True
-                waiting = self._all_waiting()
-                self._lines.clear()
-                self._clips_open -= sum(1 for r in waiting if r.share.clip)
+                waiting = self._stop_waiting()
             for request in waiting:
                 stopped = EngineUnavailable(f"the request scheduler stopped: {request.what}")
                 _settle(request.future, exc=stopped)
@@ -297,9 +289,7 @@ class RequestScheduler:
                         self._others_inflight += 1
                     self._sending[request.seq] = request
                 task = asyncio.ensure_future(self._send(request))
-                self._tasks.add(task)
                 self._task_of[request.seq] = task
-                task.add_done_callback(self._tasks.discard)
                 task.add_done_callback(functools.partial(self._forget_task, request.seq))
 
     async def _send(self, request: _Request) -> None:
@@ -382,7 +372,7 @@ class RequestScheduler:
         self._task_of.pop(seq, None)
 
     async def _cancel_all(self) -> None:
-        tasks = [t for t in self._tasks if not t.done()]
+        tasks = [t for t in self._task_of.values() if not t.done()]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -390,8 +380,14 @@ class RequestScheduler:
 
     # --- the fair queue (under self._lock) --------------------------------------------------------
 
-    def _all_waiting(self) -> list[_Request]:
-        return [r for lines in self._lines.values() for line in lines.values() for r in line.requests()]
+    def _stop_waiting(self) -> list[_Request]:
+        """Stop for good: every waiting request leaves the lines (the caller settles them)."""
+        self._aborted = True
+        waiting = [r for lines in self._lines.values() for line in lines.values() for r in line.requests()]
+        self._lines.clear()
+        self._waiting = 0
+        self._clips_open -= sum(1 for r in waiting if r.share.clip)
+        return waiting
 
     def _enqueue(self, request: _Request, retry: bool = False) -> None:
         if not retry and _is_lead(request.share):
