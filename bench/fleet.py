@@ -1,7 +1,7 @@
 """The GPU fleet under a real backlog (issue 18): never hung, kept full, fair between tenants.
 
     .venv/bin/python -m bench.fleet [--backlogs 3,12] [--hours 2] [--clip-minutes 5]
-        [--gpu-cost-scale 4] [--a-alone] [--faults] [--timeout 3600]
+        [--gpu-cost-scale 4] [--a-alone] [--faults | --only-faults] [--timeout 3600]
     .venv/bin/python -m bench.fleet --local [--local-hours 3]
 
 On the real parts: redis-server, PostgreSQL, ``voxbatch api`` with two tenants and their API keys,
@@ -139,6 +139,9 @@ def run_phase(
         f"abandoned by their client {gpu.get('aborted', 0)})",
         flush=True,
     )
+    for most in traffic.get("most_sent", []):
+        fates = ", ".join(f"{fate} at {t} s" for t, fate in most["fates"])
+        print(f"[{name}] sent {most['sends']} times: {fates}", flush=True)
     for line in phase.stuck:
         print(f"[{name}] not ended: {line}", flush=True)
     return phase
@@ -178,7 +181,7 @@ def fleet(args: argparse.Namespace) -> None:
                     a_alone = run_phase(stack, server, "A alone", a_files[: sizes[0]], None, 0, args.timeout)
                     phases.append(a_alone)
                 backlogs: list[Phase] = []
-                for n in sizes:
+                for n in [] if args.only_faults else sizes:
                     if not phases[-1].ended:
                         break
                     backlogs.append(
@@ -188,7 +191,7 @@ def fleet(args: argparse.Namespace) -> None:
                     )
                     phases.append(backlogs[-1])
                 faulted = None
-                if args.faults and phases[-1].ended:
+                if (args.faults or args.only_faults) and phases[-1].ended:
                     server.restart(drop_upload_every=50, hold_every=200, fault_seed=args.fault_seed)
                     faulted = run_phase(
                         stack,
@@ -343,6 +346,9 @@ def main() -> None:
     parser.add_argument("--a-alone", action="store_true", help="also run A alone (costly)")
     parser.add_argument(
         "--faults", action="store_true", help="also the first backlog with dropped/held requests"
+    )
+    parser.add_argument(
+        "--only-faults", action="store_true", help="B alone, then only the faulted backlog (no clean one)"
     )
     parser.add_argument("--fault-seed", type=int, default=18)
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one phase may take")

@@ -180,6 +180,41 @@ def test_a_clip_cuts_other_work_to_its_cap_until_it_is_answered() -> None:
     assert scheduler.stats().items() >= {"clips_open": 0, "others_inflight": 0, "preempted": 2}.items()
 
 
+def test_a_request_is_cancelled_for_a_clip_once_at_most() -> None:
+    # A clip's segments, then its summary: the hold opens twice. The attempt cut the first time is
+    # spared the second, so it reaches the server twice, never three times.
+    scheduler = RequestScheduler(max_inflight=4, max_inflight_beside_clips=1)
+    talk_gate, first_clip, second_clip = threading.Event(), threading.Event(), threading.Event()
+    starts = Counter[str]()
+    talk = Share(tenant="a", order=("2026-01-01", 3))
+    clip = Share(tenant="b", order=("2026-01-02", 0), short=True)
+
+    def send(gate: threading.Event, name: str, share: Share) -> Any:
+        async def attempt(_deadline: float) -> str:
+            starts[name] += 1
+            await _until(gate)
+            return name
+
+        return scheduler.submit(attempt, share=share, cost_s=1, deadline_s=60, retries=0)
+
+    running = [send(talk_gate, f"a{n}", talk) for n in range(2)]
+    _wait_for(lambda: starts["a0"] == starts["a1"] == 1, "the long job out")
+    segments = send(first_clip, "b-segment", clip)
+    _wait_for(lambda: scheduler.stats()["preempted"] == 1 and starts["b-segment"] == 1, "a1 cut")
+    first_clip.set()
+    assert segments.result(timeout=30) == "b-segment"
+    _wait_for(lambda: starts["a1"] == 2, "a1 out again once the clip is answered")
+    summary = send(second_clip, "b-summary", clip)
+    _wait_for(lambda: starts["b-summary"] == 1, "the clip's summary out")
+    # a1 is the newest beyond the cap again, and spared: nothing is cut a second time.
+    assert scheduler.stats().items() >= {"preempted": 1, "others_inflight": 2, "clips_open": 1}.items()
+    second_clip.set()
+    talk_gate.set()
+    assert summary.result(timeout=30) == "b-summary"
+    assert [f.result(timeout=30) for f in running] == ["a0", "a1"]
+    assert starts == {"a0": 1, "a1": 2, "b-segment": 1, "b-summary": 1}
+
+
 def test_short_batch_jobs_hold_nothing() -> None:
     scheduler = RequestScheduler(max_inflight=4, max_inflight_beside_clips=0)
     gate = threading.Event()

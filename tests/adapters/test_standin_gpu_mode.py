@@ -114,6 +114,13 @@ def test_dropped_and_held_requests_are_counted(tmp_path: Path) -> None:
         traffic = server.stats()["traffic"]
         # Both drops are attributed to the one request they began: four attempts in all.
         assert traffic["dropped"] == 2 and traffic["distinct_requests"] == 1 and traffic["max_sends"] == 4
+        (most,) = traffic["most_sent"]  # and each arrival's fate, to trace the count
+        assert most["sends"] == 4 and sorted(fate for _, fate in most["fates"]) == [
+            "answered",
+            "answered",
+            "drop",
+            "drop",
+        ]
     with StandInVLLM(hold_every=2, fault_seed=3, fast=True) as server:
         results = []
         for _ in range(4):
@@ -124,6 +131,12 @@ def test_dropped_and_held_requests_are_counted(tmp_path: Path) -> None:
         assert sorted(results) == [0, 0, 200, 200]  # one in every two, never answered
         stats = server.stats()["traffic"]
         assert stats["held"] == 2 and stats["max_sends"] == 4 and stats["distinct_requests"] == 1
+        assert sorted(fate for _, fate in stats["most_sent"][0]["fates"]) == [
+            "answered",
+            "answered",
+            "hold",
+            "hold",
+        ]
         assert stats["longest_gap_s"] >= 0.9
         httpx.post(f"{server.url.removesuffix('/v1')}/stats/reset", timeout=10)
         assert server.stats()["traffic"]["arrivals"] == 0

@@ -280,7 +280,9 @@ class Traffic:
     removed). A request dropped mid-body was never read whole: it is known by the digest of its
     declared length and first ``min(64 KiB, length / 2)`` bytes, and counted as a send of the
     complete request with the same beginning (the least-sent one when several share it:
-    ``ambiguous_drops``), so ``max_sends`` counts every attempt.
+    ``ambiguous_drops``), so ``max_sends`` counts every attempt. ``most_sent`` gives, for the few
+    requests sent most, what became of each of their arrivals (``drop``, ``hold``, ``answered``,
+    ``left``: the client went away before an answer) and when, so a count can be traced.
     """
 
     def __init__(self, drop_every: int = 0, hold_every: int = 0, seed: int = 0) -> None:
@@ -302,6 +304,8 @@ class Traffic:
             self.sends: dict[str, int] = {}  # whole-body key -> complete receipts
             self.beginnings: dict[str, set[str]] = {}  # beginning key -> whole-body keys
             self.dropped_beginnings: dict[str, int] = {}
+            self.fates: dict[str, list[tuple[float, str]]] = {}  # beginning key -> (t, fate)
+            self.started = time.monotonic()
 
     def _chosen(self, n: int, every: int, salt: str) -> bool:
         # Exactly one arrival in each block of ``every``, at a position drawn from the seed.
@@ -360,12 +364,29 @@ class Traffic:
             self.longest_gap_s = max(self.longest_gap_s, now - self.mark)
             self.mark = now
 
-    def leave(self, answered: bool) -> None:
+    def leave(self, answered: bool, beginning: str | None = None, fault: str | None = None) -> None:
         now = time.monotonic()
         with self.lock:
             if not answered:
                 self.longest_gap_s = max(self.longest_gap_s, now - self.mark)
             self.in_flight -= 1
+            if beginning is not None:
+                fate = fault or ("answered" if answered else "left")
+                self.fates.setdefault(beginning, []).append((round(now - self.started, 1), fate))
+
+    def _most_sent(self, attempts: dict[str, int], n: int = 3) -> list[dict[str, Any]]:
+        top = sorted(attempts.items(), key=lambda item: -item[1])[:n]
+        out = []
+        for key, sends in top:
+            if sends < 2:
+                break
+            beginning = key.removeprefix("dropped:")
+            for begin, keys in self.beginnings.items():
+                if key in keys:
+                    beginning = begin
+                    break
+            out.append({"sends": sends, "fates": self.fates.get(beginning, [])})
+        return out
 
     def report(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -387,6 +408,7 @@ class Traffic:
                 "distinct_requests": len(counts),
                 "max_sends": max(counts, default=0),
                 "sends_histogram": {str(k): counts.count(k) for k in sorted(set(counts))},
+                "most_sent": self._most_sent(attempts),
             }
 
     @staticmethod
@@ -415,6 +437,7 @@ class _Watched:
         traffic = self.traffic
         fault = traffic.arrive()
         answered = False
+        beginning: str | None = None
         try:
             headers = dict(scope["headers"])
             raw_length = headers.get(b"content-length")
@@ -491,7 +514,7 @@ class _Watched:
 
             await self.app(scope, replay, watch)
         finally:
-            traffic.leave(answered)
+            traffic.leave(answered, beginning, fault)
 
 
 # --- audio ---------------------------------------------------------------------------------

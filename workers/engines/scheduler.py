@@ -101,6 +101,9 @@ class _Request:
     last_error: str = ""
     key: tuple[Any, ...] = field(default=())
     preempted: bool = False  # its attempt is being cancelled to make room for a clip
+    # Once cancelled for a clip, or once failed, never cancelled for a clip again: a request then
+    # reaches the server at most twice in a clean run, and a fault adds one send, not a cycle.
+    spared: bool = False
 
 
 class _TenantLine:
@@ -308,6 +311,7 @@ class RequestScheduler:
             _settle(request.future, result=answer)
         except Retryable as exc:
             request.last_error = str(exc)
+            request.spared = True
             if request.tries > request.retries:
                 _settle(
                     request.future,
@@ -423,16 +427,19 @@ class RequestScheduler:
     def _victims(self) -> list[_Request]:
         """While a clip is open, the other work's newest attempts beyond the cap: cancelled and put
         back in line. The newest first, because the server most likely has not prefilled them yet
-        (nothing is lost); the older ones are decoding and finish soon."""
+        (nothing is lost); the older ones are decoding and finish soon. A request already cancelled
+        once, or already failed once, is spared (so a clip's summary, opening the hold a second
+        time, does not cancel the same requests again)."""
         excess = self._others_inflight - self._preempting - self.max_inflight_beside_clips
         if not self._clips_open or excess <= 0:
             return []
         victims: list[_Request] = []
-        for request in reversed(self._sending.values()):
-            if len(victims) == excess:
-                break
-            if not request.share.clip and not request.preempted:
-                request.preempted = True
+        newest = (r for r in reversed(self._sending.values()) if not r.share.clip and not r.preempted)
+        # Only among the newest ``excess``: a spared one stays out rather than costing an older,
+        # decoding request its prefill.
+        for request in itertools.islice(newest, excess):
+            if not request.spared:
+                request.preempted = request.spared = True
                 victims.append(request)
         self._preempting += len(victims)
         return victims
