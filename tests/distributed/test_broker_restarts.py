@@ -53,11 +53,18 @@ def _kill_and_restart(redis: RedisServer, workers: list[Worker], busy: Callable[
         return [_lost(w) > n for w, n in zip(workers, lost, strict=True)]
 
     # Down while the workers' reconnect attempts fail (the soak keeps it down 1-5 s).
-    wait_until(
-        lambda: all(seen or busy(w) for w, seen in zip(workers, noticed(), strict=True)),
-        60,
-        "every gpu worker that reads from Redis to notice",
-    )
+    try:
+        wait_until(
+            lambda: all(seen or busy(w) for w, seen in zip(workers, noticed(), strict=True)),
+            60,
+            "every gpu worker that reads from Redis to notice",
+        )
+    except AssertionError as exc:
+        # Say which worker stayed silent and what it last logged: a worker that neither reads nor
+        # runs two windows is the wedge this test exists for, or a state the test does not know.
+        silent = [w for w, seen in zip(workers, noticed(), strict=True) if not seen and not busy(w)]
+        tails = "\n".join(f"--- gpu worker {w.pid}:\n{w.text()[-3000:]}" for w in silent)
+        raise AssertionError(f"{exc}\n{tails}") from None
     redis.start()
     reconnecting = [(w, n) for w, n, seen in zip(workers, connects, noticed(), strict=True) if seen]
     wait_until(
