@@ -48,6 +48,7 @@ from workers.queues import (  # noqa: F401  (re-exported: the names a worker ser
     WEBHOOK,
     WINDOW,
 )
+from workers.worker_events import EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,7 @@ def _hooks_first(handler: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("voxbatch", include=["workers.tasks"])
+    app = Celery("voxbatch", include=["workers.tasks"], events=EVENTS)
     app.conf.update(celery_config(settings))
     app.Worker = app.subclass_with_self(VoxbatchWorker)
     return app

@@ -23,15 +23,23 @@ RESTARTS = 6
 
 
 def _connects(worker: Worker) -> int:
-    # Celery logs this each time its consumer (re)connects to the broker.
-    return worker.text().count("Connected to ")
+    # Celery logs the first each time its consumer (re)connects to the broker; the second is a
+    # worker event that waited on the broker going through (workers.worker_events).
+    text = worker.text()
+    return text.count("Connected to ") + text.count("sent: the broker answers again")
 
 
 def _lost(worker: Worker) -> int:
     # A worker notices a dead broker with one of these, depending on what it was doing: reading
-    # (its consumer loop) or starting its consumer again (a reconnect that failed half-way).
+    # (its consumer loop), starting its consumer again (a reconnect that failed half-way), or
+    # sending a worker event (its heartbeat, or ``worker-online`` right after connecting: the
+    # publish retries until Redis answers, so the consumer notices nothing before).
     text = worker.text()
-    return text.count("Connection to broker lost") + text.count("consumer: Cannot connect to")
+    return (
+        text.count("Connection to broker lost")
+        + text.count("consumer: Cannot connect to")
+        + text.count("not sent: the broker is unreachable")
+    )
 
 
 def _kill_and_restart(redis: RedisServer, workers: list[Worker], busy: Callable[[Worker], bool]) -> None:
