@@ -1,13 +1,14 @@
 """How fast can a small job be behind a backlog on one modelled GPU? The floor, from the model alone.
 
     .venv/bin/python -m bench.fairness_floor [--clip-minutes 5] [--summary-tokens 300]
-        [--a-windows 12] [--b-after 5]
+        [--a-windows 12] [--a-window-minutes 30] [--b-after 5]
 
 The fleet benchmark (bench/fleet.py) measures tenant B's 5-minute clip behind tenant A's backlog
 over B alone on the real stack. This one asks the GPU model itself (tests/standins/gpu_model.py,
 the figures measured on an H100) what any client could get, so that figure can be read against a
 limit: A has ``--a-windows`` 30-minute windows to do (12: three 2-hour talks), 60 30-s segments and
-one summary each, and keeps the server full (256 requests in flight, a new one the moment one
+one summary each (``--a-window-minutes 2 --a-windows 120``: the storm's 120 two-minute recordings,
+4 segments each), and keeps the server full (256 requests in flight, a new one the moment one
 finishes); B's requests (its segments and its one summary, which hears the whole clip and is its
 longest chain) arrive ``--b-after`` modelled seconds in and are sent before any more of A's.
 Printed, in modelled seconds: B alone (batch 1, nothing else on the GPU), A alone, and then B
@@ -19,8 +20,10 @@ behind the backlog over B alone beside A's makespan over A alone, for
 * priority: the same with the server ordering its own waiting queue by priority (B ahead of A's
   requests already sent; vLLM's ``--scheduling-policy priority``);
 * cancel A: the same cap, and when B arrives A's newest requests beyond it are cancelled (the
-  server drops a request whose client went away, its work so far lost) and sent again later:
-  what voxbatch's request scheduler does for a clip (``VOXBATCH_MAX_INFLIGHT_BESIDE_CLIPS``).
+  server drops a request whose client went away, its work so far lost) and sent again later;
+* cancel A, audio cap: the same with the cap in seconds of audio of A's requests at the server
+  instead of a count: what voxbatch's request scheduler does for a clip
+  (``VOXBATCH_MAX_AUDIO_BESIDE_CLIPS_S``).
 
 Why B cannot be within 2x of alone while the server is kept full, in this model: B's summary
 decodes one token per step; a step with 256 sequences costs about twice a step with one (30.9 ms
@@ -39,8 +42,7 @@ from collections.abc import Hashable
 from tests.standins.gpu_model import BatchEngine, GpuModel, GpuRequest
 
 SEGMENT_S = 30.0
-SEGMENTS_PER_WINDOW = 60  # a 30-minute window's speech segments
-WINDOW_S = 1800.0
+WINDOW_MINUTES = 30.0
 WARM_S = 5.0  # modelled seconds into the backlog B arrives (the fleet: 20 s at costs x4)
 FULL = 256
 A_WINDOWS = 12  # tenant A's backlog: 3 talks of 2 hours
@@ -76,16 +78,20 @@ def behind_backlog(
     a_windows: int = A_WINDOWS,
     with_b: bool = True,
     b_after_s: float = WARM_S,
+    a_cap_audio_s: float | None = None,
+    a_window_s: float = WINDOW_MINUTES * 60,
 ) -> tuple[float, float]:
-    """B's latency behind A's backlog of ``a_windows`` 30-minute windows, and A's makespan.
+    """B's latency behind A's backlog of ``a_windows`` windows of ``a_window_s``, and A's makespan.
 
     ``preempt``: when B arrives the client cancels A's youngest requests in flight down to the cap
-    (the server drops a request whose client went away, its work lost) and sends them again later."""
+    (the server drops a request whose client went away, its work lost) and sends them again later.
+    ``a_cap_audio_s``: the cap is on the audio seconds of A's requests in flight, not their count."""
     engine: BatchEngine = _PriorityEngine(model) if server_priority else BatchEngine(model)
     keys = itertools.count()
     a_todo: list[GpuRequest] = []
     for _ in range(a_windows):
-        a_todo += [GpuRequest(SEGMENT_S)] * SEGMENTS_PER_WINDOW + [GpuRequest(WINDOW_S, output_tokens=300)]
+        segments = max(1, round(a_window_s / SEGMENT_S))
+        a_todo += [GpuRequest(SEGMENT_S)] * segments + [GpuRequest(a_window_s, output_tokens=300)]
     a_todo.reverse()  # popped from the end: in order
     a_out: dict[Hashable, GpuRequest] = {}  # in the order sent
     b_out: set[Hashable] = set()
@@ -93,21 +99,26 @@ def behind_backlog(
     b_end: float | None = None
     a_end = 0.0
 
-    def send_a(limit: int) -> None:
-        while len(a_out) < limit and a_todo:
+    def beyond_cap(extra_s: float = 0.0) -> bool:
+        if a_cap_audio_s is None:
+            return len(a_out) + (1 if extra_s else 0) > a_cap_while_b
+        return sum(r.audio_s for r in a_out.values()) + extra_s > a_cap_audio_s
+
+    def send_a() -> None:
+        while a_todo and (len(a_out) < FULL if not b_out else not beyond_cap(a_todo[-1].audio_s)):
             key = ("a", next(keys))
             a_out[key] = request = a_todo.pop()
             engine.submit(key, request, at=engine.t)
 
     while a_todo or a_out or b_out or (with_b and b_start is None):
-        send_a(a_cap_while_b if b_out else FULL - len(b_out))
+        send_a()
         if with_b and b_start is None and engine.t >= b_after_s:
             b_start = engine.t
             for request in b_requests(clip_s, summary_tokens):
                 b_key = ("b", next(keys))
                 engine.submit(b_key, request, at=engine.t)
                 b_out.add(b_key)
-            while preempt and len(a_out) > a_cap_while_b:
+            while preempt and a_out and beyond_cap():
                 youngest = next(reversed(a_out))
                 engine.abort(youngest)
                 a_todo.append(a_out.pop(youngest))
@@ -130,16 +141,26 @@ def main() -> None:
     parser.add_argument("--clip-minutes", type=float, default=5.0)
     parser.add_argument("--summary-tokens", type=int, default=300, help="B's summary answer (the stand-in's)")
     parser.add_argument("--b-after", type=float, default=WARM_S, help="modelled seconds into A's backlog")
-    parser.add_argument("--a-windows", type=int, default=A_WINDOWS, help="A's backlog in 30-minute windows")
+    parser.add_argument("--a-windows", type=int, default=A_WINDOWS, help="A's backlog in windows")
+    parser.add_argument("--a-window-minutes", type=float, default=WINDOW_MINUTES, help="A's windows' length")
     args = parser.parse_args()
     model = GpuModel()
     clip_s = args.clip_minutes * 60
     alone = max(model.alone_s(r) for r in b_requests(clip_s, args.summary_tokens))
     print(f"B alone (its longest request at batch 1): {alone:.2f} s modelled")
+    a_window_s = args.a_window_minutes * 60
     _, a_alone = behind_backlog(
-        model, clip_s, args.summary_tokens, FULL, False, a_windows=args.a_windows, with_b=False
+        model,
+        clip_s,
+        args.summary_tokens,
+        FULL,
+        False,
+        a_windows=args.a_windows,
+        with_b=False,
+        a_window_s=a_window_s,
     )
-    print(f"A alone ({args.a_windows} windows of 30 minutes, kept full): {a_alone:.1f} s modelled")
+    backlog = f"{args.a_windows} windows of {args.a_window_minutes:g} minutes"
+    print(f"A alone ({backlog}, kept full): {a_alone:.1f} s modelled")
     header = ("client / server", "A cap while B runs", "B behind backlog", "/ alone", "A's time", "/ alone")
     print(f"{header[0]:<16} {header[1]:<19} {header[2]:>17} {header[3]:>8} {header[4]:>10} {header[5]:>8}")
     variants = (("FCFS", False, False), ("priority", True, False), ("cancel A / FCFS", False, True))
@@ -148,10 +169,19 @@ def main() -> None:
             if cap == FULL and (priority or preempt):
                 continue
             b, a = behind_backlog(
-                model, clip_s, args.summary_tokens, cap, priority, preempt, args.a_windows, True, args.b_after
-            )
+                model, clip_s, args.summary_tokens, cap, priority, preempt, args.a_windows, True,
+                args.b_after, a_window_s=a_window_s,
+            )  # fmt: skip
             label = f"{cap} (kept full)" if cap == FULL else str(cap)
             print(f"{name:<16} {label:<19} {b:>15.2f} s {b / alone:>7.2f}x {a:>8.1f} s {a / a_alone:>7.3f}x")
+    for cap_s in (7200.0, 3600.0, 1800.0, 900.0, 480.0):
+        b, a = behind_backlog(
+            model, clip_s, args.summary_tokens, 0, False, True, args.a_windows, True, args.b_after,
+            a_cap_audio_s=cap_s, a_window_s=a_window_s,
+        )  # fmt: skip
+        label = f"{cap_s:g} s of audio"
+        name = "cancel A / FCFS"
+        print(f"{name:<16} {label:<19} {b:>15.2f} s {b / alone:>7.2f}x {a:>8.1f} s {a / a_alone:>7.3f}x")
 
 
 if __name__ == "__main__":

@@ -287,7 +287,7 @@ def run_storm(
     progress: bool = True,
     gpu_concurrency: int | None = None,
     events: bool = False,
-    beside_clips: int | None = None,
+    beside_clips_s: float | None = None,
 ) -> StormResult:
     def say(text: str) -> None:
         if progress:
@@ -318,7 +318,11 @@ def run_storm(
             VOXBATCH_WATCH_INTERVAL_S=str(watch_interval_s),
             **({"VOXBATCH_GPU_CONCURRENCY": str(gpu_concurrency)} if gpu_concurrency else {}),
             **({"VOXBATCH_DROP_SQS_QUEUE_URL": queue_url} if queue_url else {}),
-            **({"VOXBATCH_MAX_INFLIGHT_BESIDE_CLIPS": str(beside_clips)} if beside_clips is not None else {}),
+            **(
+                {"VOXBATCH_MAX_AUDIO_BESIDE_CLIPS_S": str(beside_clips_s)}
+                if beside_clips_s is not None
+                else {}
+            ),
             AWS_CONFIG_FILE=str(tmp / "no-aws-config"),
             AWS_SHARED_CREDENTIALS_FILE=str(tmp / "no-aws-config"),
             **AWS_ENV,
@@ -433,12 +437,12 @@ def print_storm(result: StormResult, args: argparse.Namespace) -> None:
     from jobs.settings import Settings
 
     windows = args.gpu_concurrency or Settings.model_fields["gpu_concurrency"].default
-    beside = args.max_inflight_beside_clips
-    beside = Settings.model_fields["max_inflight_beside_clips"].default if beside is None else beside
+    beside = args.max_audio_beside_clips
+    beside = Settings.model_fields["max_audio_beside_clips_s"].default if beside is None else beside
     print(f"storm: {result.recordings} x {RECORDING_S:g} s recordings, {args.clips} API clips, "
           f"GPU costs x{args.gpu_cost_scale:g}, watch interval {args.watch_interval:g} s"
           f"{' and S3 events' if args.events else ''}, gpu worker {windows} windows at once, "
-          f"{beside} requests of other work beside a clip")  # fmt: skip
+          f"{beside:g} s of other work's audio beside a clip")  # fmt: skip
     print(f"{'measure':<{width}}  {'value':<44}  goal")
     for name, value, goal in rows:
         print(f"{name:<{width}}  {value:<44}  {goal}")
@@ -539,7 +543,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs)")
     parser.add_argument("--events", action="store_true", help="watchers also consume S3 events (SQS)")
     parser.add_argument(
-        "--max-inflight-beside-clips", type=int, default=None, help="VOXBATCH_MAX_INFLIGHT_BESIDE_CLIPS"
+        "--max-audio-beside-clips", type=float, default=None, help="VOXBATCH_MAX_AUDIO_BESIDE_CLIPS_S"
     )
     args = parser.parse_args()
     with scratch("voxbatch-storm-", args.keep) as tmp:
@@ -552,7 +556,7 @@ def main() -> None:
             result = run_storm(
                 tmp, args.recordings, args.clips, args.gpu_cost_scale, args.watch_interval, args.kill_after,
                 args.timeout, gpu_concurrency=args.gpu_concurrency, events=args.events,
-                beside_clips=args.max_inflight_beside_clips,
+                beside_clips_s=args.max_audio_beside_clips,
             )  # fmt: skip
             print_storm(result, args)
         if args.keep:

@@ -75,10 +75,11 @@ class Settings(BaseSettings):
     # sets to the same number): windows put their requests into one queue, this many go out.
     max_inflight: int = Field(default=256, ge=1, le=4096)
     # While a clip's requests (an interactive job of at most 30 minutes) wait or are out, the other
-    # work's new requests (long jobs, batch jobs) go out only while fewer than this many of theirs
-    # are at the vLLM server, so the clip's decoding is not slowed by a full batch and by prefills
-    # admitted after it (workers/engines/scheduler.py). VOXBATCH_MAX_INFLIGHT or more: no hold.
-    max_inflight_beside_clips: int = Field(default=16, ge=0)
+    # work (long jobs, batch jobs) keeps at most this many seconds of audio in its requests at the
+    # vLLM server, so the clip's decoding is not slowed by the prefills admitted beside it
+    # (workers/engines/scheduler.py). One hour: about 120 thirty-second segments, or two
+    # 30-minute windows' summaries.
+    max_audio_beside_clips_s: float = Field(default=3600.0, ge=0)
     # A running window none of whose requests was answered for this long stops renewing its lease,
     # so the sweep gives it to another worker.
     window_stall_s: float = Field(default=1200.0, gt=0)

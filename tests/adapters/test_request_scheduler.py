@@ -141,7 +141,7 @@ def test_a_jobs_later_windows_wait_for_its_first_answer_while_others_go() -> Non
 
 
 def test_a_clip_cuts_other_work_to_its_cap_until_it_is_answered() -> None:
-    scheduler = RequestScheduler(max_inflight=8, max_inflight_beside_clips=2)
+    scheduler = RequestScheduler(max_inflight=8, max_audio_beside_clips_s=2)
     early, rest, clip_gate = threading.Event(), threading.Event(), threading.Event()
     order: list[str] = []
     starts = Counter[str]()
@@ -180,10 +180,52 @@ def test_a_clip_cuts_other_work_to_its_cap_until_it_is_answered() -> None:
     assert scheduler.stats().items() >= {"clips_open": 0, "others_inflight": 0, "preempted": 2}.items()
 
 
+def test_the_cap_beside_a_clip_counts_audio_seconds_not_requests() -> None:
+    # What slows a clip is the prefill of what is admitted beside it, and that grows with audio: a
+    # 30-minute window's summary weighs as much as sixty 30-s segments.
+    scheduler = RequestScheduler(max_inflight=8, max_audio_beside_clips_s=60)
+    gates = {name: threading.Event() for name in ("a0", "a1", "summary", "a2", "b")}
+    starts = Counter[str]()
+    talk = Share(tenant="a", order=("2026-01-01", 3))
+    next_talk = Share(tenant="a", order=("2026-01-03", 3))  # the summary is not its line's head
+    clip = Share(tenant="b", order=("2026-01-02", 0), short=True)
+
+    def send(name: str, share: Share, cost_s: float) -> Any:
+        async def attempt(_deadline: float) -> str:
+            starts[name] += 1
+            await _until(gates[name])
+            return name
+
+        return scheduler.submit(attempt, share=share, cost_s=cost_s, deadline_s=60, retries=0)
+
+    segments = [send("a0", talk, 30), send("a1", talk, 30)]
+    summary = send("summary", talk, 1800)
+    _wait_for(lambda: scheduler.stats()["others_audio_s"] == 1860, "the long job's three requests out")
+    short = send("b", clip, 30)
+    # The newest, the summary, alone takes the other work beyond one minute: it is cut, the two
+    # segments (one minute together) stay.
+    _wait_for(lambda: scheduler.stats()["preempted"] == 1 and starts["b"] == 1, "the summary cut")
+    later = send("a2", next_talk, 30)
+    assert scheduler.stats().items() >= {"others_inflight": 2, "others_audio_s": 60, "waiting": 2}.items()
+    gates["a0"].set()
+    assert segments[0].result(timeout=30) == "a0"
+    # Half a minute free: the next talk's segment fits, the summary (waiting first) does not.
+    _wait_for(lambda: starts["a2"] == 1, "the next segment out beside the clip")
+    assert starts["summary"] == 1
+    assert scheduler.stats().items() >= {"others_audio_s": 60, "waiting": 1}.items()
+    gates["b"].set()
+    assert short.result(timeout=30) == "b"
+    _wait_for(lambda: starts["summary"] == 2, "the summary out again once the clip is answered")
+    for name in ("a1", "summary", "a2"):
+        gates[name].set()
+    assert [f.result(timeout=30) for f in (segments[1], summary, later)] == ["a1", "summary", "a2"]
+    assert scheduler.stats().items() >= {"others_audio_s": 0, "clips_open": 0}.items()
+
+
 def test_a_request_is_cancelled_for_a_clip_once_at_most() -> None:
     # A clip's segments, then its summary: the hold opens twice. The attempt cut the first time is
     # spared the second, so it reaches the server twice, never three times.
-    scheduler = RequestScheduler(max_inflight=4, max_inflight_beside_clips=1)
+    scheduler = RequestScheduler(max_inflight=4, max_audio_beside_clips_s=1)
     talk_gate, first_clip, second_clip = threading.Event(), threading.Event(), threading.Event()
     starts = Counter[str]()
     talk = Share(tenant="a", order=("2026-01-01", 3))
@@ -216,7 +258,7 @@ def test_a_request_is_cancelled_for_a_clip_once_at_most() -> None:
 
 
 def test_short_batch_jobs_hold_nothing() -> None:
-    scheduler = RequestScheduler(max_inflight=4, max_inflight_beside_clips=0)
+    scheduler = RequestScheduler(max_inflight=4, max_audio_beside_clips_s=0)
     gate = threading.Event()
     order: list[str] = []
     drop = Share(tenant="drop", priority=Priority.batch, order=("2026-01-01", 0), short=True)

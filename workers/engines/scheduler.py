@@ -22,14 +22,18 @@ thread with an async HTTP client. Why:
   as slots free, not after another tenant's backlog.
 - **A clip is not decoded inside a full batch.** While a request of a clip (``Share.clip``: a short
   interactive job, someone waiting on it) waits or is out, the other work (long jobs, batch jobs
-  such as the drop folder's) keeps at most ``max_inflight_beside_clips`` requests at the server:
-  its newest attempts beyond that are cancelled and put back in line (not counted as tries; vLLM
-  drops a request whose client went away, and the newest were most likely still waiting for their
-  prefill, so little is lost), and its new ones wait. Fair share alone sends the clip's requests
-  first, but behind a server that already holds 256 requests, in a batch of 256 that also
-  prefills every request admitted after them, a 5-minute clip took 7-12x its time alone
-  (bench/fairness_floor.py, the GPU model); with the other work cut to 16 beside it, 1.6x, for
-  about the clip's own GPU time of the other work's.
+  such as the drop folder's) keeps at most ``max_audio_beside_clips_s`` seconds of audio in its
+  requests at the server: its newest attempts beyond that are cancelled and put back in line (not
+  counted as tries; vLLM drops a request whose client went away, and the newest were most likely
+  still waiting for their prefill, so little is lost), and its new ones wait. Fair share alone
+  sends the clip's requests first, but behind a server that already holds 256 requests, in a
+  batch of 256 that also prefills every request admitted after them, a 5-minute clip took 7-12x
+  its time alone (bench/fairness_floor.py, the GPU model). The cap is in audio seconds, not in
+  requests, because what slows the clip is the prefill of the requests admitted beside it, and
+  that grows with their audio: one 30-minute window's summary costs as much as sixty 30-s
+  segments. In the GPU model, one hour beside a clip gives 1.7x for a clip behind 30-minute
+  windows and behind 2-minute recordings alike, where a count of 16 gave 1.55x and 1.30x for
+  more of the other work's throughput, and a count of 32, 2.06x and 1.59x.
 - **A job's first text first.** Until a job has its first answer, its later windows' requests wait
   while its first window's are waiting or in flight. The server's prefill is what a long job's
   start is short of (every request sent is prefilled before the batch decodes again), so spending
@@ -120,10 +124,10 @@ class _TenantLine:
     def push(self, request: _Request) -> None:
         heapq.heappush(self.jobs.setdefault(_job_of(request.share), []), (request.key, request))
 
-    def first(self, held: Callable[[Share], bool]) -> _Request | None:
+    def first(self, held: Callable[[_Request], bool]) -> _Request | None:
         """The earliest request not ``held`` (each job's line is in order, so only its head counts)."""
         heads = sorted((heap[0] for heap in self.jobs.values()), key=lambda item: item[0])
-        return next((request for _, request in heads if not held(request.share)), None)
+        return next((request for _, request in heads if not held(request)), None)
 
     def remove(self, request: _Request) -> None:
         job = _job_of(request.share)
@@ -140,13 +144,14 @@ class RequestScheduler:
     """Sends submitted attempts from one event loop thread, ``max_inflight`` at a time, fairly."""
 
     def __init__(
-        self, max_inflight: int, name: str = "model-requests", max_inflight_beside_clips: int | None = None
+        self, max_inflight: int, name: str = "model-requests", max_audio_beside_clips_s: float | None = None
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
         self.max_inflight = max_inflight
-        self.max_inflight_beside_clips = (
-            max_inflight if max_inflight_beside_clips is None else max(0, max_inflight_beside_clips)
+        # None: no cap beside clips (the clip's requests still go first).
+        self.max_audio_beside_clips_s = (
+            float("inf") if max_audio_beside_clips_s is None else max(0.0, max_audio_beside_clips_s)
         )
         self._name = name
         self._seq = itertools.count()
@@ -165,10 +170,13 @@ class RequestScheduler:
         # jobs that have had an answer (bounded: only the hold's recent jobs matter).
         self._leads: dict[tuple[str, str], int] = {}
         self._answered: dict[tuple[str, str], None] = {}
-        # The clip hold: clips' requests not yet settled, and the other requests at the server.
+        # The clip hold: clips' requests not yet settled, and the other requests at the server
+        # (how many, and their audio seconds).
         self._clips_open = 0
         self._others_inflight = 0
+        self._others_audio_s = 0.0
         self._preempting = 0  # attempts being cancelled for a clip, not yet back in line
+        self._preempting_audio_s = 0.0
         self._preempted = 0  # attempts cancelled for a clip, in all
         self._loop = asyncio.new_event_loop()
         self._wake = asyncio.Event()
@@ -246,6 +254,7 @@ class RequestScheduler:
                 "peak_inflight": self._peak_inflight,
                 "clips_open": self._clips_open,
                 "others_inflight": self._others_inflight,
+                "others_audio_s": round(self._others_audio_s),
                 "preempted": self._preempted,
             }
 
@@ -290,6 +299,7 @@ class RequestScheduler:
                     self._peak_inflight = max(self._peak_inflight, self._inflight)
                     if not request.share.clip:
                         self._others_inflight += 1
+                        self._others_audio_s += request.cost_s
                     self._sending[request.seq] = request
                 task = asyncio.ensure_future(self._send(request))
                 self._task_of[request.seq] = task
@@ -343,8 +353,14 @@ class RequestScheduler:
                 self._inflight -= 1
                 if not request.share.clip:
                     self._others_inflight -= 1
+                    self._others_audio_s -= request.cost_s
+                    if not self._others_inflight:
+                        self._others_audio_s = 0.0  # no float residue when nothing is out
                 if request.preempted:
                     self._preempting -= 1
+                    self._preempting_audio_s -= request.cost_s
+                    if not self._preempting:
+                        self._preempting_audio_s = 0.0
                     request.preempted = False
                 self._sending.pop(request.seq, None)
                 if request.future.done():
@@ -425,29 +441,39 @@ class RequestScheduler:
         return None
 
     def _victims(self) -> list[_Request]:
-        """While a clip is open, the other work's newest attempts beyond the cap: cancelled and put
-        back in line. The newest first, because the server most likely has not prefilled them yet
-        (nothing is lost); the older ones are decoding and finish soon. A request already cancelled
-        once, or already failed once, is spared (so a clip's summary, opening the hold a second
-        time, does not cancel the same requests again)."""
-        excess = self._others_inflight - self._preempting - self.max_inflight_beside_clips
-        if not self._clips_open or excess <= 0:
+        """While a clip is open, the other work's newest attempts whose audio is beyond the cap:
+        cancelled and put back in line. The newest first, because the server most likely has not
+        prefilled them yet (nothing is lost); the older ones are decoding and finish soon. A request
+        already cancelled once, or already failed once, is spared (so a clip's summary, opening the
+        hold a second time, does not cancel the same requests again)."""
+        excess_s = self._others_audio_s - self._preempting_audio_s - self.max_audio_beside_clips_s
+        if not self._clips_open or excess_s <= 0:
             return []
         victims: list[_Request] = []
         newest = (r for r in reversed(self._sending.values()) if not r.share.clip and not r.preempted)
-        # Only among the newest ``excess``: a spared one stays out rather than costing an older,
-        # decoding request its prefill.
-        for request in itertools.islice(newest, excess):
+        # Only among the newest attempts that make up the excess: a spared one stays out rather
+        # than costing an older, decoding request its prefill.
+        for request in newest:
+            if excess_s <= 0:
+                break
+            excess_s -= request.cost_s
             if not request.spared:
                 request.preempted = request.spared = True
                 victims.append(request)
         self._preempting += len(victims)
+        self._preempting_audio_s += sum(r.cost_s for r in victims)
         return victims
 
-    def _held(self, share: Share) -> bool:
-        """Any request but a clip's while a clip's are open and enough others are at the server; or
-        a later window's request of a job whose first window is still out and unanswered."""
-        if not share.clip and self._clips_open and self._others_inflight >= self.max_inflight_beside_clips:
+    def _held(self, request: _Request) -> bool:
+        """Any request but a clip's while a clip's are open and its audio would take the other work
+        beyond the cap; or a later window's request of a job whose first window is still out and
+        unanswered."""
+        share = request.share
+        if (
+            not share.clip
+            and self._clips_open
+            and self._others_audio_s + request.cost_s > self.max_audio_beside_clips_s
+        ):
             return True
         if _is_lead(share) or not share.order[0]:
             return False
@@ -500,19 +526,19 @@ def _settle(
         pass  # settled by another path (an abort) meanwhile
 
 
-_schedulers: dict[tuple[int, int | None], RequestScheduler] = {}
+_schedulers: dict[tuple[int, float | None], RequestScheduler] = {}
 _schedulers_lock = threading.Lock()
 _process_aborted = threading.Event()
 
 
-def process_scheduler(max_inflight: int, max_inflight_beside_clips: int | None = None) -> RequestScheduler:
+def process_scheduler(max_inflight: int, max_audio_beside_clips_s: float | None = None) -> RequestScheduler:
     """The process's scheduler for these settings (one per value: in practice one per process)."""
     with _schedulers_lock:
-        key = (max_inflight, max_inflight_beside_clips)
+        key = (max_inflight, max_audio_beside_clips_s)
         scheduler = _schedulers.get(key)
         if scheduler is None:
             scheduler = _schedulers[key] = RequestScheduler(
-                max_inflight, max_inflight_beside_clips=max_inflight_beside_clips
+                max_inflight, max_audio_beside_clips_s=max_audio_beside_clips_s
             )
             if _process_aborted.is_set():
                 scheduler.abort()

@@ -84,7 +84,7 @@ class VLLMEngine:
             retries=settings.engine_retries,
             backoff_base_s=backoff_base_s,
             max_inflight=settings.max_inflight,
-            max_inflight_beside_clips=settings.max_inflight_beside_clips,
+            max_audio_beside_clips_s=settings.max_audio_beside_clips_s,
         )
         self._init_limits(
             max_s=settings.vllm_max_audio_s,
