@@ -396,9 +396,15 @@ def test_run_follow_prints_the_first_window_while_a_later_one_is_held(
         reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
         reader.start()
         try:
-            # The first window's segments are printed while the model still holds a later answer.
-            wait_until(lambda: any("marker-0" in line for line in lines), 120, "the first segment printed")
-            assert server.stats()["holding"] > 0 and proc.poll() is None
+            # The first window's segments are printed while the model still holds a later answer. Both
+            # are waited for: the later window's requests go out only at the job's first answer (the
+            # first-text hold), so they may reach the server just after the first line is printed.
+            wait_until(
+                lambda: any("marker-0" in line for line in lines) and server.stats()["holding"] > 0,
+                120,
+                "the first segment printed and a later window's request held at the model server",
+            )
+            assert proc.poll() is None
             assert not (tmp_path / "out" / "document.md").exists()
         finally:
             server.release()
