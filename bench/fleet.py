@@ -134,11 +134,13 @@ def run_phase(
         f"[{name}] {ok}/{total} succeeded{'' if phase.ended else ' (TIMED OUT)'}; "
         f"A {_fmt(phase.latency('tenant-a'))} s, B {_fmt(phase.latency('tenant-b'))} s; "
         f"peak in flight {traffic['peak_in_flight']}, largest batch {gpu.get('max_active')}, "
-        f"longest silence {traffic['longest_gap_s']:.1f} s, efficiency {_fmt(phase.efficiency(), 3)}, "
+        f"longest silence {traffic['longest_gap_s']:.1f} s (from {traffic['longest_gap_at_s'][0]} s to "
+        f"{traffic['longest_gap_at_s'][1]} s), efficiency {_fmt(phase.efficiency(), 3)}, "
         f"max sends {traffic['max_sends']} (dropped {traffic['dropped']}, held {traffic['held']}, "
         f"abandoned by their client {gpu.get('aborted', 0)})",
         flush=True,
     )
+    print(f"[{name}] the longest silence: {traffic.get('longest_gap_what')}", flush=True)
     for most in traffic.get("most_sent", []):
         fates = ", ".join(f"{fate} at {t} s" for t, fate in most["fates"])
         print(f"[{name}] sent {most['sends']} times: {fates}", flush=True)

@@ -275,7 +275,8 @@ class Traffic:
 
     A model POST is *in flight* from its request line until its answer is sent or its connection
     ends. ``longest_gap_s`` is the longest time with requests in flight and no answer sent (the
-    server's silence: a wedged client pool or a lost request shows here; the current gap counts).
+    server's silence: a wedged client pool or a lost request shows here; the current gap counts);
+    ``longest_gap_at_s`` is when it began and ended, in seconds since the last reset.
     ``sends`` counts each distinct request by the digest of its whole body (multipart boundary
     removed). A request dropped mid-body was never read whole: it is known by the digest of its
     declared length and first ``min(64 KiB, length / 2)`` bytes, and counted as a send of the
@@ -297,6 +298,13 @@ class Traffic:
             self.peak_in_flight = 0
             self.mark = 0.0  # when the current wait for an answer began
             self.longest_gap_s = 0.0
+            self.longest_gap_at = (0.0, 0.0)  # its start and end, seconds since the reset
+            # What the longest silence was made of: the requests out when it began (per route),
+            # those that arrived during it, and the route whose answer ended it.
+            self.longest_gap_what: dict[str, Any] = {}
+            self.in_flight_by_route: dict[str, int] = {}
+            self.out_at_mark: dict[str, int] = {}
+            self.arrived_since_mark: dict[str, int] = {}
             self.answers = 0
             self.dropped = 0
             self.held = 0
@@ -315,15 +323,22 @@ class Traffic:
         digest = hashlib.sha256(f"{self.seed}:{salt}:{block}".encode()).digest()
         return pos == int.from_bytes(digest[:8], "big") % every
 
-    def arrive(self) -> str | None:
+    def _mark(self, now: float) -> None:
+        self.mark = now
+        self.out_at_mark = {r: n for r, n in self.in_flight_by_route.items() if n}
+        self.arrived_since_mark = {}
+
+    def arrive(self, route: str = "") -> str | None:
         """A model POST began; returns the fault chosen for it ("drop", "hold" or None)."""
         now = time.monotonic()
         with self.lock:
             self.arrivals += 1
             n = self.arrivals
             if self.in_flight == 0:
-                self.mark = now
+                self._mark(now)
             self.in_flight += 1
+            self.in_flight_by_route[route] = self.in_flight_by_route.get(route, 0) + 1
+            self.arrived_since_mark[route] = self.arrived_since_mark.get(route, 0) + 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         if self._chosen(n, self.drop_every, "drop"):
             return "drop"
@@ -357,19 +372,32 @@ class Traffic:
             counts[least] += n
         return counts, ambiguous, unmatched
 
-    def answer(self) -> None:
+    def _gap_ends(self, now: float, ended_by: str) -> None:
+        if now - self.mark > self.longest_gap_s:
+            self.longest_gap_s = now - self.mark
+            self.longest_gap_at = (self.mark - self.started, now - self.started)
+            self.longest_gap_what = {
+                "out_at_start": dict(self.out_at_mark),
+                "arrived_during": dict(self.arrived_since_mark),
+                "ended_by": ended_by,
+            }
+
+    def answer(self, route: str = "") -> None:
         now = time.monotonic()
         with self.lock:
             self.answers += 1
-            self.longest_gap_s = max(self.longest_gap_s, now - self.mark)
-            self.mark = now
+            self._gap_ends(now, f"an answer to {route}")
+            self._mark(now)
 
-    def leave(self, answered: bool, beginning: str | None = None, fault: str | None = None) -> None:
+    def leave(
+        self, answered: bool, beginning: str | None = None, fault: str | None = None, route: str = ""
+    ) -> None:
         now = time.monotonic()
         with self.lock:
             if not answered:
-                self.longest_gap_s = max(self.longest_gap_s, now - self.mark)
+                self._gap_ends(now, f"{route} left unanswered ({fault or 'client gone'})")
             self.in_flight -= 1
+            self.in_flight_by_route[route] = self.in_flight_by_route.get(route, 1) - 1
             if beginning is not None:
                 fate = fault or ("answered" if answered else "left")
                 self.fates.setdefault(beginning, []).append((round(now - self.started, 1), fate))
@@ -391,7 +419,13 @@ class Traffic:
     def report(self) -> dict[str, Any]:
         now = time.monotonic()
         with self.lock:
-            gap = max(self.longest_gap_s, now - self.mark if self.in_flight else 0.0)
+            gap, gap_at, what = self.longest_gap_s, self.longest_gap_at, self.longest_gap_what
+            if self.in_flight and now - self.mark > gap:
+                gap, gap_at = now - self.mark, (self.mark - self.started, now - self.started)
+                what = {
+                    "out_at_start": dict(self.out_at_mark),
+                    "arrived_during": dict(self.arrived_since_mark),
+                }
             attempts, ambiguous, unmatched = self._attempts()
             counts = list(attempts.values())
             return {
@@ -400,6 +434,8 @@ class Traffic:
                 "peak_in_flight": self.peak_in_flight,
                 "answers": self.answers,
                 "longest_gap_s": round(gap, 3),
+                "longest_gap_at_s": [round(t, 1) for t in gap_at],
+                "longest_gap_what": what,
                 "dropped": self.dropped,
                 "held": self.held,
                 "holding": self.holding,
@@ -435,7 +471,8 @@ class _Watched:
             await self.app(scope, receive, send)
             return
         traffic = self.traffic
-        fault = traffic.arrive()
+        route = scope["path"]
+        fault = traffic.arrive(route)
         answered = False
         beginning: str | None = None
         try:
@@ -509,12 +546,12 @@ class _Watched:
                     return
                 if message["type"] == "http.response.start" and not answered:
                     answered = True
-                    traffic.answer()
+                    traffic.answer(route)
                 await send(message)
 
             await self.app(scope, replay, watch)
         finally:
-            traffic.leave(answered, beginning, fault)
+            traffic.leave(answered, beginning, fault, route)
 
 
 # --- audio ---------------------------------------------------------------------------------
