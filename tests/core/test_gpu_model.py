@@ -24,6 +24,7 @@ PLAIN = GpuFigures(
     tokens_per_speech_s=2.5,
     max_sequences=4,
     prompt_overhead_tokens=0,
+    max_batched_tokens=None,  # whole prefills between steps: the arithmetic below
 )
 
 
@@ -154,3 +155,78 @@ def test_an_aborted_request_frees_its_slot_and_its_context() -> None:
     assert engine.context == engine._held["kept"]
     engine.run_until(math.inf)
     assert set(engine.finished) == {"kept"}
+
+
+# The same round figures with chunked prefill: 500 tokens a step, so a 30-s prompt (375 tokens)
+# and a part of the next fit in one step.
+CHUNKED = GpuFigures(
+    prefill_s_per_token=0.001,
+    step_fixed_s=0.03,
+    step_per_seq_s=0.001,
+    step_per_context_token_s=0.0,
+    tokens_per_speech_s=2.5,
+    max_sequences=4,
+    prompt_overhead_tokens=0,
+    max_batched_tokens=500,
+)
+
+
+def test_chunked_prefill_splits_prompts_across_steps_and_keeps_decoding() -> None:
+    model = GpuModel(CHUNKED)
+    engine = BatchEngine(model)
+    engine.submit("a", GpuRequest(30.0, output_tokens=3), at=0.0)
+    engine.submit("b", GpuRequest(30.0, output_tokens=3), at=0.0)
+    engine.run_until(math.inf)
+    # Step 1: a's 375 prompt tokens and 125 of b's (0.03 + 0.5); a has its first token.
+    # Step 2: a decodes (1 sequence) and b's last 250 prompt tokens (0.03 + 0.001 + 0.25).
+    # Steps 3 and 4: both decode (0.032 each): a ends at step 3, b at step 4.
+    t1 = 0.03 + 0.5
+    t2 = t1 + 0.031 + 0.25
+    assert engine.finished["a"] == pytest.approx(t2 + 0.032)
+    assert engine.finished["b"] == pytest.approx(t2 + 0.032 + 0.031)
+    assert engine.steps == 4
+    assert engine.t == pytest.approx(engine.busy_s)
+
+
+def test_a_long_prompt_does_not_stop_the_decoding_sequences() -> None:
+    model = GpuModel(CHUNKED)
+    engine = BatchEngine(model)
+    engine.submit("short", GpuRequest(30.0, output_tokens=4), at=0.0)
+    engine.run_until(0.0)  # its prefill step: it decodes from now on
+    engine.submit("window", GpuRequest(1800.0, output_tokens=1), at=engine.t)  # 22,500 tokens
+    engine.run_until(math.inf)
+    # The short request decodes one token in each of the next steps, each carrying 499 prompt
+    # tokens of the window: it ends 3 steps later, long before the window's 46 prefill steps.
+    first = 0.03 + 0.375
+    mixed = 0.03 + 0.001 + 0.499
+    assert engine.finished["short"] == pytest.approx(first + 3 * mixed)
+    assert engine.finished["window"] > engine.finished["short"] + 40 * 0.5
+    # Without chunked prefill the short one waits for the whole 22.5 s prefill.
+    whole = BatchEngine(GpuModel(PLAIN))
+    whole.submit("short", GpuRequest(30.0, output_tokens=4), at=0.0)
+    whole.run_until(0.4)
+    whole.submit("window", GpuRequest(1800.0, output_tokens=1), at=whole.t)
+    whole.run_until(math.inf)
+    assert whole.finished["short"] > 22.5
+
+
+def test_chunked_prefill_admits_only_while_a_slot_is_free_and_aborts_mid_prompt() -> None:
+    model = GpuModel(CHUNKED)
+    engine = BatchEngine(model)
+    engine.submit("long", GpuRequest(60.0, output_tokens=2), at=0.0)  # 750 prompt tokens
+    engine.run_until(0.0)  # step 1: 500 of them
+    assert engine.prefilling == {"long": (250, 2)}
+    assert engine.abort("long")  # dropped part-way through its prompt: its context freed
+    assert engine.context == 0 and engine.idle
+    for key in range(5):
+        engine.submit(key, GpuRequest(30.0, output_tokens=50), at=engine.t)
+    engine.run_until(math.inf)
+    # Four slots: the fifth request is admitted only when the first one ends.
+    assert engine.max_active == 4
+    assert engine.finished[4] > min(engine.finished[k] for k in range(4))
+    assert len(engine.finished) == 5
+
+
+def test_the_token_budget_must_leave_room_beside_a_full_batch() -> None:
+    with pytest.raises(ValueError):
+        GpuFigures(max_sequences=256, max_batched_tokens=256)

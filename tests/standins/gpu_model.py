@@ -15,8 +15,17 @@ batch 1; a transcript has ~2.5 tokens per second of speech. The model:
   with a short prompt, ~33 ms with a 30-minute window's 22,500 tokens. The per-sequence and context
   costs are estimates from the architecture, not measurements; they are what batching cannot hide.
 * A request's output is ``ceil(tokens_per_speech_s * speech_s)`` tokens (at least 1), unless given.
-* At most ``max_sequences`` are in flight; the others wait, first come first served. A waiting
-  request is admitted (prefilled) as soon as a slot is free, between decode steps.
+* At most ``max_sequences`` are in flight; the others wait, first come first served.
+* Chunked prefill, as vLLM's V1 scheduler does it (always on there): every step first gives each
+  decoding sequence its one token, then spends what is left of ``max_batched_tokens`` (vLLM's
+  ``--max-num-batched-tokens``; 8,192 is its default for the OpenAI server on an H100) on prompt
+  tokens: the requests part-way through their prefill first, then waiting ones, admitted first
+  come first served while a slot is free. A step costs the decode step above plus
+  ``prefill_s_per_token`` per prompt token in it; the step that ends a request's prefill also
+  gives its first output token. So a 30-minute window's 22,500-token prompt is prefilled over
+  three steps while the other sequences keep decoding, instead of stopping them for 2.4 s.
+  ``max_batched_tokens=None`` is the engine without chunked prefill: a waiting request is
+  prefilled whole, with nothing decoding meanwhile, as soon as a slot is free, between steps.
 
 ``BatchEngine`` runs the model on requests that arrive over time (the stand-in's GPU mode feeds it
 real arrivals); ``ideal_s`` is the GPU time for a set of requests all present from the start, the
@@ -44,10 +53,16 @@ class GpuFigures:
     tokens_per_speech_s: float = 2.5
     max_sequences: int = 256
     prompt_overhead_tokens: int = 6
+    max_batched_tokens: int | None = 8192
 
     def __post_init__(self) -> None:
         if self.max_sequences < 1:
             raise ValueError(f"max_sequences must be at least 1, got {self.max_sequences}")
+        if self.max_batched_tokens is not None and self.max_batched_tokens <= self.max_sequences:
+            raise ValueError(
+                f"max_batched_tokens ({self.max_batched_tokens}) must be above max_sequences "
+                f"({self.max_sequences}), or a full batch of decodes leaves no room for a prefill"
+            )
         costs = (
             self.prefill_s_per_token,
             self.step_fixed_s,
@@ -145,9 +160,10 @@ class GpuModel:
 class BatchEngine:
     """The model in virtual time: requests arrive with ``submit``; ``run_until`` advances the GPU.
 
-    Operations are atomic: a prefill, or a decode step. ``run_until(t)`` performs every operation
-    that starts at or before ``t`` (so the engine's clock may end a little past ``t``); finished
-    requests are returned with their finish times and kept in ``finished``.
+    Operations are atomic: a step (decodes and prefill chunks), or without chunked prefill a whole
+    prefill. ``run_until(t)`` performs every operation that starts at or before ``t`` (so the
+    engine's clock may end a little past ``t``); finished requests are returned with their finish
+    times and kept in ``finished``.
     """
 
     def __init__(self, model: GpuModel | None = None) -> None:
@@ -155,6 +171,9 @@ class BatchEngine:
         self.t = 0.0
         self.waiting: deque[tuple[Hashable, GpuRequest, float]] = deque()
         self.active: dict[Hashable, int] = {}  # key -> tokens still to decode
+        # Chunked prefill: admitted requests part-way through their prompt, in admission order
+        # (key -> prompt tokens still to prefill, and the tokens it will decode).
+        self.prefilling: dict[Hashable, tuple[int, int]] = {}
         self.context = 0  # tokens of context held by the sequences in flight
         self._held: dict[Hashable, int] = {}  # key -> its context
         self.finished: dict[Hashable, float] = {}
@@ -164,7 +183,7 @@ class BatchEngine:
 
     @property
     def idle(self) -> bool:
-        return not self.waiting and not self.active
+        return not self.waiting and not self.active and not self.prefilling
 
     def submit(self, key: Hashable, request: GpuRequest, at: float) -> None:
         if self.idle and at > self.t:
@@ -174,8 +193,9 @@ class BatchEngine:
     def abort(self, key: Hashable) -> bool:
         """Drop a request, waiting or in flight, as vLLM does when its client goes away; its work
         so far is lost. Returns whether it was there."""
-        if key in self.active:
-            del self.active[key]
+        if key in self.active or key in self.prefilling:
+            self.active.pop(key, None)
+            self.prefilling.pop(key, None)
             self.context -= self._held.pop(key)
             return True
         for item in self.waiting:
@@ -188,6 +208,8 @@ class BatchEngine:
         return self.waiting[0][2] if self.waiting else None
 
     def run_until(self, until: float) -> list[tuple[Hashable, float]]:
+        if self.model.figures.max_batched_tokens is not None:
+            return self._run_chunked(until, self.model.figures.max_batched_tokens)
         done: list[tuple[Hashable, float]] = []
         model = self.model
         while self.t <= until and not self.idle:
@@ -218,19 +240,94 @@ class BatchEngine:
                 k = min(k, max(1, math.ceil((self.waiting[0][2] - self.t) / step)))
             if until != math.inf:
                 k = min(k, int((until - self.t) // step) + 1)
-            cost = model.steps_s(k, n, self.context)
+            self._decode(k, done)
+        return done
+
+    def _decode(self, k: int, done: list[tuple[Hashable, float]]) -> None:
+        """``k`` decode steps of every decoding sequence, nothing else in them."""
+        n = len(self.active)
+        cost = self.model.steps_s(k, n, self.context)
+        self.t += cost
+        self.busy_s += cost
+        self.steps += k
+        self.context += n * k
+        for key in list(self.active):
+            self.active[key] -= k
+            self._held[key] += k
+            if self.active[key] <= 0:
+                self._finish(key, done)
+
+    def _finish(self, key: Hashable, done: list[tuple[Hashable, float]]) -> None:
+        self.active.pop(key, None)
+        self.context -= self._held.pop(key)
+        self.finished[key] = self.t
+        done.append((key, self.t))
+
+    def _run_chunked(self, until: float, budget_tokens: int) -> list[tuple[Hashable, float]]:
+        """``run_until`` with chunked prefill: steps that decode and prefill together."""
+        done: list[tuple[Hashable, float]] = []
+        model = self.model
+        slots = model.figures.max_sequences
+        while self.t <= until and not self.idle:
+            running = len(self.active) + len(self.prefilling)
+            admissible = bool(self.waiting) and running < slots and self.waiting[0][2] <= self.t
+            if not self.prefilling and not admissible:
+                if not self.active:
+                    self.t = max(self.t, self.waiting[0][2])  # idle until the next arrival
+                    continue
+                # Only decodes: run steps until a sequence finishes, a request can be admitted,
+                # or ``until`` is passed.
+                step = model.step_s(len(self.active), self.context)
+                k = min(self.active.values())
+                if self.waiting and running < slots:
+                    k = min(k, max(1, math.ceil((self.waiting[0][2] - self.t) / step)))
+                if until != math.inf:
+                    k = min(k, int((until - self.t) // step) + 1)
+                self._decode(k, done)
+                continue
+            # One step: a token for every decoding sequence, then prompt chunks in the rest.
+            budget = budget_tokens - len(self.active)
+            chunks: dict[Hashable, int] = {}
+            for key, (left, _) in self.prefilling.items():
+                if budget <= 0:
+                    break
+                chunks[key] = min(left, budget)
+                budget -= chunks[key]
+            while budget > 0 and self.waiting and running < slots and self.waiting[0][2] <= self.t:
+                key, request, _ = self.waiting.popleft()
+                prompt = model.prompt_tokens(request)
+                self.prefilling[key] = (prompt, model.output_tokens(request))
+                self._held[key] = 0
+                running += 1
+                chunks[key] = min(prompt, budget)
+                budget -= chunks[key]
+            self.max_active = max(self.max_active, running)
+            prompt_tokens = sum(chunks.values())
+            cost = (
+                model.step_s(len(self.active), self.context)
+                + prompt_tokens * model.figures.prefill_s_per_token
+            )
             self.t += cost
             self.busy_s += cost
-            self.steps += k
-            self.context += n * k
+            self.steps += 1
+            self.context += len(self.active)
             for key in list(self.active):
-                self.active[key] -= k
-                self._held[key] += k
+                self.active[key] -= 1
+                self._held[key] += 1
                 if self.active[key] <= 0:
-                    del self.active[key]
-                    self.context -= self._held.pop(key)
-                    self.finished[key] = self.t
-                    done.append((key, self.t))
+                    self._finish(key, done)
+            for key, chunk in chunks.items():
+                left, output = self.prefilling[key]
+                self._held[key] += chunk
+                self.context += chunk
+                if left > chunk:
+                    self.prefilling[key] = (left - chunk, output)
+                    continue
+                del self.prefilling[key]  # the step that ends the prefill samples the first token
+                if output <= 1:
+                    self._finish(key, done)
+                else:
+                    self.active[key] = output - 1
         return done
 
 

@@ -1199,7 +1199,8 @@ def create_app(state: ServerState) -> FastAPI:
 #
 # With ``gpu=True`` (``--gpu``), every successful answer is held back until a modelled GPU would
 # have produced it: the request joins a ``BatchEngine`` when it arrives, its prefill and decode
-# steps are shared with every other request in flight, and the response leaves at its modelled
+# steps are shared with every other request in flight (chunked prefill, as vLLM V1 schedules it:
+# ``--gpu-max-batched-tokens``, 0 for none), and the response leaves at its modelled
 # finish time (wall clock x ``gpu_time_scale``: 0.01 replays 100 modelled seconds in one). Refusals
 # and injected faults are answered at once, as before. ``GET /stats`` gains ``gpu``: requests
 # served, modelled busy time, the span from the first arrival to the last finish, and the ideal
@@ -1524,6 +1525,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpu", action="store_true", help="model a GPU with continuous batching")
     parser.add_argument("--gpu-time-scale", type=float, default=1.0)
     parser.add_argument("--gpu-max-seqs", type=int, default=GpuFigures().max_sequences)
+    parser.add_argument(
+        "--gpu-max-batched-tokens",
+        type=int,
+        default=GpuFigures().max_batched_tokens,
+        help="tokens a step may carry (vLLM's --max-num-batched-tokens); 0: no chunked prefill",
+    )
     parser.add_argument("--gpu-speech-fraction", type=float, default=1.0)
     parser.add_argument(
         "--gpu-cost-scale", type=float, default=1.0, help="multiply every modelled GPU cost (a slower GPU)"
@@ -1550,7 +1557,11 @@ def main(argv: list[str] | None = None) -> None:
         hold_every=args.hold_every,
         fault_seed=args.fault_seed,
     )
-    gpu = GpuFigures(max_sequences=args.gpu_max_seqs) if args.gpu else False
+    gpu = (
+        GpuFigures(max_sequences=args.gpu_max_seqs, max_batched_tokens=args.gpu_max_batched_tokens or None)
+        if args.gpu
+        else False
+    )
     state = make_state(
         config, gpu, args.gpu_time_scale, args.gpu_speech_fraction, gpu_cost_scale=args.gpu_cost_scale
     )
