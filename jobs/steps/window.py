@@ -109,8 +109,16 @@ def process_window(
     clock: ProgressClock | None = None,
 ) -> WindowResult:
     """The window's segments transcribed in parallel, and its summary (which hears the whole
-    window, as one chat call) alongside them. Requests are charged to the calling thread's share
-    (``jobs.shares``); each answer ticks ``clock``."""
+    window, as one chat call) alongside them once the first segment is back. Requests are charged
+    to the calling thread's share (``jobs.shares``); each answer ticks ``clock``.
+
+    Why the summary waits for the first segment: the model server prefills every request it has
+    before it decodes again, and a 30-minute window's summary is 22,500 audio tokens (2.4 s of
+    prefill on an H100, sixty segments' worth). Sent with the segments, the summaries of the first
+    windows of a backlog were prefilled before any segment could decode, and the server answered
+    nothing for over a minute (at costs x4, bench/fleet.py). Sent after the first segment, they
+    are prefilled while the segments of the first wave decode and answer. The hold is one
+    segment's latency; the summary (300 tokens to decode) still ends after the segments."""
     clock = clock or ProgressClock()
     share = current_share()
     engine = rt.engine
@@ -147,12 +155,22 @@ def process_window(
             hints_for(rt, job),
             share,
         )
+        first_back = threading.Event()  # a segment is done (answered, refused or failed)
         with ThreadPoolExecutor(max_workers=_parallel(rt), thread_name_prefix=f"seg-{job.id}") as pool:
             hears = bool(segments) and not summary_from_transcripts(rt)
+            # Submitted first so that it has its pool thread; it waits there for the first segment.
             summary_future = (
-                pool.submit(_charged, share, clock, _summary, rt, job, window, audio, tmp) if hears else None
+                pool.submit(_charged, share, clock, _after, first_back, _summary, rt, job, window, audio, tmp)
+                if hears
+                else None
             )
-            futures = work.run(segments, pool, progress)
+            try:
+                futures = work.run(segments, pool, progress)
+            except BaseException:
+                first_back.set()  # no segment will come back: the summary must not wait forever
+                raise
+            for future in futures:
+                future.add_done_callback(lambda _done: first_back.set())
             results = [f.result() for f in futures]
             summary, pieces = summary_future.result() if summary_future else (None, [])
     texts = [r.text for r in results if r.text.strip()]
@@ -163,6 +181,12 @@ def process_window(
         for r in results
     ]
     return _result(rt, window, stored, summary, pieces, [r.note for r in results if r.note])
+
+
+def _after(event: threading.Event, fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(*args)`` once ``event`` is set."""
+    event.wait()
+    return fn(*args)
 
 
 def _charged(share: Share, clock: ProgressClock, fn: Callable[..., _T], *args: Any) -> _T:

@@ -391,3 +391,44 @@ def test_a_one_window_job_goes_from_its_window_to_the_reduce(rt: Runtime, tones:
     split_job(rt, job.id)
     run_window(rt, job.id, 0)
     assert [s.kind for s in next_steps(rt, job.id, after="window")] == ["reduce"]
+
+
+class _HeldSegments(FakeEngine):
+    """Segments wait for ``release``; the order of the calls is kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.order: list[str] = []
+        self.segment_waiting = threading.Event()
+        self.release = threading.Event()
+
+    def transcribe(self, audio: Path, language: str | None, vocabulary: tuple[str, ...] = ()) -> str:
+        with self._lock:
+            self.order.append("segment sent")
+        self.segment_waiting.set()
+        self.release.wait()
+        text = super().transcribe(audio, language, vocabulary)
+        with self._lock:
+            self.order.append("segment back")
+        return text
+
+    def summarize_audio(self, audio: Path, prompt: str) -> str:
+        with self._lock:
+            self.order.append("summary sent")
+        return super().summarize_audio(audio, prompt)
+
+
+def test_a_windows_summary_is_sent_after_its_first_segment_is_back(rt: Runtime, tones: Recording) -> None:
+    # The summary's long prefill must not stand in front of the window's segments at the server.
+    held = _HeldSegments()
+    rt.engine_factory = lambda: held
+    job_id = _job(rt, tones)
+    split_job(rt, job_id)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        done = pool.submit(run_window, rt, job_id, 0)
+        assert held.segment_waiting.wait(timeout=60)
+        held.release.set()
+        done.result(timeout=120)
+    assert "summary sent" in held.order
+    assert held.order.index("summary sent") > held.order.index("segment back"), held.order
+    assert rt.store.windows(job_id)[0].status == WindowStatus.done
