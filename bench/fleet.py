@@ -235,7 +235,8 @@ def report(
         rows.append(
             (
                 f"{phase.name}: longest silence with requests in flight",
-                f"{traffic['longest_gap_s']:.1f} s",
+                f"{traffic['longest_gap_s']:.1f} s ({traffic['longest_gap_s'] / args.gpu_cost_scale:.1f} s "
+                "on the modelled H100)",
                 "< 60 s",
             )
         )

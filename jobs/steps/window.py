@@ -118,7 +118,8 @@ def process_window(
     windows of a backlog were prefilled before any segment could decode, and the server answered
     nothing for over a minute (at costs x4, bench/fleet.py). Sent after the first segment, they
     are prefilled while the segments of the first wave decode and answer. The hold is one
-    segment's latency; the summary (300 tokens to decode) still ends after the segments."""
+    segment's latency; the summary (300 tokens to decode) still ends after the segments. Not for a
+    clip (``Share.clip``): its one summary is its longest chain, and someone is waiting on it."""
     clock = clock or ProgressClock()
     share = current_share()
     engine = rt.engine
@@ -156,6 +157,8 @@ def process_window(
             share,
         )
         first_back = threading.Event()  # a segment is done (answered, refused or failed)
+        if share.clip:
+            first_back.set()  # a clip's summary is its longest chain, and someone waits on it
         with ThreadPoolExecutor(max_workers=_parallel(rt), thread_name_prefix=f"seg-{job.id}") as pool:
             hears = bool(segments) and not summary_from_transcripts(rt)
             # Submitted first so that it has its pool thread; it waits there for the first segment.

@@ -400,6 +400,7 @@ class _HeldSegments(FakeEngine):
         super().__init__()
         self.order: list[str] = []
         self.segment_waiting = threading.Event()
+        self.summary_sent = threading.Event()
         self.release = threading.Event()
 
     def transcribe(self, audio: Path, language: str | None, vocabulary: tuple[str, ...] = ()) -> str:
@@ -415,6 +416,7 @@ class _HeldSegments(FakeEngine):
     def summarize_audio(self, audio: Path, prompt: str) -> str:
         with self._lock:
             self.order.append("summary sent")
+        self.summary_sent.set()
         return super().summarize_audio(audio, prompt)
 
 
@@ -422,7 +424,7 @@ def test_a_windows_summary_is_sent_after_its_first_segment_is_back(rt: Runtime, 
     # The summary's long prefill must not stand in front of the window's segments at the server.
     held = _HeldSegments()
     rt.engine_factory = lambda: held
-    job_id = _job(rt, tones)
+    job_id = create_job(rt, str(tones.path), JobOptions(priority="batch")).id
     split_job(rt, job_id)
     with ThreadPoolExecutor(max_workers=1) as pool:
         done = pool.submit(run_window, rt, job_id, 0)
@@ -431,4 +433,19 @@ def test_a_windows_summary_is_sent_after_its_first_segment_is_back(rt: Runtime, 
         done.result(timeout=120)
     assert "summary sent" in held.order
     assert held.order.index("summary sent") > held.order.index("segment back"), held.order
+    assert rt.store.windows(job_id)[0].status == WindowStatus.done
+
+
+def test_a_clips_summary_is_not_held_behind_its_segments(rt: Runtime, tones: Recording) -> None:
+    # A clip (short, interactive): its summary is its longest chain and someone waits on it.
+    held = _HeldSegments()
+    rt.engine_factory = lambda: held
+    job_id = create_job(rt, str(tones.path), JobOptions(priority="interactive")).id
+    split_job(rt, job_id)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        done = pool.submit(run_window, rt, job_id, 0)
+        assert held.summary_sent.wait(timeout=60)  # while every segment is still held
+        assert "segment back" not in held.order
+        held.release.set()
+        done.result(timeout=120)
     assert rt.store.windows(job_id)[0].status == WindowStatus.done
