@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.fleet [--backlogs 3,12] [--hours 2] [--clip-minutes 5]
         [--gpu-cost-scale 4] [--a-alone] [--faults | --only-faults] [--timeout 3600]
+        [--max-audio-beside-clips S]
     .venv/bin/python -m bench.fleet --local [--local-hours 3]
 
 On the real parts: redis-server, PostgreSQL, ``voxbatch api`` with two tenants and their API keys,
@@ -169,7 +170,10 @@ def fleet(args: argparse.Namespace) -> None:
     with scratch("voxbatch-fleet-", args.keep) as tmp:
         server = StandIn(tmp / "standin.log", cost_scale=args.gpu_cost_scale).start()
         try:
-            with Stack(tmp, server.url, **deadlines_for(args.gpu_cost_scale)) as stack:
+            env = deadlines_for(args.gpu_cost_scale)
+            if args.max_audio_beside_clips is not None:
+                env["VOXBATCH_MAX_AUDIO_BESIDE_CLIPS_S"] = str(args.max_audio_beside_clips)
+            with Stack(tmp, server.url, **env) as stack:
                 stack.start_api()
                 stack.create_key("tenant-a")
                 stack.create_key("tenant-b")
@@ -354,6 +358,9 @@ def main() -> None:
         "--only-faults", action="store_true", help="B alone, then only the faulted backlog (no clean one)"
     )
     parser.add_argument("--fault-seed", type=int, default=18)
+    parser.add_argument(
+        "--max-audio-beside-clips", type=float, default=None, help="VOXBATCH_MAX_AUDIO_BESIDE_CLIPS_S"
+    )
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one phase may take")
     parser.add_argument(
         "--faults-timeout", type=float, default=None, help="the faulted phase's (default --timeout)"

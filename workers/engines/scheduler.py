@@ -36,7 +36,7 @@ thread with an async HTTP client. Why:
   more of the other work's throughput, and a count of 32, 2.06x and 1.59x.
 - **A job's first text first.** Until a job has its first answer, its later windows' requests wait
   while its first window's are waiting or in flight. The server's prefill is what a long job's
-  start is short of (every request sent is prefilled before the batch decodes again), so spending
+  start is short of (requests are prefilled in the order they arrive), so spending
   it on the first window first brings the first segment back in seconds instead of after every
   window's prefill. The hold ends at the job's first answer (a few seconds); it never waits on a
   first window this process does not have (another worker's, or one already done).
