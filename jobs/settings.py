@@ -77,9 +77,10 @@ class Settings(BaseSettings):
     # While a clip's requests (an interactive job of at most 30 minutes) wait or are out, the other
     # work (long jobs, batch jobs) keeps at most this many seconds of audio in its requests at the
     # vLLM server, so the clip's decoding is not slowed by the prefills admitted beside it
-    # (workers/engines/scheduler.py). One hour: about 120 thirty-second segments, or two
-    # 30-minute windows' summaries.
-    max_audio_beside_clips_s: float = Field(default=3600.0, ge=0)
+    # (workers/engines/scheduler.py). Half an hour: about 60 thirty-second segments, or one
+    # 30-minute window's summary (an hour let a 5-minute clip take 2-3x its time behind a backlog
+    # of segments, whose prefills turn over every 75 steps: docs/benchmarks.md).
+    max_audio_beside_clips_s: float = Field(default=1800.0, ge=0)
     # A running window none of whose requests was answered for this long stops renewing its lease,
     # so the sweep gives it to another worker.
     window_stall_s: float = Field(default=1200.0, gt=0)

@@ -31,9 +31,11 @@ thread with an async HTTP client. Why:
   its time alone (bench/fairness_floor.py, the GPU model). The cap is in audio seconds, not in
   requests, because what slows the clip is the prefill of the requests admitted beside it, and
   that grows with their audio: one 30-minute window's summary costs as much as sixty 30-s
-  segments. In the GPU model, one hour beside a clip gives 1.7x for a clip behind 30-minute
-  windows and behind 2-minute recordings alike, where a count of 16 gave 1.55x and 1.30x for
-  more of the other work's throughput, and a count of 32, 2.06x and 1.59x.
+  segments. Half an hour is the default: in the GPU model (with chunked prefill) it gives 1.37x
+  for a clip behind 30-minute windows and 1.50x behind 2-minute recordings; on the stack, a
+  5-minute clip behind three 2-hour talks took 1.40x its time alone at half an hour and 2.05x at
+  an hour, because a backlog's segments (sent before their window's summary) turn over every 75
+  decode steps, so an hour of them brings more prefill per step than the model's mix.
 - **A job's first text first.** Until a job has its first answer, its later windows' requests wait
   while its first window's are waiting or in flight. The server's prefill is what a long job's
   start is short of (requests are prefilled in the order they arrive), so spending
