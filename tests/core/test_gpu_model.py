@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -159,16 +160,7 @@ def test_an_aborted_request_frees_its_slot_and_its_context() -> None:
 
 # The same round figures with chunked prefill: 500 tokens a step, so a 30-s prompt (375 tokens)
 # and a part of the next fit in one step.
-CHUNKED = GpuFigures(
-    prefill_s_per_token=0.001,
-    step_fixed_s=0.03,
-    step_per_seq_s=0.001,
-    step_per_context_token_s=0.0,
-    tokens_per_speech_s=2.5,
-    max_sequences=4,
-    prompt_overhead_tokens=0,
-    max_batched_tokens=500,
-)
+CHUNKED = replace(PLAIN, max_batched_tokens=500)
 
 
 def test_chunked_prefill_splits_prompts_across_steps_and_keeps_decoding() -> None:

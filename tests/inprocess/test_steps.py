@@ -420,12 +420,18 @@ class _HeldSegments(FakeEngine):
         return super().summarize_audio(audio, prompt)
 
 
-def test_a_windows_summary_is_sent_after_its_first_segment_is_back(rt: Runtime, tones: Recording) -> None:
-    # The summary's long prefill must not stand in front of the window's segments at the server.
+def _held_window(rt: Runtime, tones: Recording, priority: str) -> tuple[_HeldSegments, str]:
+    """A split job of ``priority`` whose engine holds every segment until released."""
     held = _HeldSegments()
     rt.engine_factory = lambda: held
-    job_id = create_job(rt, str(tones.path), JobOptions(priority="batch")).id
+    job_id = create_job(rt, str(tones.path), JobOptions(priority=priority)).id
     split_job(rt, job_id)
+    return held, job_id
+
+
+def test_a_windows_summary_is_sent_after_its_first_segment_is_back(rt: Runtime, tones: Recording) -> None:
+    # The summary's long prefill must not stand in front of the window's segments at the server.
+    held, job_id = _held_window(rt, tones, "batch")
     with ThreadPoolExecutor(max_workers=1) as pool:
         done = pool.submit(run_window, rt, job_id, 0)
         assert held.segment_waiting.wait(timeout=60)
@@ -438,10 +444,7 @@ def test_a_windows_summary_is_sent_after_its_first_segment_is_back(rt: Runtime, 
 
 def test_a_clips_summary_is_not_held_behind_its_segments(rt: Runtime, tones: Recording) -> None:
     # A clip (short, interactive): its summary is its longest chain and someone waits on it.
-    held = _HeldSegments()
-    rt.engine_factory = lambda: held
-    job_id = create_job(rt, str(tones.path), JobOptions(priority="interactive")).id
-    split_job(rt, job_id)
+    held, job_id = _held_window(rt, tones, "interactive")
     with ThreadPoolExecutor(max_workers=1) as pool:
         done = pool.submit(run_window, rt, job_id, 0)
         assert held.summary_sent.wait(timeout=60)  # while every segment is still held
