@@ -112,10 +112,10 @@ def process_window(
     window, as one chat call) alongside them once the first segment is back. Requests are charged
     to the calling thread's share (``jobs.shares``); each answer ticks ``clock``.
 
-    Why the summary waits for the first segment: the model server prefills every request it has
-    before it decodes again, and a 30-minute window's summary is 22,500 audio tokens (2.4 s of
-    prefill on an H100, sixty segments' worth). Sent with the segments, the summaries of the first
-    windows of a backlog were prefilled before any segment could decode, and the server answered
+    Why the summary waits for the first segment: the model server prefills requests in the order
+    they arrive, and a 30-minute window's summary is 22,500 audio tokens (2.4 s of prefill on an
+    H100, sixty segments' worth). Sent with the segments, the summaries of a backlog's first
+    windows were prefilled before the segments beside them could finish, and the server answered
     nothing for over a minute (at costs x4, bench/fleet.py). Sent after the first segment, they
     are prefilled while the segments of the first wave decode and answer. The hold is one
     segment's latency; the summary (300 tokens to decode) still ends after the segments. Not for a

@@ -231,17 +231,19 @@ class BatchEngine:
             if not self.active:
                 self.t = max(self.t, self.waiting[0][2])  # idle until the next arrival
                 continue
-            # Decode steps until the first sequence finishes, a waiting request can be admitted,
-            # or ``until`` is passed.
-            n = len(self.active)
-            step = model.step_s(n, self.context)  # the first step; later ones a little longer
-            k = min(self.active.values())
-            if self.waiting and n < model.figures.max_sequences:
-                k = min(k, max(1, math.ceil((self.waiting[0][2] - self.t) / step)))
-            if until != math.inf:
-                k = min(k, int((until - self.t) // step) + 1)
-            self._decode(k, done)
+            self._decode(self._decode_run(until, len(self.active)), done)
         return done
+
+    def _decode_run(self, until: float, running: int) -> int:
+        """How many decode steps to run at once: until the first sequence finishes, a waiting
+        request can be admitted (``running`` holds the slots taken), or ``until`` is passed."""
+        step = self.model.step_s(len(self.active), self.context)  # the first; later ones a little longer
+        k = min(self.active.values())
+        if self.waiting and running < self.model.figures.max_sequences:
+            k = min(k, max(1, math.ceil((self.waiting[0][2] - self.t) / step)))
+        if until != math.inf:
+            k = min(k, int((until - self.t) // step) + 1)
+        return k
 
     def _decode(self, k: int, done: list[tuple[Hashable, float]]) -> None:
         """``k`` decode steps of every decoding sequence, nothing else in them."""
@@ -275,15 +277,7 @@ class BatchEngine:
                 if not self.active:
                     self.t = max(self.t, self.waiting[0][2])  # idle until the next arrival
                     continue
-                # Only decodes: run steps until a sequence finishes, a request can be admitted,
-                # or ``until`` is passed.
-                step = model.step_s(len(self.active), self.context)
-                k = min(self.active.values())
-                if self.waiting and running < slots:
-                    k = min(k, max(1, math.ceil((self.waiting[0][2] - self.t) / step)))
-                if until != math.inf:
-                    k = min(k, int((until - self.t) // step) + 1)
-                self._decode(k, done)
+                self._decode(self._decode_run(until, running), done)  # only decodes to run
                 continue
             # One step: a token for every decoding sequence, then prompt chunks in the rest.
             budget = budget_tokens - len(self.active)

@@ -376,11 +376,11 @@ class Traffic:
         if now - self.mark > self.longest_gap_s:
             self.longest_gap_s = now - self.mark
             self.longest_gap_at = (self.mark - self.started, now - self.started)
-            self.longest_gap_what = {
-                "out_at_start": dict(self.out_at_mark),
-                "arrived_during": dict(self.arrived_since_mark),
-                "ended_by": ended_by,
-            }
+            self.longest_gap_what = {**self._gap_what(), "ended_by": ended_by}
+
+    def _gap_what(self) -> dict[str, Any]:
+        """The current gap: the requests out when it began, and those that arrived since."""
+        return {"out_at_start": dict(self.out_at_mark), "arrived_during": dict(self.arrived_since_mark)}
 
     def answer(self, route: str = "") -> None:
         now = time.monotonic()
@@ -422,10 +422,7 @@ class Traffic:
             gap, gap_at, what = self.longest_gap_s, self.longest_gap_at, self.longest_gap_what
             if self.in_flight and now - self.mark > gap:
                 gap, gap_at = now - self.mark, (self.mark - self.started, now - self.started)
-                what = {
-                    "out_at_start": dict(self.out_at_mark),
-                    "arrived_during": dict(self.arrived_since_mark),
-                }
+                what = self._gap_what()
             attempts, ambiguous, unmatched = self._attempts()
             counts = list(attempts.values())
             return {
