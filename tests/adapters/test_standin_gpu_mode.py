@@ -5,10 +5,12 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from tests.fixtures.services import wait_until
 from tests.speech import PARAGRAPHS, Speech, build_recording
 from tests.standins.gpu_model import GpuFigures, GpuModel, GpuRequest
 from tests.standins.vllm_server import VOXTRAL_SMALL, StandInVLLM
@@ -86,6 +88,18 @@ def test_fast_mode_measures_without_hearing_and_refuses_alike(tmp_path: Path) ->
     assert answers[True][0] == answers[False][0] == 200
 
 
+def _settled(server: StandInVLLM) -> dict[str, Any]:
+    """The server's traffic once every request has left: a client has its answer before the server
+    has recorded the request's end (its fate), and a held one ends when the server sees its client
+    gone."""
+
+    def ended() -> dict[str, Any] | None:
+        traffic: dict[str, Any] = server.stats()["traffic"]
+        return traffic if traffic["in_flight"] == 0 else None
+
+    return wait_until(ended, 30, "every request to end")
+
+
 def test_dropped_and_held_requests_are_counted(tmp_path: Path) -> None:
     audio = build_recording([Speech(PARAGRAPHS[0])], tmp_path / "speech.wav").path.read_bytes()
 
@@ -111,7 +125,7 @@ def test_dropped_and_held_requests_are_counted(tmp_path: Path) -> None:
             except httpx.TransportError:
                 outcomes.append(0)
         assert sorted(outcomes) == [0, 0, 200, 200]
-        traffic = server.stats()["traffic"]
+        traffic = _settled(server)
         # Both drops are attributed to the one request they began: four attempts in all.
         assert traffic["dropped"] == 2 and traffic["distinct_requests"] == 1 and traffic["max_sends"] == 4
         (most,) = traffic["most_sent"]  # and each arrival's fate, to trace the count
@@ -129,7 +143,7 @@ def test_dropped_and_held_requests_are_counted(tmp_path: Path) -> None:
             except httpx.ReadTimeout:
                 results.append(0)
         assert sorted(results) == [0, 0, 200, 200]  # one in every two, never answered
-        stats = server.stats()["traffic"]
+        stats = _settled(server)
         assert stats["held"] == 2 and stats["max_sends"] == 4 and stats["distinct_requests"] == 1
         assert sorted(fate for _, fate in stats["most_sent"][0]["fates"]) == [
             "answered",
