@@ -77,3 +77,23 @@ def test_a_join_on_a_thread_that_never_ends_is_interrupted() -> None:
         assert sent.is_set()  # and the join ended by the interrupt: the thread waits GUARD_S
     finally:
         release.set()
+
+
+def test_a_thread_other_than_the_main_one_waits_without_waking(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No handler runs outside the main thread, so a worker thread's wait has no timeout: thousands
+    of segment threads waking to look for signals would take the GIL from the request scheduler."""
+    timeouts: list[float | None] = []
+    real_wait = concurrent.futures.wait
+
+    def recording_wait(fs: Any, timeout: float | None = None) -> Any:
+        timeouts.append(timeout)
+        return real_wait(fs, timeout=timeout)
+
+    monkeypatch.setattr(concurrent.futures, "wait", recording_wait)
+    answer: concurrent.futures.Future[str] = concurrent.futures.Future()
+    waiter = threading.Thread(target=wait_interruptibly, args=([answer],))
+    waiter.start()
+    answer.set_result("done")
+    waiter.join(GUARD_S)
+    assert not waiter.is_alive()
+    assert timeouts and set(timeouts) == {None}
