@@ -1,7 +1,7 @@
 """The GPU fleet under a real backlog (issue 18): never hung, kept full, fair between tenants.
 
     .venv/bin/python -m bench.fleet [--backlogs 3,12] [--hours 2] [--clip-minutes 5]
-        [--gpu-cost-scale 4] [--a-alone] [--faults | --only-faults] [--timeout 3600]
+        [--gpu-cost-scale 4] [--a-alone | --only-a-alone] [--faults | --only-faults] [--timeout 3600]
         [--max-audio-beside-clips S]
     .venv/bin/python -m bench.fleet --local [--local-hours 3]
 
@@ -16,7 +16,8 @@ One run, in this order:
 
 1. B alone: tenant B's ``--clip-minutes`` clip, nothing else running: its latency (upload start to
    the job's ``finished_at``).
-2. (``--a-alone``, costly) A alone: tenant A's recordings of the first backlog size, no B.
+2. (``--a-alone``, costly) A alone: tenant A's recordings of the first backlog size, no B
+   (``--only-a-alone``: B alone and A alone, nothing else; the ratios then come from two runs).
 3. For each backlog size N in ``--backlogs``: the stand-in's counters reset; tenant A uploads N
    recordings of ``--hours``; once the server has requests in flight, ``--b-delay`` seconds later
    tenant B uploads its clip; every job runs to its end (or ``--timeout``).
@@ -147,7 +148,33 @@ def run_phase(
         print(f"[{name}] sent {most['sends']} times: {fates}", flush=True)
     for line in phase.stuck:
         print(f"[{name}] not ended: {line}", flush=True)
+    for submitted in phase.submitted:
+        if submitted.tenant == "tenant-b":
+            print(f"[{name}] B's steps: {timeline(stack, submitted)}", flush=True)
     return phase
+
+
+def timeline(stack: Stack, submitted: Submitted) -> str:
+    """When each step of a job began and ended, in seconds since its upload began: where a short
+    job's time went (a cpu slot, the gpu queue, the model server)."""
+    store = stack.runtime().store
+    job = store.get(submitted.job_id)
+
+    def at(moment: Any) -> str:
+        epoch = as_epoch(moment)
+        return "-" if epoch is None else f"{epoch - submitted.posted_at:.1f}"
+
+    parts = [
+        f"created {at(job.created_at)}",
+        f"split {at(job.split_started_at)}-{at(job.split_finished_at)}",
+    ]
+    for window in store.windows(submitted.job_id):
+        parts.append(
+            f"window {window.index} sent {at(window.dispatched_at)} ran {at(window.started_at)}-"
+            f"{at(window.finished_at)}"
+        )
+    parts += [f"reduce {at(job.reduce_started_at)}", f"finished {at(job.finished_at)}"]
+    return ", ".join(parts)
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -183,11 +210,11 @@ def fleet(args: argparse.Namespace) -> None:
                 b_alone = run_phase(stack, server, "B alone", [], b_file, 0, args.timeout)
                 phases.append(b_alone)
                 a_alone = None
-                if args.a_alone and b_alone.ended:
+                if (args.a_alone or args.only_a_alone) and b_alone.ended:
                     a_alone = run_phase(stack, server, "A alone", a_files[: sizes[0]], None, 0, args.timeout)
                     phases.append(a_alone)
                 backlogs: list[Phase] = []
-                for n in [] if args.only_faults else sizes:
+                for n in [] if args.only_faults or args.only_a_alone else sizes:
                     if not phases[-1].ended:
                         break
                     backlogs.append(
@@ -226,6 +253,9 @@ def report(
     rows: list[tuple[str, str, str]] = []
     alone_b = b_alone.latency("tenant-b")
     rows.append(("B alone (latency)", f"{_fmt(alone_b)} s", ""))
+    if a_alone is not None:
+        rows.append(("A alone (total)", f"{_fmt(a_alone.latency('tenant-a'))} s", ""))
+        rows.append(("A alone: efficiency ideal/achieved", _fmt(a_alone.efficiency(), 3), ""))
     for phase in [*backlogs, *([faulted] if faulted else [])]:
         ok, total = phase.ok()
         traffic, gpu = phase.stats["traffic"], phase.stats.get("gpu", {})
@@ -351,6 +381,7 @@ def main() -> None:
     parser.add_argument("--b-delay", type=float, default=20.0, help="seconds into the backlog B uploads")
     parser.add_argument("--gpu-cost-scale", type=float, default=4.0, help="a GPU this many times slower")
     parser.add_argument("--a-alone", action="store_true", help="also run A alone (costly)")
+    parser.add_argument("--only-a-alone", action="store_true", help="B alone and A alone, nothing else")
     parser.add_argument(
         "--faults", action="store_true", help="also the first backlog with dropped/held requests"
     )
