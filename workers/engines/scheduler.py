@@ -46,7 +46,9 @@ thread with an async HTTP client. Why:
   waiting request with ``EngineAborted``; no private attribute of httpx or httpcore is touched.
 
 Callers stay synchronous: ``submit`` returns a ``concurrent.futures.Future`` that the scheduler
-always completes (answer, error, or abort).
+always completes (answer, error, or abort). ``call`` waits on it without waking, except in the main
+thread (``jobs.interrupts``): thousands of waiting segment threads must not take the GIL from the
+loop.
 """
 
 from __future__ import annotations
