@@ -86,12 +86,13 @@ def test_a_thread_other_than_the_main_one_waits_without_waking(monkeypatch: pyte
     real_wait = concurrent.futures.wait
 
     def recording_wait(fs: Any, timeout: float | None = None) -> Any:
-        timeouts.append(timeout)
+        if threading.current_thread() is waiter:  # not another test's leftover thread
+            timeouts.append(timeout)
         return real_wait(fs, timeout=timeout)
 
     monkeypatch.setattr(concurrent.futures, "wait", recording_wait)
     answer: concurrent.futures.Future[str] = concurrent.futures.Future()
-    waiter = threading.Thread(target=wait_interruptibly, args=([answer],))
+    waiter = threading.Thread(target=wait_interruptibly, args=([answer],), name="waiter")
     waiter.start()
     answer.set_result("done")
     waiter.join(GUARD_S)
