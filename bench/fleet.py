@@ -150,15 +150,15 @@ def run_phase(
         print(f"[{name}] not ended: {line}", flush=True)
     for submitted in phase.submitted:
         if submitted.tenant == "tenant-b":
-            print(f"[{name}] B's steps: {timeline(stack, submitted)}", flush=True)
+            print(
+                f"[{name}] B's steps: {timeline(stack, submitted, phase.jobs[submitted.job_id])}", flush=True
+            )
     return phase
 
 
-def timeline(stack: Stack, submitted: Submitted) -> str:
-    """When each step of a job began and ended, in seconds since its upload began: where a short
-    job's time went (a cpu slot, the gpu queue, the model server)."""
-    store = stack.runtime().store
-    job = store.get(submitted.job_id)
+def timeline(stack: Stack, submitted: Submitted, job: Any) -> str:
+    """When each step of ``job`` (as the phase read it at its end) began and ended, in seconds since
+    its upload began: where a short job's time went (a cpu slot, the gpu queue, the model server)."""
 
     def at(moment: Any) -> str:
         epoch = as_epoch(moment)
@@ -168,7 +168,7 @@ def timeline(stack: Stack, submitted: Submitted) -> str:
         f"created {at(job.created_at)}",
         f"split {at(job.split_started_at)}-{at(job.split_finished_at)}",
     ]
-    for window in store.windows(submitted.job_id):
+    for window in stack.runtime().store.windows(submitted.job_id):
         parts.append(
             f"window {window.index} sent {at(window.dispatched_at)} ran {at(window.started_at)}-"
             f"{at(window.finished_at)}"
