@@ -136,10 +136,16 @@ class AudioTool(Protocol):
         ...
 
     def split(
-        self, source: str, out_dir: Path, max_window_s: float, keep_samples: bool = False
+        self,
+        source: str,
+        out_dir: Path,
+        max_window_s: float,
+        keep_samples: bool = False,
+        skip_windows: int = 0,
     ) -> Iterator[WindowAudio]:
         """Cut the source into 16 kHz mono FLAC windows of at most ``max_window_s`` in one decode
         pass, each ending in silence (or at the quietest point near the limit). Windows are
         yielded as soon as each is complete; together they cover the source in order, no gap.
-        With ``keep_samples`` each window also carries its samples (memory: one window)."""
+        With ``keep_samples`` each window also carries its samples (memory: one window). The
+        first ``skip_windows`` are cut as before but not stored or yielded (a resumed split)."""
         ...

@@ -384,6 +384,18 @@ class JobStore:
         where = [col(Job.id) == job_id, col(Job.status) == status, col(Job.updated_at) < before]
         return self._update(Job, where, updated_at=utcnow()) == 1
 
+    def waiting_to_split(self, limit: int = 1000) -> list[Job]:
+        """Jobs whose split has not begun (``queued``), oldest first."""
+        with self.db.session() as s:
+            return list(
+                s.exec(
+                    select(Job)
+                    .where(col(Job.status) == JobStatus.queued)
+                    .order_by(col(Job.created_at))
+                    .limit(limit)
+                )
+            )
+
     def stale(self, statuses: Collection[JobStatus], before: datetime) -> list[tuple[str, JobStatus]]:
         """Jobs in one of ``statuses`` whose last sign of progress is older than ``before``."""
         with self.db.session() as s:

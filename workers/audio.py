@@ -144,12 +144,22 @@ class FfmpegAudio:
         return np.frombuffer(done.stdout, dtype="<i2")
 
     def split(
-        self, source: str, out_dir: Path, max_window_s: float, keep_samples: bool = False
+        self,
+        source: str,
+        out_dir: Path,
+        max_window_s: float,
+        keep_samples: bool = False,
+        skip_windows: int = 0,
     ) -> Iterator[WindowAudio]:
         """Cut the source into 16 kHz mono FLAC windows (``0000.flac``, ...) of at most
         ``max_window_s``, each ending in silence or at the quietest point near the limit, in one
         decode pass. Each window is yielded as soon as its file is complete; with
-        ``keep_samples`` it also carries the samples that went into its FLAC."""
+        ``keep_samples`` it also carries the samples that went into its FLAC.
+
+        ``skip_windows``: the first windows are planned but neither encoded nor yielded (a split
+        resumed after them). The decode still starts at the beginning: the planner's cuts depend
+        on what it heard before them (its noise floor), so replaying is what makes the resumed
+        windows the same as one unbroken pass would have cut, whatever the format's seeking."""
         if max_window_s < MIN_WINDOW_S:
             raise ValueError(f"max_window_s must be at least {MIN_WINDOW_S} s, got {max_window_s}")
         target = FfmpegInput.parse(source)
@@ -158,10 +168,16 @@ class FfmpegAudio:
             # A window re-split into its own directory would overwrite itself.
             raise ValueError(f"out_dir {out_dir} holds the source; split into another directory")
         info = self.probe(source)
-        return self._split(target, out_dir, max_window_s, info, keep_samples)
+        return self._split(target, out_dir, max_window_s, info, keep_samples, skip_windows)
 
     def _split(
-        self, target: FfmpegInput, out_dir: Path, max_window_s: float, info: SourceInfo, keep: bool
+        self,
+        target: FfmpegInput,
+        out_dir: Path,
+        max_window_s: float,
+        info: SourceInfo,
+        keep: bool,
+        skip: int,
     ) -> Iterator[WindowAudio]:
         decoders = self._decoders(target, info.sample_rate)
         last = decoders[-1]
@@ -174,11 +190,11 @@ class FfmpegAudio:
             for samples in _blocks(last.proc.stdout):
                 for event in planner.feed(samples):
                     if isinstance(event, WindowCut):
-                        assert encoder is not None
-                        yield encoder.finish(end_sample=event.at)
-                        encoder = None
                         count += 1
-                    else:
+                        if encoder is not None:
+                            yield encoder.finish(end_sample=event.at)
+                            encoder = None
+                    elif planner.index >= skip:
                         if encoder is None:
                             out_dir.mkdir(parents=True, exist_ok=True)
                             encoder = _Encoder(out_dir, planner.index, planner.start, kept)
@@ -198,7 +214,7 @@ class FfmpegAudio:
                     f"{info.duration_s:.0f} s: {target.scrub(trouble)}"
                 )
             rest = planner.flush()
-            if len(rest):
+            if len(rest) and planner.index >= skip:
                 if encoder is None:
                     encoder = _Encoder(out_dir, planner.index, planner.start, kept)
                 encoder.write(rest)
@@ -206,6 +222,8 @@ class FfmpegAudio:
                 yield encoder.finish(end_sample=planner.position)
                 encoder = None
                 count += 1
+            elif planner.position > planner.start:
+                count += 1  # the last window, skipped
             elif planner.position == 0:
                 raise InputError(f"{target.name} holds no audio samples ffmpeg can decode")
             log.info(

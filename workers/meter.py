@@ -37,9 +37,10 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Collection, Iterable
+from datetime import timedelta
 from typing import Any
 
-from jobs.models import Job, Priority
+from jobs.models import Job, JobStatus, Priority, utcnow
 from jobs.runtime import Runtime
 from jobs.settings import Settings
 from jobs.steps.next import Step
@@ -143,18 +144,51 @@ def relay(rt: Runtime) -> int:
     return turns(rt, "relay").run(lambda _: relay_with(rt.store, lambda: dispatcher(rt), resend_after_s))
 
 
-# Broker priorities of the steps the outbox relays (Redis: the lower, the sooner a worker takes it).
-# The cpu queue is first come, first served otherwise: a 5-minute clip's split would wait behind
-# every 2-hour split of a backlog. Interactive before batch, and short recordings before long ones.
+# Broker priorities of the steps the outbox relays (Redis: the lower, the sooner a worker takes it;
+# kombu keeps four lists, for 0-2, 3-5, 6-8 and 9). The cpu queue is first come, first served
+# otherwise: a 5-minute clip's split would wait behind every 2-hour split of a backlog.
+# Interactive before batch, and short recordings before long ones.
 SHORT_RECORDING_S = 1800.0
+PRIORITY_STEP = 3  # one of kombu's lists
+SLOT_WAIT_S = 1.0  # a split waiting this long has found no idle cpu slot
+
+
+def split_rank(job: Job) -> int:
+    """Where the job's split stands in the cpu queue: 0 an interactive recording of at most
+    SHORT_RECORDING_S, 3 a longer interactive one, 6 batch."""
+    if job.priority == Priority.batch:
+        return 2 * PRIORITY_STEP
+    return 0 if (job.duration_s or 0.0) <= SHORT_RECORDING_S else PRIORITY_STEP
 
 
 def step_priority(job: Job | None) -> int:
     if job is None:
         return 0
-    if job.priority == Priority.batch:
-        return 6
-    return 0 if (job.duration_s or 0.0) <= SHORT_RECORDING_S else 3
+    rank = split_rank(job)
+    # A job already ``splitting`` whose split is sent again stopped to make room (make_room_for,
+    # below) or lost its worker: it goes one list ahead of the splits not begun, so the jobs of
+    # one class finish their splits in the order they began them.
+    return max(0, rank - PRIORITY_STEP) if job.status == JobStatus.splitting else rank
+
+
+def make_room_for(rt: Runtime, job: Job) -> Callable[[], bool]:
+    """The question a long split asks between two windows: is a split of a higher rank waiting
+    for a cpu slot? Priorities order the queue but cannot take a slot back: with both of a cpu
+    worker's slots splitting 2-hour talks, a clip's split waited for one of them to end (12 s of
+    the clip's 43 s on the fleet bench). Splits of the same rank never stop for each other."""
+    mine = split_rank(job)
+
+    def wanted() -> bool:
+        if mine == 0:
+            return False
+        # A job queued this instant is taken by an idle slot, if there is one, within milliseconds.
+        before = utcnow() - timedelta(seconds=SLOT_WAIT_S)
+        return any(
+            split_rank(other) < mine and other.created_at is not None and other.created_at < before
+            for other in rt.store.waiting_to_split()
+        )
+
+    return wanted
 
 
 def relay_with(store: JobStore, sender: Callable[[], Dispatcher], resend_after_s: float = 120.0) -> int:

@@ -25,7 +25,7 @@ from jobs.models import JobStatus
 from jobs.proceedings import build as build_proceedings
 from jobs.steps.ending import fail, failure_reason
 from jobs.steps.leases import job_heartbeat
-from jobs.steps.next import next_steps
+from jobs.steps.next import Step, next_steps
 from jobs.steps.overall import summarize_job
 from jobs.steps.reduce import reduce_job
 from jobs.steps.split import split_job
@@ -107,10 +107,16 @@ def split(self: JobTask, job_id: str) -> int:
 
     try:
         with job_heartbeat(rt, job_id):
-            total = split_job(rt, job_id, on_window=window_cut)
+            room = meter.make_room_for(rt, rt.store.get(job_id))
+            total = split_job(rt, job_id, on_window=window_cut, make_room=room)
     except JobCancelled:
         log.info("job %s: cancelled; split stopped", job_id)
         meter.meter(rt)
+        return 0
+    if total is None:
+        # Stopped between windows for a higher-ranked split: this slot goes to it, and the rest of
+        # this split is sent again (one priority list ahead of splits not begun) to resume.
+        meter.enqueue(rt, [Step("split", job_id, reason="resumes after making room for a shorter split")])
         return 0
     _enqueue_next(job_id, after="split")
     return total

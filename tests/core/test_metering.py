@@ -79,3 +79,14 @@ def test_relayed_steps_go_interactive_and_short_first_on_the_cpu_queue() -> None
     dropped = Job(source="s3://b/inbox/x.mp3", duration_s=300.0, priority=Priority.batch)
     # Redis consumes priority 0 first: a clip's split is not queued behind a backlog's 2-hour splits.
     assert step_priority(clip) < step_priority(talk) < step_priority(dropped)
+
+
+def test_a_split_begun_resumes_one_list_ahead_of_the_splits_not_begun() -> None:
+    from jobs.models import Job, JobStatus
+    from workers.meter import step_priority
+
+    waiting = Job(source="talk.mp3", duration_s=7200.0)
+    begun = Job(source="talk.mp3", duration_s=7200.0, status=JobStatus.splitting)
+    clip = Job(source="clip.mp3", duration_s=300.0)
+    # Kombu's Redis lists are 0-2, 3-5, 6-8: the resumed talk is in the clip's list, behind it.
+    assert step_priority(begun) // 3 == step_priority(clip) // 3 < step_priority(waiting) // 3

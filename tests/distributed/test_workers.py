@@ -350,3 +350,42 @@ def test_jobs_whose_messages_were_lost_are_enqueued_again(
     assert waited.returncode == 0, (waited.stderr, c.logs())
     fetch_and_check(stack, queued, marker_recording, tmp_path / "out")
     assert "no message on the queue" in c.logs()
+
+
+def test_a_long_split_stops_once_for_a_waiting_clip_and_resumes_after_its_windows(
+    stack_factory: Callable[..., Stack], marker_recording: Recording, tmp_path: Path
+) -> None:
+    # A batch job's split stops between two windows while an interactive job waits for a cpu slot,
+    # and its split, sent again, resumes after the windows it stored. The interactive job waits
+    # here as a row whose split is not sent yet, so the stop happens however fast the machine is.
+    from jobs.options import JobOptions
+    from jobs.steps.create import create_job
+    from jobs.steps.next import next_steps
+    from tests.speech import duration_s
+    from workers import meter
+
+    stack = stack_factory()
+    c = stack.cluster
+    rt = c.runtime()
+    clip = create_job(
+        rt,
+        str(marker_recording.path),
+        JobOptions(window_minutes=1),
+        duration_s=duration_s(marker_recording.path),
+    )
+    c.start_worker("cpu", 1)
+    c.start_worker("gpu", 1)
+    long = c.submit(marker_recording.path, *WINDOW, "--priority", "batch")
+    waited = c.wait(long, 120)
+    assert waited.returncode == 0, (waited.stderr, c.logs())
+    logs = c.logs()
+    assert logs.count(f"job {long}: split stopped after 1 windows to make room") == 1, logs
+    assert f"job {long}: resuming the split after 1 stored windows" in logs
+    assert rt.store.get(long).windows_total == 3
+    assert len(stack.ok_transcriptions()) == rt.store.get(long).segments_total  # nothing heard twice
+    fetch_and_check(stack, long, marker_recording, tmp_path / "long")
+
+    meter.enqueue(rt, next_steps(rt, clip.id))  # the waiting job's split goes out now
+    waited = c.wait(clip.id, 120)
+    assert waited.returncode == 0, (waited.stderr, c.logs())
+    assert f"job {clip.id}: split stopped" not in c.logs()  # nothing waited for it to make room

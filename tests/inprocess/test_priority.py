@@ -12,7 +12,7 @@ from api.app import create_app
 from api.cli import cli
 from api.keys import create_key
 from jobs.errors import TooBusy
-from jobs.models import Priority
+from jobs.models import JobStatus, Priority
 from jobs.options import JobOptions
 from jobs.runtime import Runtime
 from jobs.steps.create import create_job
@@ -118,3 +118,36 @@ def test_the_default_drop_limits_take_a_120_recording_storm(rt: Runtime) -> None
     for n in range(120):  # issue 25's storm, 2-hour recordings (240 h in all)
         create_job(rt, f"{n}.mp3", JobOptions(priority="batch"), tenant="drop", duration_s=7200)
     assert rt.store.tenant_load("drop") == (120, 120 * 7200.0)
+
+
+def test_a_long_split_makes_room_only_for_a_better_ranked_split_that_waits(
+    rt: Runtime, tones: Recording
+) -> None:
+    from datetime import timedelta
+
+    from jobs.models import Job, utcnow
+    from workers.meter import make_room_for
+
+    def waiting_since(job_id: str, seconds: float) -> Job:
+        with rt.db.session() as s:  # as if created that long ago
+            row = s.get(Job, job_id)
+            assert row is not None
+            row.created_at = utcnow() - timedelta(seconds=seconds)
+            s.add(row)
+            s.commit()
+        return rt.store.get(job_id)
+
+    def job(priority: Priority, duration_s: float, waiting_s: float) -> Job:
+        made = create_job(rt, str(tones.path), JobOptions(priority=priority), duration_s=duration_s)
+        return waiting_since(made.id, waiting_s)
+
+    talk = job(Priority.interactive, 7200.0, 60.0)
+    dropped = job(Priority.batch, 7200.0, 60.0)
+    assert not make_room_for(rt, talk)()  # a batch job waiting never stops an interactive split
+    assert make_room_for(rt, dropped)()  # the interactive talk waits: the batch split stops
+    clip = job(Priority.interactive, 300.0, 0.0)
+    rt.store.transition(talk.id, [JobStatus.queued], JobStatus.splitting)
+    assert not make_room_for(rt, talk)()  # a clip queued this instant: an idle slot may take it
+    waiting_since(clip.id, 5.0)
+    assert make_room_for(rt, talk)()  # the clip has waited: the talk's split stops for it
+    assert not make_room_for(rt, rt.store.get(clip.id))()  # a clip never stops

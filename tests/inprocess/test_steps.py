@@ -176,6 +176,50 @@ def test_cancel_stops_the_steps_and_announces_the_end_once(rt: Runtime, tones: R
     assert retry(rt, job_id).status == JobStatus.transcribing
 
 
+def test_a_split_that_makes_room_stops_between_windows_and_resumes_where_it_stopped(
+    rt: Runtime, tones: Recording, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobs.models import window_audio_key
+    from jobs.steps import split as split_step
+
+    whole = _job(rt, tones)
+    assert split_job(rt, whole) == 3
+    # As the API, the CLI and the watcher create it: probed (a split stops early only by its length).
+    job_id = create_job(rt, str(tones.path), JobOptions(), duration_s=duration_s(tones.path)).id
+    stored: list[str] = []
+    real_put = split_step.put_file
+    monkeypatch.setattr(
+        split_step, "put_file", lambda st, key, path: (stored.append(key), real_put(st, key, path))
+    )
+    assert split_job(rt, job_id, make_room=lambda: True) is None  # stopped after window 0
+    job = rt.store.get(job_id)
+    assert job.status == JobStatus.splitting and job.windows_total is None
+    assert [w.index for w in rt.store.windows(job_id)] == [0]
+    # A cpu slot came free: the split resumes (its message sent again), storing only the rest,
+    # and does not stop again (each stop replays the decode up to it).
+    assert split_job(rt, job_id, make_room=lambda: True) == 3
+    assert stored == [window_audio_key(job_id, i) for i in range(3)]  # window 0 once
+    spans = [(w.start_s, w.end_s) for w in rt.store.windows(job_id)]
+    assert spans == [(w.start_s, w.end_s) for w in rt.store.windows(whole)]  # as one unbroken pass
+    for i in range(3):
+        resumed = rt.audio.read_samples(Path(rt.storage.readable_url(window_audio_key(job_id, i))))
+        unbroken = rt.audio.read_samples(Path(rt.storage.readable_url(window_audio_key(whole, i))))
+        assert np.array_equal(resumed, unbroken)
+    assert rt.store.get(job_id).status == JobStatus.transcribing
+
+
+def test_a_split_never_stops_after_its_last_window(rt: Runtime, tones: Recording) -> None:
+    asked: list[int] = []
+    job_id = create_job(rt, str(tones.path), JobOptions(), duration_s=duration_s(tones.path)).id
+
+    def make_room() -> bool:
+        asked.append(len(rt.store.windows(job_id)))
+        return False
+
+    assert split_job(rt, job_id, make_room=make_room) == 3
+    assert asked == [1, 2]  # not after the third: nothing is left to make room with
+
+
 def test_cancel_during_the_split_stops_it(rt: Runtime, tones: Recording) -> None:
     job_id = _job(rt, tones)
     real_split = rt.audio.split
