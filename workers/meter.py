@@ -171,11 +171,16 @@ def step_priority(job: Job | None) -> int:
     return max(0, rank - PRIORITY_STEP) if job.status == JobStatus.splitting else rank
 
 
-def make_room_for(rt: Runtime, job: Job) -> Callable[[], bool]:
+def make_room_for(
+    rt: Runtime, job: Job, claim: Callable[[str], bool] = lambda _job_id: True
+) -> Callable[[], bool]:
     """The question a long split asks between two windows: is a split of a higher rank waiting
     for a cpu slot? Priorities order the queue but cannot take a slot back: with both of a cpu
     worker's slots splitting 2-hour talks, a clip's split waited for one of them to end (12 s of
-    the clip's 43 s on the fleet bench). Splits of the same rank never stop for each other."""
+    the clip's 43 s on the fleet bench). Splits of the same rank never stop for each other.
+
+    ``claim(waiting job id)``: True for the first split to ask for that job only
+    (``room_claims``), so that one split stops for it, not every split that asks at that moment."""
     mine = split_rank(job)
 
     def wanted() -> bool:
@@ -184,11 +189,32 @@ def make_room_for(rt: Runtime, job: Job) -> Callable[[], bool]:
         # A job queued this instant is taken by an idle slot, if there is one, within milliseconds.
         before = utcnow() - timedelta(seconds=SLOT_WAIT_S)
         return any(
-            split_rank(other) < mine and other.created_at is not None and other.created_at < before
+            split_rank(other) < mine
+            and other.created_at is not None
+            and other.created_at < before
+            and claim(other.id)
             for other in rt.store.waiting_to_split()
         )
 
     return wanted
+
+
+def room_claims(broker_url: str, ttl_s: float = 60.0) -> Callable[[str], bool]:
+    """``claim`` for ``make_room_for`` on the broker's Redis: SET NX, kept ``ttl_s`` (the waiting
+    split has a slot long before). If Redis does not answer, the split stops anyway: a stop too
+    many costs a replay of the decode, one too few a clip's wait."""
+    import redis
+
+    client = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
+
+    def claim(job_id: str) -> bool:
+        try:
+            return bool(client.set(f"voxbatch:room-for:{job_id}", 1, nx=True, ex=round(ttl_s)))
+        except redis.RedisError as exc:
+            log.warning("could not claim room for job %s's split: %s", job_id, exc)
+            return True
+
+    return claim
 
 
 def relay_with(store: JobStore, sender: Callable[[], Dispatcher], resend_after_s: float = 120.0) -> int:

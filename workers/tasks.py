@@ -107,7 +107,8 @@ def split(self: JobTask, job_id: str) -> int:
 
     try:
         with job_heartbeat(rt, job_id):
-            room = meter.make_room_for(rt, rt.store.get(job_id))
+            claims = meter.room_claims(rt.settings.broker_url)
+            room = meter.make_room_for(rt, rt.store.get(job_id), claims)
             total = split_job(rt, job_id, on_window=window_cut, make_room=room)
     except JobCancelled:
         log.info("job %s: cancelled; split stopped", job_id)

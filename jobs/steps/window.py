@@ -126,13 +126,24 @@ def process_window(
     with tempfile.TemporaryDirectory(prefix=f"voxbatch-{job.id}-{window.index}-") as tmp_name:
         tmp = Path(tmp_name)
         audio = tmp / "window.flac"
+        began = time.monotonic()
         rt.storage.download(window.audio_key, audio)
+        fetched = time.monotonic()
         timed = timed_engine(engine)
         if timed is not None:
             return _timed_window(rt, timed, job, window, audio, tmp, share)
         if samples is None:
             samples = rt.audio.read_samples(audio)
         segments = segment_samples(samples, SAMPLE_RATE, max_segment_s=segment_limit_s(rt))
+        # When a window's requests go out: a clip slow behind a backlog shows where it waited.
+        log.info(
+            "job %s: window %d: %d segments; fetched in %.1f s, read and cut in %.1f s",
+            job.id,
+            window.index,
+            len(segments),
+            fetched - began,
+            time.monotonic() - fetched,
+        )
         done: set[int] = set()
         lock = threading.Lock()
 

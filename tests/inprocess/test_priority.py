@@ -150,4 +150,15 @@ def test_a_long_split_makes_room_only_for_a_better_ranked_split_that_waits(
     assert not make_room_for(rt, talk)()  # a clip queued this instant: an idle slot may take it
     waiting_since(clip.id, 5.0)
     assert make_room_for(rt, talk)()  # the clip has waited: the talk's split stops for it
+    claimed: set[str] = set()
+
+    def claim(job_id: str) -> bool:  # as room_claims: the first split to ask, only
+        first = job_id not in claimed
+        claimed.add(job_id)
+        return first
+
+    other_talk = job(Priority.interactive, 7200.0, 60.0)
+    rt.store.transition(other_talk.id, [JobStatus.queued], JobStatus.splitting)
+    assert make_room_for(rt, talk, claim)()
+    assert not make_room_for(rt, other_talk, claim)()  # one split stops for the clip, not both
     assert not make_room_for(rt, rt.store.get(clip.id))()  # a clip never stops

@@ -288,6 +288,11 @@ class RequestScheduler:
             self._wake.clear()
             with self._lock:
                 victims = [] if self._aborted else self._victims()
+            if victims:
+                log.info(
+                    "a clip's request is waiting: %d requests of other work cancelled and put back in line",
+                    len(victims),
+                )
             for victim in victims:
                 task = self._task_of.get(victim.seq)
                 if task is not None:
