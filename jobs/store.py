@@ -384,13 +384,16 @@ class JobStore:
         where = [col(Job.id) == job_id, col(Job.status) == status, col(Job.updated_at) < before]
         return self._update(Job, where, updated_at=utcnow()) == 1
 
-    def waiting_to_split(self, limit: int = 1000) -> list[Job]:
-        """Jobs whose split has not begun (``queued``), oldest first."""
+    def waiting_to_split(self, priority: Priority, created_before: datetime, limit: int = 1000) -> list[Job]:
+        """Jobs of ``priority`` whose split has not begun (``queued``) since before
+        ``created_before``, oldest first."""
         with self.db.session() as s:
             return list(
                 s.exec(
                     select(Job)
                     .where(col(Job.status) == JobStatus.queued)
+                    .where(col(Job.priority) == priority)
+                    .where(col(Job.created_at) < created_before)
                     .order_by(col(Job.created_at))
                     .limit(limit)
                 )

@@ -188,13 +188,9 @@ def make_room_for(
             return False
         # A job queued this instant is taken by an idle slot, if there is one, within milliseconds.
         before = utcnow() - timedelta(seconds=SLOT_WAIT_S)
-        return any(
-            split_rank(other) < mine
-            and other.created_at is not None
-            and other.created_at < before
-            and claim(other.id)
-            for other in rt.store.waiting_to_split()
-        )
+        # Every rank better than a long split's is interactive: the batch backlog is not read.
+        waiting = rt.store.waiting_to_split(Priority.interactive, created_before=before)
+        return any(split_rank(other) < mine and claim(other.id) for other in waiting)
 
     return wanted
 

@@ -128,7 +128,7 @@ def _stored_prefix(stored: list[Window]) -> list[Window]:
     for w in stored:
         if w.index != len(prefix):
             break
-        prefix.append(Window(job_id=w.job_id, index=w.index, start_s=w.start_s, end_s=w.end_s))
+        prefix.append(w)  # already registered: add_windows skips it
     return prefix
 
 
