@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.fleet [--backlogs 3,12] [--hours 2] [--clip-minutes 5]
         [--gpu-cost-scale 4] [--a-alone | --only-a-alone] [--faults | --only-faults] [--timeout 3600]
-        [--max-audio-beside-clips S]
+        [--max-audio-beside-clips S] [--audio-beside-clips-ratio R]
     .venv/bin/python -m bench.fleet --local [--local-hours 3]
 
 On the real parts: redis-server, PostgreSQL, ``voxbatch api`` with two tenants and their API keys,
@@ -200,6 +200,8 @@ def fleet(args: argparse.Namespace) -> None:
             env = deadlines_for(args.gpu_cost_scale)
             if args.max_audio_beside_clips is not None:
                 env["VOXBATCH_MAX_AUDIO_BESIDE_CLIPS_S"] = str(args.max_audio_beside_clips)
+            if args.audio_beside_clips_ratio is not None:
+                env["VOXBATCH_AUDIO_BESIDE_CLIPS_RATIO"] = str(args.audio_beside_clips_ratio)
             with Stack(tmp, server.url, **env) as stack:
                 stack.start_api()
                 stack.create_key("tenant-a")
@@ -391,6 +393,9 @@ def main() -> None:
     parser.add_argument("--fault-seed", type=int, default=18)
     parser.add_argument(
         "--max-audio-beside-clips", type=float, default=None, help="VOXBATCH_MAX_AUDIO_BESIDE_CLIPS_S"
+    )
+    parser.add_argument(
+        "--audio-beside-clips-ratio", type=float, default=None, help="VOXBATCH_AUDIO_BESIDE_CLIPS_RATIO"
     )
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one phase may take")
     parser.add_argument(

@@ -439,10 +439,11 @@ def print_storm(result: StormResult, args: argparse.Namespace) -> None:
     windows = args.gpu_concurrency or Settings.model_fields["gpu_concurrency"].default
     beside = args.max_audio_beside_clips
     beside = Settings.model_fields["max_audio_beside_clips_s"].default if beside is None else beside
+    ratio = Settings.model_fields["audio_beside_clips_ratio"].default
     print(f"storm: {result.recordings} x {RECORDING_S:g} s recordings, {args.clips} API clips, "
           f"GPU costs x{args.gpu_cost_scale:g}, watch interval {args.watch_interval:g} s"
           f"{' and S3 events' if args.events else ''}, gpu worker {windows} windows at once, "
-          f"{beside:g} s of other work's audio beside a clip")  # fmt: skip
+          f"other work's audio beside clips: {ratio:g}x theirs, at most {beside:g} s")  # fmt: skip
     print(f"{'measure':<{width}}  {'value':<44}  goal")
     for name, value, goal in rows:
         print(f"{name:<{width}}  {value:<44}  {goal}")

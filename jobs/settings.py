@@ -75,11 +75,15 @@ class Settings(BaseSettings):
     # sets to the same number): windows put their requests into one queue, this many go out.
     max_inflight: int = Field(default=256, ge=1, le=4096)
     # While a clip's requests (an interactive job of at most 30 minutes) wait or are out, the other
-    # work (long jobs, batch jobs) keeps at most this many seconds of audio in its requests at the
-    # vLLM server, so the clip's decoding is not slowed by the prefills admitted beside it
-    # (workers/engines/scheduler.py). Half an hour: about 60 thirty-second segments, or one
-    # 30-minute window's summary (an hour let a 5-minute clip take 2-3x its time behind a backlog
-    # of segments, whose prefills turn over every 75 steps: docs/benchmarks.md).
+    # work (long jobs, batch jobs) keeps at most this ratio times the clips' own audio in its
+    # requests at the vLLM server (at least ten minutes, at most max_audio_beside_clips_s), so the
+    # clip's decoding is not slowed much by the prefills admitted beside it
+    # (workers/engines/scheduler.py). A lone 5-minute clip then has ten minutes beside its
+    # summary: behind twelve 2-hour talks it took 1.77x its time alone at ten minutes and
+    # 2.6-2.8x at half an hour, while eight clips at once fill more of their own decode steps and
+    # keep the ceiling, half an hour (at ten minutes a drop-folder storm lost 5 points of
+    # throughput; docs/benchmarks.md).
+    audio_beside_clips_ratio: float = Field(default=2.0, ge=0)
     max_audio_beside_clips_s: float = Field(default=1800.0, ge=0)
     # A running window none of whose requests was answered for this long stops renewing its lease,
     # so the sweep gives it to another worker.

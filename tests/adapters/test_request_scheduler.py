@@ -61,8 +61,9 @@ def test_exactly_max_inflight_requests_are_sent_at_once() -> None:
     futures = [
         scheduler.submit(attempt, share=Share(), cost_s=1, deadline_s=60, retries=0) for _ in range(30)
     ]
-    _wait_for(lambda: scheduler.stats()["inflight"] == 8, "8 requests in flight")
-    assert scheduler.stats()["waiting"] == 22
+    # The attempts themselves, not only the scheduler's count: a task counted out may not have run yet.
+    _wait_for(lambda: running["now"] == 8, "8 requests in flight")
+    assert scheduler.stats().items() >= {"inflight": 8, "waiting": 22}.items()
     gate.set()
     for future in futures:
         future.result(timeout=30)
@@ -220,6 +221,74 @@ def test_the_cap_beside_a_clip_counts_audio_seconds_not_requests() -> None:
         gates[name].set()
     assert [f.result(timeout=30) for f in (segments[1], summary, later)] == ["a1", "summary", "a2"]
     assert scheduler.stats().items() >= {"others_audio_s": 0, "clips_open": 0}.items()
+
+
+def test_the_cap_beside_clips_follows_their_audio_and_cuts_only_at_its_peak() -> None:
+    # Twice the clips' own audio, at least ten minutes, at most the ceiling. A lone small clip
+    # gets a tight cap; the cap falls as its segments are answered, which holds new attempts back
+    # but cuts nothing more (what is out was prefilled beside the larger cap).
+    scheduler = RequestScheduler(max_inflight=64, max_audio_beside_clips_s=2000, audio_beside_clips_ratio=2)
+    gates: dict[str, threading.Event] = {}
+    starts = Counter[str]()
+    talk = Share(tenant="a", order=("2026-01-01", 3))
+    clip = Share(tenant="b", order=("2026-01-02", 0), short=True)
+
+    def send(name: str, share: Share, cost_s: float) -> Any:
+        gate = gates[name] = threading.Event()
+
+        async def attempt(_deadline: float) -> str:
+            starts[name] += 1
+            await _until(gate)
+            return name
+
+        return scheduler.submit(attempt, share=share, cost_s=cost_s, deadline_s=60, retries=0)
+
+    talk_futures = [send(f"a{n}", talk, 30) for n in range(40)]  # 1,200 s of audio out
+    _wait_for(lambda: scheduler.stats()["others_audio_s"] == 1200, "the long job out")
+    segment, summary = send("b-segment", clip, 100), send("b-summary", clip, 300)
+    # 400 s of clip audio: 800 s beside it. The 14 newest segments (420 s) are cut.
+    _wait_for(lambda: scheduler.stats()["preempted"] == 14, "the newest beyond the cap cut")
+    assert scheduler.stats().items() >= {"others_audio_s": 780, "cap_beside_clips_s": 800}.items()
+    assert starts["b-segment"] == starts["b-summary"] == 1
+    gates["b-segment"].set()
+    assert segment.result(timeout=30) == "b-segment"
+    # The summary alone is 300 s: the cap falls to its floor, ten minutes. Nothing more is cut; the
+    # 780 s out drain to it, and only then does a cut segment go again.
+    _wait_for(lambda: scheduler.stats()["cap_beside_clips_s"] == 600, "the cap at its floor")
+    for n in range(10):  # 300 s answered: 480 s out, room for four of the cut ones
+        gates[f"a{n}"].set()
+    _wait_for(lambda: scheduler.stats()["others_audio_s"] == 600, "the cap filled again")
+    assert scheduler.stats()["preempted"] == 14
+    assert sum(starts[f"a{n}"] == 2 for n in range(26, 40)) == 4
+    gates["b-summary"].set()
+    assert summary.result(timeout=30) == "b-summary"
+    _wait_for(lambda: scheduler.stats()["inflight"] == 30, "every long request out once the clip is done")
+    for gate in gates.values():
+        gate.set()
+    assert [f.result(timeout=30) for f in talk_futures] == [f"a{n}" for n in range(40)]
+    assert scheduler.stats().items() >= {"clips_open": 0, "others_audio_s": 0, "preempted": 14}.items()
+
+
+def test_many_clips_at_once_keep_the_ceiling() -> None:
+    scheduler = RequestScheduler(max_inflight=64, max_audio_beside_clips_s=1800, audio_beside_clips_ratio=2)
+    gate = threading.Event()
+    order: list[str] = []
+    futures = [
+        scheduler.submit(
+            _gated(gate, order, f"clip{n}"),
+            share=Share(tenant="b", order=(f"2026-01-0{n + 1}", 0), short=True),
+            cost_s=120,
+            deadline_s=60,
+            retries=0,
+        )
+        for n in range(8)
+    ]
+    _wait_for(lambda: scheduler.stats()["inflight"] == 8, "eight clips out")
+    assert scheduler.cap_beside_clips_s() == 1800  # 2 x 960 s, over the ceiling
+    gate.set()
+    for future in futures:
+        future.result(timeout=30)
+    assert scheduler.stats()["clips_open"] == 0
 
 
 def test_a_request_is_cancelled_for_a_clip_once_at_most() -> None:

@@ -60,12 +60,13 @@ class ApiClient:
         backoff_base_s: float = 1.0,
         max_inflight: int = 256,
         max_audio_beside_clips_s: float | None = None,
+        audio_beside_clips_ratio: float | None = None,
     ) -> None:
         self.server = server
         self.retries = retries
         self.backoff_base_s = backoff_base_s
         self.timeout_s = timeout_s
-        self._scheduler = process_scheduler(max_inflight, max_audio_beside_clips_s)
+        self._scheduler = process_scheduler(max_inflight, max_audio_beside_clips_s, audio_beside_clips_ratio)
         # Above the scheduler's cap, so a request never waits for a connection of its own pool.
         pool = max_inflight + 16
         self._client = httpx.AsyncClient(

@@ -22,8 +22,8 @@ thread with an async HTTP client. Why:
   as slots free, not after another tenant's backlog.
 - **A clip is not decoded inside a full batch.** While a request of a clip (``Share.clip``: a short
   interactive job, someone waiting on it) waits or is out, the other work (long jobs, batch jobs
-  such as the drop folder's) keeps at most ``max_audio_beside_clips_s`` seconds of audio in its
-  requests at the server: its newest attempts beyond that are cancelled and put back in line (not
+  such as the drop folder's) keeps a bounded number of audio seconds in its requests at the server
+  (``cap_beside_clips_s``): its newest attempts beyond that are cancelled and put back in line (not
   counted as tries; vLLM drops a request whose client went away, and the newest were most likely
   still waiting for their prefill, so little is lost), and its new ones wait. Fair share alone
   sends the clip's requests first, but behind a server that already holds 256 requests, in a
@@ -31,11 +31,14 @@ thread with an async HTTP client. Why:
   its time alone (bench/fairness_floor.py, the GPU model). The cap is in audio seconds, not in
   requests, because what slows the clip is the prefill of the requests admitted beside it, and
   that grows with their audio: one 30-minute window's summary costs as much as sixty 30-s
-  segments. Half an hour is the default: in the GPU model (with chunked prefill) it gives 1.37x
-  for a clip behind 30-minute windows and 1.50x behind 2-minute recordings; on the stack, a
-  5-minute clip behind three 2-hour talks took 1.40x its time alone at half an hour and 2.05x at
-  an hour, because a backlog's segments (sent before their window's summary) turn over every 75
-  decode steps, so an hour of them brings more prefill per step than the model's mix.
+  segments. The cap follows the clips' own audio: ``audio_beside_clips_ratio`` times the audio of
+  the clips' open requests, at least ``CAP_FLOOR_BESIDE_CLIPS_S`` and at most
+  ``max_audio_beside_clips_s``. Why it moves: a clip's slowdown is what the other work's prefill
+  adds to each of its decode steps, over what the clips themselves load them with. One 5-minute
+  clip behind twelve 2-hour talks took 2.6-2.8x its time alone at a fixed half hour and 1.77x at
+  ten minutes; but eight clips at once (a drop-folder storm's API tenant) already fill their own
+  steps, stay within 2x at half an hour, and at ten minutes cost the storm's batch 5 points of
+  throughput (docs/benchmarks.md).
 - **A job's first text first.** Until a job has its first answer, its later windows' requests wait
   while its first window's are waiting or in flight. The server's prefill is what a long job's
   start is short of (requests are prefilled in the order they arrive), so spending
@@ -72,6 +75,9 @@ from jobs.shares import Share
 log = logging.getLogger(__name__)
 
 BACKOFF_CAP_S = 30.0
+# The least audio the other work keeps at the server beside clips, however small they are: twenty
+# 30-s segments, so that a stream of short clips slows a backlog rather than stopping it.
+CAP_FLOOR_BESIDE_CLIPS_S = 600.0
 ANSWERED_JOBS_KEPT = 4096
 
 
@@ -148,7 +154,11 @@ class RequestScheduler:
     """Sends submitted attempts from one event loop thread, ``max_inflight`` at a time, fairly."""
 
     def __init__(
-        self, max_inflight: int, name: str = "model-requests", max_audio_beside_clips_s: float | None = None
+        self,
+        max_inflight: int,
+        name: str = "model-requests",
+        max_audio_beside_clips_s: float | None = None,
+        audio_beside_clips_ratio: float | None = None,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
@@ -157,6 +167,8 @@ class RequestScheduler:
         self.max_audio_beside_clips_s = (
             float("inf") if max_audio_beside_clips_s is None else max(0.0, max_audio_beside_clips_s)
         )
+        # None: the cap is max_audio_beside_clips_s whatever the clips' size.
+        self.audio_beside_clips_ratio = audio_beside_clips_ratio
         self._name = name
         self._seq = itertools.count()
         self._lock = threading.Lock()  # guards the lines, counters and the aborted flag
@@ -177,6 +189,11 @@ class RequestScheduler:
         # The clip hold: clips' requests not yet settled, and the other requests at the server
         # (how many, and their audio seconds).
         self._clips_open = 0
+        self._clips_audio_s = 0.0  # the audio of those requests
+        # The most they had open since clips were last all settled: attempts are cut against the
+        # cap at this peak, so a cap that falls as a clip's segments are answered only holds new
+        # attempts back and never throws away a prefill already done.
+        self._clips_audio_peak_s = 0.0
         self._others_inflight = 0
         self._others_audio_s = 0.0
         self._preempting = 0  # attempts being cancelled for a clip, not yet back in line
@@ -221,6 +238,8 @@ class RequestScheduler:
                 return future
             if share.clip:
                 self._clips_open += 1
+                self._clips_audio_s += request.cost_s
+                self._clips_audio_peak_s = max(self._clips_audio_peak_s, self._clips_audio_s)
             self._enqueue(request)
         self._loop.call_soon_threadsafe(self._wake.set)
         return future
@@ -250,13 +269,14 @@ class RequestScheduler:
                 log.warning("could not cancel in-flight model requests within 5 s", exc_info=True)
         return inflight
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float]:
         with self._lock:
             return {
                 "inflight": self._inflight,
                 "waiting": self._waiting,
                 "peak_inflight": self._peak_inflight,
                 "clips_open": self._clips_open,
+                "cap_beside_clips_s": self.cap_beside_clips_s(),  # inf: no cap
                 "others_inflight": self._others_inflight,
                 "others_audio_s": round(self._others_audio_s),
                 "preempted": self._preempted,
@@ -373,7 +393,7 @@ class RequestScheduler:
                     request.preempted = False
                 self._sending.pop(request.seq, None)
                 if request.future.done():
-                    self._settled(request.share)
+                    self._settled(request)
             self._wake.set()
         if preempted:
             with self._lock:
@@ -384,7 +404,7 @@ class RequestScheduler:
                     return
             _settle(request.future, exc=EngineAborted(f"the worker is stopping: {request.what} not sent"))
             with self._lock:
-                self._settled(request.share)
+                self._settled(request)
             return
         if retry_after is not None:
             await asyncio.sleep(retry_after)
@@ -392,7 +412,7 @@ class RequestScheduler:
                 if self._aborted:
                     aborted = EngineAborted(f"the worker is stopping: {request.what} not sent")
                     _settle(request.future, exc=aborted)
-                    self._settled(request.share)
+                    self._settled(request)
                     return
                 self._enqueue(request, retry=True)
             self._wake.set()
@@ -416,6 +436,9 @@ class RequestScheduler:
         self._lines.clear()
         self._waiting = 0
         self._clips_open -= sum(1 for r in waiting if r.share.clip)
+        self._clips_audio_s -= sum(r.cost_s for r in waiting if r.share.clip)
+        if not self._clips_open:
+            self._clips_audio_s = self._clips_audio_peak_s = 0.0
         return waiting
 
     def _enqueue(self, request: _Request, retry: bool = False) -> None:
@@ -455,7 +478,7 @@ class RequestScheduler:
         prefilled them yet (nothing is lost); the older ones are decoding and finish soon. A request
         already cancelled once, or already failed once, is spared (so a clip's summary, opening the
         hold a second time, does not cancel the same requests again)."""
-        excess_s = self._others_audio_s - self._preempting_audio_s - self.max_audio_beside_clips_s
+        excess_s = self._others_audio_s - self._preempting_audio_s - self._cap_for(self._clips_audio_peak_s)
         if not self._clips_open or excess_s <= 0:
             return []
         victims: list[_Request] = []
@@ -473,6 +496,18 @@ class RequestScheduler:
         self._preempting_audio_s += sum(r.cost_s for r in victims)
         return victims
 
+    def cap_beside_clips_s(self) -> float:
+        """The other work's audio allowed at the server while the clips now open are: it follows
+        their own audio (a lone 5-minute clip: ten minutes at the ratio's default, 2; eight
+        2-minute clips: the ceiling)."""
+        return self._cap_for(self._clips_audio_s)
+
+    def _cap_for(self, clips_audio_s: float) -> float:
+        if self.audio_beside_clips_ratio is None:
+            return self.max_audio_beside_clips_s
+        follows = max(CAP_FLOOR_BESIDE_CLIPS_S, self.audio_beside_clips_ratio * clips_audio_s)
+        return min(self.max_audio_beside_clips_s, follows)
+
     def _held(self, request: _Request) -> bool:
         """Any request but a clip's while a clip's are open and its audio would take the other work
         beyond the cap; or a later window's request of a job whose first window is still out and
@@ -481,7 +516,7 @@ class RequestScheduler:
         if (
             not share.clip
             and self._clips_open
-            and self._others_audio_s + request.cost_s > self.max_audio_beside_clips_s
+            and self._others_audio_s + request.cost_s > self.cap_beside_clips_s()
         ):
             return True
         if _is_lead(share) or not share.order[0]:
@@ -496,11 +531,15 @@ class RequestScheduler:
         while len(self._answered) > ANSWERED_JOBS_KEPT:
             del self._answered[next(iter(self._answered))]
 
-    def _settled(self, share: Share) -> None:
+    def _settled(self, request: _Request) -> None:
         """A request's future is done: it no longer holds anything."""
-        if share.clip:
+        if request.share.clip:
             self._clips_open -= 1
-        self._lead_ended(share)
+            if self._clips_open:
+                self._clips_audio_s -= request.cost_s
+            else:
+                self._clips_audio_s = self._clips_audio_peak_s = 0.0  # no float residue
+        self._lead_ended(request.share)
 
     def _lead_ended(self, share: Share) -> None:
         if _is_lead(share):
@@ -535,19 +574,25 @@ def _settle(
         pass  # settled by another path (an abort) meanwhile
 
 
-_schedulers: dict[tuple[int, float | None], RequestScheduler] = {}
+_schedulers: dict[tuple[int, float | None, float | None], RequestScheduler] = {}
 _schedulers_lock = threading.Lock()
 _process_aborted = threading.Event()
 
 
-def process_scheduler(max_inflight: int, max_audio_beside_clips_s: float | None = None) -> RequestScheduler:
+def process_scheduler(
+    max_inflight: int,
+    max_audio_beside_clips_s: float | None = None,
+    audio_beside_clips_ratio: float | None = None,
+) -> RequestScheduler:
     """The process's scheduler for these settings (one per value: in practice one per process)."""
     with _schedulers_lock:
-        key = (max_inflight, max_audio_beside_clips_s)
+        key = (max_inflight, max_audio_beside_clips_s, audio_beside_clips_ratio)
         scheduler = _schedulers.get(key)
         if scheduler is None:
             scheduler = _schedulers[key] = RequestScheduler(
-                max_inflight, max_audio_beside_clips_s=max_audio_beside_clips_s
+                max_inflight,
+                max_audio_beside_clips_s=max_audio_beside_clips_s,
+                audio_beside_clips_ratio=audio_beside_clips_ratio,
             )
             if _process_aborted.is_set():
                 scheduler.abort()

@@ -85,6 +85,7 @@ class VLLMEngine:
             backoff_base_s=backoff_base_s,
             max_inflight=settings.max_inflight,
             max_audio_beside_clips_s=settings.max_audio_beside_clips_s,
+            audio_beside_clips_ratio=settings.audio_beside_clips_ratio,
         )
         self._init_limits(
             max_s=settings.vllm_max_audio_s,
