@@ -291,6 +291,39 @@ def test_many_clips_at_once_keep_the_ceiling() -> None:
     assert scheduler.stats()["clips_open"] == 0
 
 
+def test_clips_open_most_of_the_time_relax_the_cap_to_its_ceiling() -> None:
+    # A steady stream of short clips must not hold the other work to the floor for good: past half
+    # of the last few minutes with clips open, the cap is the ceiling; it tightens again once
+    # clips have been rare for a while.
+    now = [0.0]
+    scheduler = RequestScheduler(
+        max_inflight=8, max_audio_beside_clips_s=1800, audio_beside_clips_ratio=2, clock=lambda: now[0]
+    )
+    gate = threading.Event()
+    order: list[str] = []
+
+    def clip(name: str) -> Any:
+        share = Share(tenant="b", order=(f"2026-01-{name}", 0), short=True)
+        return scheduler.submit(_gated(gate, order, name), share=share, cost_s=60, deadline_s=60, retries=0)
+
+    first = clip("01")
+    assert scheduler.cap_beside_clips_s() == 600  # 2 x 60 s, below the floor
+    now[0] = 120.0  # two minutes open: 1 - e^(-120/300) = 0.33 of the time
+    assert scheduler.cap_beside_clips_s() == 600
+    now[0] = 300.0  # five minutes: 0.63
+    assert scheduler.cap_beside_clips_s() == 1800
+    gate.set()
+    first.result(timeout=30)
+    _wait_for(lambda: scheduler.stats()["clips_open"] == 0, "the clip settled")
+    now[0] = 600.0  # five minutes without a clip: 0.63 x e^-1 = 0.23
+    gate.clear()
+    second = clip("02")
+    assert scheduler.cap_beside_clips_s() == 600
+    assert scheduler.stats()["clip_time_share"] < 0.5
+    gate.set()
+    second.result(timeout=30)
+
+
 def test_a_request_is_cancelled_for_a_clip_once_at_most() -> None:
     # A clip's segments, then its summary: the hold opens twice. The attempt cut the first time is
     # spared the second, so it reaches the server twice, never three times.

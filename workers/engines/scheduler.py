@@ -32,13 +32,14 @@ thread with an async HTTP client. Why:
   requests, because what slows the clip is the prefill of the requests admitted beside it, and
   that grows with their audio: one 30-minute window's summary costs as much as sixty 30-s
   segments. The cap follows the clips' own audio: ``audio_beside_clips_ratio`` times the audio of
-  the clips' open requests, at least ``CAP_FLOOR_BESIDE_CLIPS_S`` and at most
-  ``max_audio_beside_clips_s``. Why it moves: a clip's slowdown is what the other work's prefill
-  adds to each of its decode steps, over what the clips themselves load them with. One 5-minute
-  clip behind twelve 2-hour talks took 2.6-2.8x its time alone at a fixed half hour and 1.77x at
-  ten minutes; but eight clips at once (a drop-folder storm's API tenant) already fill their own
-  steps, stay within 2x at half an hour, and at ten minutes cost the storm's batch 5 points of
-  throughput (docs/benchmarks.md).
+  the clips' open requests, at least ``CAP_FLOOR_BESIDE_CLIPS_S``, at most
+  ``max_audio_beside_clips_s``; and the ceiling itself once clips have been open more than half of
+  the last few minutes (holding is then no longer a short price paid now and then). Why it moves:
+  a clip's slowdown is what the other work's prefill adds to each of its decode steps, over what
+  the clips themselves load them with. One 5-minute clip behind twelve 2-hour talks took 2.6-2.8x
+  its time alone at a fixed half hour and 1.77x at ten minutes; but eight clips at once (a
+  drop-folder storm's API tenant) fill more of their own steps, stay within 2x at half an hour,
+  and at ten minutes cost the storm's batch 5 points of throughput (docs/benchmarks.md).
 - **A job's first text first.** Until a job has its first answer, its later windows' requests wait
   while its first window's are waiting or in flight. The server's prefill is what a long job's
   start is short of (requests are prefilled in the order they arrive), so spending
@@ -62,8 +63,10 @@ import functools
 import heapq
 import itertools
 import logging
+import math
 import random
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +81,11 @@ BACKOFF_CAP_S = 30.0
 # The least audio the other work keeps at the server beside clips, however small they are: twenty
 # 30-s segments, so that a stream of short clips slows a backlog rather than stopping it.
 CAP_FLOOR_BESIDE_CLIPS_S = 600.0
+# When clips have been open more than half of the last few minutes (an exponential average over
+# five), the hold is no longer a short price paid now and then: the cap goes to its ceiling, so a
+# steady stream of short clips slows the other work by what a fixed cap did, never more.
+CLIP_TIME_HORIZON_S = 300.0
+CLIP_TIME_SHARE_RELAXED = 0.5
 ANSWERED_JOBS_KEPT = 4096
 
 
@@ -159,6 +167,7 @@ class RequestScheduler:
         name: str = "model-requests",
         max_audio_beside_clips_s: float | None = None,
         audio_beside_clips_ratio: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
@@ -194,6 +203,11 @@ class RequestScheduler:
         # cap at this peak, so a cap that falls as a clip's segments are answered only holds new
         # attempts back and never throws away a prefill already done.
         self._clips_audio_peak_s = 0.0
+        # The share of recent time during which clips were open, and when it was last brought up
+        # to date (each time clips open or all settle, and when the cap is read).
+        self._clock = clock
+        self._clip_time_share = 0.0
+        self._clip_time_at = clock()
         self._others_inflight = 0
         self._others_audio_s = 0.0
         self._preempting = 0  # attempts being cancelled for a clip, not yet back in line
@@ -237,6 +251,7 @@ class RequestScheduler:
                 future.set_exception(EngineAborted(f"the worker is stopping: {what} not sent"))
                 return future
             if share.clip:
+                self._tick_clip_time()
                 self._clips_open += 1
                 self._clips_audio_s += request.cost_s
                 self._clips_audio_peak_s = max(self._clips_audio_peak_s, self._clips_audio_s)
@@ -276,10 +291,11 @@ class RequestScheduler:
                 "waiting": self._waiting,
                 "peak_inflight": self._peak_inflight,
                 "clips_open": self._clips_open,
-                "cap_beside_clips_s": self.cap_beside_clips_s(),  # inf: no cap
+                "cap_beside_clips_s": self._cap_for(self._clips_audio_s),  # inf: no cap
                 "others_inflight": self._others_inflight,
                 "others_audio_s": round(self._others_audio_s),
                 "preempted": self._preempted,
+                "clip_time_share": self._clip_time_share,
             }
 
     def run_on_loop(self, coro: Awaitable[Any]) -> Any:
@@ -432,6 +448,7 @@ class RequestScheduler:
     def _stop_waiting(self) -> list[_Request]:
         """Stop for good: every waiting request leaves the lines (the caller settles them)."""
         self._aborted = True
+        self._tick_clip_time()
         waiting = [r for lines in self._lines.values() for line in lines.values() for r in line.requests()]
         self._lines.clear()
         self._waiting = 0
@@ -499,14 +516,24 @@ class RequestScheduler:
     def cap_beside_clips_s(self) -> float:
         """The other work's audio allowed at the server while the clips now open are: it follows
         their own audio (a lone 5-minute clip: ten minutes at the ratio's default, 2; eight
-        2-minute clips: the ceiling)."""
-        return self._cap_for(self._clips_audio_s)
+        2-minute clips: the ceiling; clips open most of the last few minutes: the ceiling)."""
+        with self._lock:
+            return self._cap_for(self._clips_audio_s)
 
     def _cap_for(self, clips_audio_s: float) -> float:
-        if self.audio_beside_clips_ratio is None:
+        self._tick_clip_time()
+        if self.audio_beside_clips_ratio is None or self._clip_time_share > CLIP_TIME_SHARE_RELAXED:
             return self.max_audio_beside_clips_s
         follows = max(CAP_FLOOR_BESIDE_CLIPS_S, self.audio_beside_clips_ratio * clips_audio_s)
         return min(self.max_audio_beside_clips_s, follows)
+
+    def _tick_clip_time(self) -> None:
+        """Bring the share of time with clips open up to now (clips were open, or not, throughout
+        the time since the last tick: every change of ``_clips_open`` ticks first)."""
+        now = self._clock()
+        kept = math.exp(-max(0.0, now - self._clip_time_at) / CLIP_TIME_HORIZON_S)
+        self._clip_time_share = self._clip_time_share * kept + (1.0 - kept) * (self._clips_open > 0)
+        self._clip_time_at = now
 
     def _held(self, request: _Request) -> bool:
         """Any request but a clip's while a clip's are open and its audio would take the other work
@@ -516,7 +543,7 @@ class RequestScheduler:
         if (
             not share.clip
             and self._clips_open
-            and self._others_audio_s + request.cost_s > self.cap_beside_clips_s()
+            and self._others_audio_s + request.cost_s > self._cap_for(self._clips_audio_s)
         ):
             return True
         if _is_lead(share) or not share.order[0]:
@@ -534,6 +561,7 @@ class RequestScheduler:
     def _settled(self, request: _Request) -> None:
         """A request's future is done: it no longer holds anything."""
         if request.share.clip:
+            self._tick_clip_time()
             self._clips_open -= 1
             if self._clips_open:
                 self._clips_audio_s -= request.cost_s
