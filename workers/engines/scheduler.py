@@ -495,8 +495,10 @@ class RequestScheduler:
         prefilled them yet (nothing is lost); the older ones are decoding and finish soon. A request
         already cancelled once, or already failed once, is spared (so a clip's summary, opening the
         hold a second time, does not cancel the same requests again)."""
+        if not self._clips_open:
+            return []  # the common case, on every wake: no cap to work out
         excess_s = self._others_audio_s - self._preempting_audio_s - self._cap_for(self._clips_audio_peak_s)
-        if not self._clips_open or excess_s <= 0:
+        if excess_s <= 0:
             return []
         victims: list[_Request] = []
         newest = (r for r in reversed(self._sending.values()) if not r.share.clip and not r.preempted)
