@@ -223,6 +223,48 @@ def test_the_cap_beside_a_clip_counts_audio_seconds_not_requests() -> None:
     assert scheduler.stats().items() >= {"others_audio_s": 0, "clips_open": 0}.items()
 
 
+def test_a_summary_held_for_its_size_does_not_hold_up_the_segments_behind_it() -> None:
+    # A 30-minute window's summary never fits beside a clip whose cap is smaller; the talk's next
+    # window's segments, behind it in the job's order, still keep the cap's audio at the server.
+    # (With one line per job, the held summary was the job's head and the talk sent nothing: the
+    # server ran the clip alone, then refilled from empty when it ended.)
+    scheduler = RequestScheduler(max_inflight=8, max_audio_beside_clips_s=60)
+    gates: dict[str, threading.Event] = {}
+    starts = Counter[str]()
+    window0 = Share(tenant="a", order=("2026-01-01", 0))
+    window1 = Share(tenant="a", order=("2026-01-01", 1))
+    clip = Share(tenant="b", order=("2026-01-02", 0), short=True)
+
+    def send(name: str, share: Share, cost_s: float) -> Any:
+        gate = gates[name] = threading.Event()
+
+        async def attempt(_deadline: float) -> str:
+            starts[name] += 1
+            await _until(gate)
+            return name
+
+        return scheduler.submit(attempt, share=share, cost_s=cost_s, deadline_s=60, retries=0)
+
+    first = send("a-first", window0, 30)
+    gates["a-first"].set()
+    assert first.result(timeout=30) == "a-first"  # the talk has its first text: no first-text hold
+    short = send("b", clip, 30)
+    _wait_for(lambda: starts["b"] == 1, "the clip out")
+    summary = send("summary", window0, 1800)
+    segments = [send(f"s{n}", window1, 30) for n in range(4)]
+    _wait_for(lambda: starts["s0"] == starts["s1"] == 1, "the segments behind the summary out")
+    assert scheduler.stats().items() >= {"others_audio_s": 60, "waiting": 3}.items()
+    assert starts["summary"] == starts["s2"] == starts["s3"] == 0
+    gates["b"].set()
+    assert short.result(timeout=30) == "b"
+    _wait_for(lambda: starts["summary"] == starts["s3"] == 1, "the rest out once the clip is answered")
+    for gate in gates.values():
+        gate.set()
+    assert summary.result(timeout=30) == "summary"
+    assert [f.result(timeout=30) for f in segments] == ["s0", "s1", "s2", "s3"]
+    assert scheduler.stats().items() >= {"others_audio_s": 0, "clips_open": 0, "waiting": 0}.items()
+
+
 def test_the_cap_beside_clips_follows_their_audio_and_cuts_only_at_its_peak() -> None:
     # Twice the clips' own audio, at least ten minutes, at most the ceiling. A lone small clip
     # gets a tight cap; the cap falls as its segments are answered, which holds new attempts back

@@ -25,21 +25,22 @@ thread with an async HTTP client. Why:
   such as the drop folder's) keeps a bounded number of audio seconds in its requests at the server
   (``cap_beside_clips_s``): its newest attempts beyond that are cancelled and put back in line (not
   counted as tries; vLLM drops a request whose client went away, and the newest were most likely
-  still waiting for their prefill, so little is lost), and its new ones wait. Fair share alone
-  sends the clip's requests first, but behind a server that already holds 256 requests, in a
-  batch of 256 that also prefills every request admitted after them, a 5-minute clip took 7-12x
-  its time alone (bench/fairness_floor.py, the GPU model). The cap is in audio seconds, not in
-  requests, because what slows the clip is the prefill of the requests admitted beside it, and
-  that grows with their audio: one 30-minute window's summary costs as much as sixty 30-s
-  segments. The cap follows the clips' own audio: ``audio_beside_clips_ratio`` times the audio of
-  the clips' open requests, at least ``CAP_FLOOR_BESIDE_CLIPS_S``, at most
+  still waiting for their prefill, so little is lost), and its new ones wait (one too big for the
+  cap, such as a 30-minute window's summary, waits without holding up the smaller ones behind it in
+  its job's order). Fair share alone sends the clip's requests first, but behind a server that
+  already holds 256 requests, in a batch of 256 that also prefills every request admitted after
+  them, a 5-minute clip took 7-12x its time alone (bench/fairness_floor.py, the GPU model). The cap
+  is in audio seconds, not in requests, because what slows the clip is the prefill of the requests
+  admitted beside it, and that grows with their audio: one 30-minute window's summary costs as much
+  as sixty 30-s segments. The cap follows the clips' own audio: ``audio_beside_clips_ratio`` times
+  the audio of the clips' open requests, at least ``CAP_FLOOR_BESIDE_CLIPS_S``, at most
   ``max_audio_beside_clips_s``; and the ceiling itself once clips have been open more than half of
-  the last few minutes (holding is then no longer a short price paid now and then). Why it moves:
-  a clip's slowdown is what the other work's prefill adds to each of its decode steps, over what
-  the clips themselves load them with. One 5-minute clip behind twelve 2-hour talks took 2.6-2.8x
-  its time alone at a fixed half hour and 1.77x at ten minutes; but eight clips at once (a
-  drop-folder storm's API tenant) fill more of their own steps, stay within 2x at half an hour,
-  and at ten minutes cost the storm's batch 5 points of throughput (docs/benchmarks.md).
+  the last few minutes (holding is then no longer a short price paid now and then). Why it moves: a
+  clip's slowdown is what the other work's prefill adds to each of its decode steps, over what the
+  clips themselves load them with. One 5-minute clip behind twelve 2-hour talks took 2.6-2.8x its
+  time alone at a fixed half hour and 1.77x at ten minutes; but eight clips at once (a drop-folder
+  storm's API tenant) fill more of their own steps, stay within 2x at half an hour, and at ten
+  minutes cost the storm's batch 5 points of throughput (docs/benchmarks.md).
 - **A job's first text first.** Until a job has its first answer, its later windows' requests wait
   while its first window's are waiting or in flight. The server's prefill is what a long job's
   start is short of (requests are prefilled in the order they arrive), so spending
@@ -130,32 +131,45 @@ class _Request:
 
 class _TenantLine:
     """One tenant's waiting requests, per job, earliest job and window first (retries keep their
-    place); a job held for its first text does not hold up the tenant's other jobs."""
+    place); a job held for its first text does not hold up the tenant's other jobs.
+
+    Each job's requests are kept in lines by size (``_size_class``: powers of two of audio
+    seconds), each in order, so that a request held for its size (a 30-minute window's summary
+    while a clip caps the other work's audio) does not hold up the smaller ones behind it: with
+    one line per job, a backlog whose jobs each had a summary at its head sent nothing at all
+    beside a clip, and refilled the server from empty when the clip ended."""
 
     def __init__(self) -> None:
-        self.jobs: dict[tuple[str, str], list[tuple[tuple[Any, ...], _Request]]] = {}
+        self.jobs: dict[tuple[str, str], dict[int, list[tuple[tuple[Any, ...], _Request]]]] = {}
         self.served = 0.0  # audio seconds sent, in the class's virtual time
 
     def __bool__(self) -> bool:
         return bool(self.jobs)
 
     def push(self, request: _Request) -> None:
-        heapq.heappush(self.jobs.setdefault(_job_of(request.share), []), (request.key, request))
+        sizes = self.jobs.setdefault(_job_of(request.share), {})
+        heapq.heappush(sizes.setdefault(_size_class(request.cost_s), []), (request.key, request))
 
     def first(self, held: Callable[[_Request], bool]) -> _Request | None:
-        """The earliest request not ``held`` (each job's line is in order, so only its head counts)."""
-        heads = sorted((heap[0] for heap in self.jobs.values()), key=lambda item: item[0])
+        """The earliest request not ``held`` (each line is in order, so only its head counts)."""
+        heads = sorted(
+            (heap[0] for sizes in self.jobs.values() for heap in sizes.values()),
+            key=lambda item: item[0],
+        )
         return next((request for _, request in heads if not held(request)), None)
 
     def remove(self, request: _Request) -> None:
         job = _job_of(request.share)
-        heap = self.jobs[job]
-        heapq.heappop(heap)  # ``first`` only returns a head
-        if not heap:
-            del self.jobs[job]
+        sizes = self.jobs[job]
+        size = _size_class(request.cost_s)
+        heapq.heappop(sizes[size])  # ``first`` only returns a head
+        if not sizes[size]:
+            del sizes[size]
+            if not sizes:
+                del self.jobs[job]
 
     def requests(self) -> list[_Request]:
-        return [request for heap in self.jobs.values() for _, request in heap]
+        return [request for sizes in self.jobs.values() for heap in sizes.values() for _, request in heap]
 
 
 class RequestScheduler:
@@ -583,6 +597,12 @@ class RequestScheduler:
 
 def _job_of(share: Share) -> tuple[str, str]:
     return (share.tenant, share.order[0])
+
+
+def _size_class(cost_s: float) -> int:
+    """The line a request waits in within its job: 30-s segments share one, a 30-minute window's
+    summary is in another (a request's size class is fixed, so it is found again on removal)."""
+    return math.ceil(math.log2(max(cost_s, 1.0)))
 
 
 def _is_lead(share: Share) -> bool:
