@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     request_deadline_base_s: float = Field(default=60.0, gt=0)
     request_deadline_per_audio_s: float = Field(default=0.1, ge=0)
     request_deadline_per_token_s: float = Field(default=0.15, ge=0)
+    # An attempt is also sent again, before its deadline, once at least eight requests of its size
+    # sent after it have been answered and it has been out this many times the longest of their
+    # times (and a quarter of its deadline): the server lost it. 0: only the deadline.
+    request_overtaken_factor: float = Field(default=3.0, ge=0)
     # Requests each process keeps at the model server (vLLM's --max-num-seqs, which `voxbatch vllm`
     # sets to the same number): windows put their requests into one queue, this many go out.
     max_inflight: int = Field(default=256, ge=1, le=4096)

@@ -443,6 +443,50 @@ def test_an_attempt_past_its_deadline_is_sent_again() -> None:
     assert len(tries) == 2
 
 
+def test_a_request_the_server_overtook_is_sent_again_before_its_deadline() -> None:
+    # Eight requests of its size sent after it were answered, and it has been out three times the
+    # longest of their times and a quarter of its deadline: the server lost it. (The scheduler's
+    # clock is the test's, so ages are set, not waited for; the deadline runs on real time.)
+    now = [0.0]
+    scheduler = RequestScheduler(max_inflight=16, overtaken_factor=3.0, clock=lambda: now[0])
+    gates = {f"q{n}": threading.Event() for n in range(8)}
+    tries: list[int] = []
+    never = threading.Event()
+
+    async def lost(_deadline: float) -> str:
+        tries.append(len(tries))
+        if len(tries) == 1:
+            await _until(never)  # the server never answers the first attempt
+        return "answered"
+
+    def quick(name: str) -> Any:
+        async def attempt(_deadline: float) -> str:
+            await _until(gates[name])
+            return name
+
+        return scheduler.submit(attempt, share=Share(), cost_s=30, deadline_s=300, retries=0)
+
+    first = scheduler.submit(lost, share=Share(), cost_s=30, deadline_s=300, retries=2, backoff_base_s=0.0)
+    _wait_for(lambda: len(tries) == 1, "the first attempt out")
+    now[0] = 1.0
+    later = [quick(name) for name in gates]
+    _wait_for(lambda: scheduler.stats()["inflight"] == 9, "the later requests out")
+    for n in range(7):
+        gates[f"q{n}"].set()
+        assert later[n].result(timeout=30) == f"q{n}"
+    now[0] = 100.0
+    with scheduler._lock:  # seven overtakers are not enough, however old it is
+        assert scheduler._overtaken_now() == []
+    gates["q7"].set()
+    assert later[7].result(timeout=30) == "q7"  # took 99 s: three times that is 297 s
+    with scheduler._lock:
+        assert scheduler._overtaken_now() == []
+    now[0] = 301.0
+    assert first.result(timeout=30) == "answered"
+    assert len(tries) == 2
+    assert scheduler.stats()["overtaken"] == 1
+
+
 def test_retries_are_bounded_and_say_why() -> None:
     scheduler = RequestScheduler(max_inflight=4)
 

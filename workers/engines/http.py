@@ -61,12 +61,15 @@ class ApiClient:
         max_inflight: int = 256,
         max_audio_beside_clips_s: float | None = None,
         audio_beside_clips_ratio: float | None = None,
+        overtaken_factor: float | None = None,
     ) -> None:
         self.server = server
         self.retries = retries
         self.backoff_base_s = backoff_base_s
         self.timeout_s = timeout_s
-        self._scheduler = process_scheduler(max_inflight, max_audio_beside_clips_s, audio_beside_clips_ratio)
+        self._scheduler = process_scheduler(
+            max_inflight, max_audio_beside_clips_s, audio_beside_clips_ratio, overtaken_factor
+        )
         # Above the scheduler's cap, so a request never waits for a connection of its own pool.
         pool = max_inflight + 16
         self._client = httpx.AsyncClient(

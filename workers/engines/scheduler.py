@@ -59,6 +59,7 @@ loop.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import functools
 import heapq
@@ -88,6 +89,15 @@ CAP_FLOOR_BESIDE_CLIPS_S = 600.0
 CLIP_TIME_HORIZON_S = 300.0
 CLIP_TIME_SHARE_RELAXED = 0.5
 ANSWERED_JOBS_KEPT = 4096
+# A request overtaken by the server is presumed lost and sent again before its deadline
+# (``_overtaken``): at least OVERTAKERS requests of its size, sent after it, have been answered, it
+# has been out ``overtaken_factor`` times the longest of their times, and at least a quarter of its
+# deadline. The deadline must allow the longest answer a request may give (a runaway transcript of
+# 512 tokens); the requests sent after it show how long this server takes now.
+OVERTAKERS = 8
+OVERTAKEN_FLOOR_OF_DEADLINE = 0.25
+RECENT_ANSWERS_KEPT = 64  # per size class: the answers that can show a request overtaken
+OVERTAKEN_CHECK_S = 1.0
 
 
 class EngineAborted(Exception):
@@ -124,6 +134,8 @@ class _Request:
     last_error: str = ""
     key: tuple[Any, ...] = field(default=())
     preempted: bool = False  # its attempt is being cancelled to make room for a clip
+    overtaken: bool = False  # its attempt is being cancelled: presumed lost by the server
+    sent_at: float = 0.0  # when its attempt in flight began (the scheduler's clock)
     # Once cancelled for a clip, or once failed, never cancelled for a clip again: a request then
     # reaches the server at most twice in a clean run, and a fault adds one send, not a cycle.
     spared: bool = False
@@ -181,6 +193,7 @@ class RequestScheduler:
         name: str = "model-requests",
         max_audio_beside_clips_s: float | None = None,
         audio_beside_clips_ratio: float | None = None,
+        overtaken_factor: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_inflight < 1:
@@ -192,6 +205,8 @@ class RequestScheduler:
         )
         # None: the cap is max_audio_beside_clips_s whatever the clips' size.
         self.audio_beside_clips_ratio = audio_beside_clips_ratio
+        # None: a request is sent again only when its deadline passes.
+        self.overtaken_factor = overtaken_factor
         self._name = name
         self._seq = itertools.count()
         self._lock = threading.Lock()  # guards the lines, counters and the aborted flag
@@ -227,6 +242,9 @@ class RequestScheduler:
         self._preempting = 0  # attempts being cancelled for a clip, not yet back in line
         self._preempting_audio_s = 0.0
         self._preempted = 0  # attempts cancelled for a clip, in all
+        # Per size class, the latest answers: (when their attempt began, how long it took).
+        self._recent: dict[int, collections.deque[tuple[float, float]]] = {}
+        self._overtaken = 0  # attempts presumed lost and sent again before their deadline
         self._loop = asyncio.new_event_loop()
         self._wake = asyncio.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -310,6 +328,7 @@ class RequestScheduler:
                 "others_audio_s": round(self._others_audio_s),
                 "preempted": self._preempted,
                 "clip_time_share": self._clip_time_share,
+                "overtaken": self._overtaken,
             }
 
     def run_on_loop(self, coro: Awaitable[Any]) -> Any:
@@ -333,6 +352,9 @@ class RequestScheduler:
                 _settle(request.future, exc=stopped)
 
     async def _dispatch_forever(self) -> None:
+        if self.overtaken_factor is not None:
+            watch = asyncio.ensure_future(self._watch_overtaken())
+            watch.add_done_callback(_log_unexpected_end)
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -364,6 +386,44 @@ class RequestScheduler:
                 self._task_of[request.seq] = task
                 task.add_done_callback(functools.partial(self._forget_task, request.seq))
 
+    async def _watch_overtaken(self) -> None:
+        while not self._aborted:
+            await asyncio.sleep(OVERTAKEN_CHECK_S)
+            with self._lock:
+                lost = [] if self._aborted else self._overtaken_now()
+            for request in lost:
+                log.warning(
+                    "%s: no answer after %.0f s while later requests of its size were answered; "
+                    "presumed lost by the server, sending it again",
+                    request.what,
+                    self._clock() - request.sent_at,
+                )
+                task = self._task_of.get(request.seq)
+                if task is not None:
+                    task.cancel()
+
+    def _overtaken_now(self) -> list[_Request]:
+        """The attempts in flight that the server has overtaken (``OVERTAKERS``): vLLM admits
+        requests first come first served and answers a request of a given size in about the same
+        time as the others, so one left far behind the later ones was lost on the way (a
+        connection that never delivered it, an answer that never came)."""
+        assert self.overtaken_factor is not None
+        now = self._clock()
+        lost = []
+        for request in self._sending.values():
+            if request.preempted or request.overtaken:
+                continue
+            age = now - request.sent_at
+            if age < OVERTAKEN_FLOOR_OF_DEADLINE * request.deadline_s:
+                continue
+            recent = self._recent.get(_size_class(request.cost_s), ())
+            later = [took for began, took in recent if began > request.sent_at]
+            if len(later) >= OVERTAKERS and age > self.overtaken_factor * max(later):
+                request.overtaken = True
+                lost.append(request)
+        self._overtaken += len(lost)
+        return lost
+
     async def _send(self, request: _Request) -> None:
         """One attempt; a retryable failure puts the request back in line after its backoff, an
         attempt cancelled for a clip goes back at once (not counted as a try)."""
@@ -371,12 +431,27 @@ class RequestScheduler:
         preempted = False
         try:
             request.tries += 1
+            request.sent_at = self._clock()
             try:
                 answer = await asyncio.wait_for(request.attempt(request.deadline_s), request.deadline_s)
             except TimeoutError as exc:
                 raise Retryable(f"no answer within {request.deadline_s:.0f} s") from exc
+            except asyncio.CancelledError as exc:
+                if not request.overtaken or self._aborted:
+                    raise
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                raise Retryable(
+                    f"no answer after {self._clock() - request.sent_at:.0f} s while later requests "
+                    "of its size were answered"
+                ) from exc
             with self._lock:
                 self._mark_answered(request.share)
+                recent = self._recent.setdefault(
+                    _size_class(request.cost_s), collections.deque(maxlen=RECENT_ANSWERS_KEPT)
+                )
+                recent.append((request.sent_at, self._clock() - request.sent_at))
             _settle(request.future, result=answer)
         except Retryable as exc:
             request.last_error = str(exc)
@@ -415,6 +490,7 @@ class RequestScheduler:
                     self._others_audio_s -= request.cost_s
                     if not self._others_inflight:
                         self._others_audio_s = 0.0  # no float residue when nothing is out
+                request.overtaken = False
                 if request.preempted:
                     self._preempting -= 1
                     self._preempting_audio_s -= request.cost_s
@@ -515,7 +591,11 @@ class RequestScheduler:
         if excess_s <= 0:
             return []
         victims: list[_Request] = []
-        newest = (r for r in reversed(self._sending.values()) if not r.share.clip and not r.preempted)
+        newest = (
+            r
+            for r in reversed(self._sending.values())
+            if not r.share.clip and not r.preempted and not r.overtaken
+        )
         # Only among the newest attempts that make up the excess: a spared one stays out rather
         # than costing an older, decoding request its prefill.
         for request in newest:
@@ -595,6 +675,11 @@ class RequestScheduler:
                 self._leads.pop(job, None)
 
 
+def _log_unexpected_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the watch for lost model requests stopped", exc_info=task.exception())
+
+
 def _job_of(share: Share) -> tuple[str, str]:
     return (share.tenant, share.order[0])
 
@@ -624,7 +709,7 @@ def _settle(
         pass  # settled by another path (an abort) meanwhile
 
 
-_schedulers: dict[tuple[int, float | None, float | None], RequestScheduler] = {}
+_schedulers: dict[tuple[int, float | None, float | None, float | None], RequestScheduler] = {}
 _schedulers_lock = threading.Lock()
 _process_aborted = threading.Event()
 
@@ -633,16 +718,18 @@ def process_scheduler(
     max_inflight: int,
     max_audio_beside_clips_s: float | None = None,
     audio_beside_clips_ratio: float | None = None,
+    overtaken_factor: float | None = None,
 ) -> RequestScheduler:
     """The process's scheduler for these settings (one per value: in practice one per process)."""
     with _schedulers_lock:
-        key = (max_inflight, max_audio_beside_clips_s, audio_beside_clips_ratio)
+        key = (max_inflight, max_audio_beside_clips_s, audio_beside_clips_ratio, overtaken_factor)
         scheduler = _schedulers.get(key)
         if scheduler is None:
             scheduler = _schedulers[key] = RequestScheduler(
                 max_inflight,
                 max_audio_beside_clips_s=max_audio_beside_clips_s,
                 audio_beside_clips_ratio=audio_beside_clips_ratio,
+                overtaken_factor=overtaken_factor,
             )
             if _process_aborted.is_set():
                 scheduler.abort()

@@ -86,6 +86,7 @@ class VLLMEngine:
             max_inflight=settings.max_inflight,
             max_audio_beside_clips_s=settings.max_audio_beside_clips_s,
             audio_beside_clips_ratio=settings.audio_beside_clips_ratio,
+            overtaken_factor=settings.request_overtaken_factor or None,
         )
         self._init_limits(
             max_s=settings.vllm_max_audio_s,
