@@ -32,7 +32,7 @@ SUMMARY_RESERVE_TOKENS = 4096
 # windows shorter than this make documents of many tiny sections.
 MIN_HEARD_WINDOW_S = 120.0
 # Transcript tokens per second of speech, counted high (fast speech is ~4-5): sizes windows whose
-# summary is written from their transcript.
+# summary is written from their transcript, and caps a transcript's answer (beyond it, a runaway).
 TRANSCRIPT_TOKENS_PER_S = 6.0
 
 SummarySource = Literal["audio", "transcripts"]

@@ -445,18 +445,18 @@ def test_an_attempt_past_its_deadline_is_sent_again() -> None:
 
 def test_a_request_the_server_overtook_is_sent_again_before_its_deadline() -> None:
     # Eight requests of its size sent after it were answered, and it has been out three times the
-    # longest of their times and a quarter of its deadline: the server lost it. (The scheduler's
-    # clock is the test's, so ages are set, not waited for; the deadline runs on real time.)
+    # longest of their times and a quarter of its deadline: the server lost it. Its second attempt
+    # is judged by its deadline alone (a request merely slow is sent early once at most). (The
+    # scheduler's clock is the test's, so ages are set, not waited for; deadlines run on real time.)
     now = [0.0]
     scheduler = RequestScheduler(max_inflight=16, overtaken_factor=3.0, clock=lambda: now[0])
     gates = {f"q{n}": threading.Event() for n in range(8)}
     tries: list[int] = []
-    never = threading.Event()
+    never, second = threading.Event(), threading.Event()
 
     async def lost(_deadline: float) -> str:
         tries.append(len(tries))
-        if len(tries) == 1:
-            await _until(never)  # the server never answers the first attempt
+        await _until(never if len(tries) == 1 else second)  # the first attempt is never answered
         return "answered"
 
     def quick(name: str) -> Any:
@@ -482,6 +482,11 @@ def test_a_request_the_server_overtook_is_sent_again_before_its_deadline() -> No
     with scheduler._lock:
         assert scheduler._overtaken_now() == []
     now[0] = 301.0
+    _wait_for(lambda: len(tries) == 2, "the request sent again")
+    now[0] = 10_000.0
+    with scheduler._lock:
+        assert scheduler._overtaken_now() == []
+    second.set()
     assert first.result(timeout=30) == "answered"
     assert len(tries) == 2
     assert scheduler.stats()["overtaken"] == 1

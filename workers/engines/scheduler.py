@@ -93,7 +93,9 @@ ANSWERED_JOBS_KEPT = 4096
 # (``_overtaken``): at least OVERTAKERS requests of its size, sent after it, have been answered, it
 # has been out ``overtaken_factor`` times the longest of their times, and at least a quarter of its
 # deadline. The deadline must allow the longest answer a request may give (a runaway transcript of
-# 512 tokens); the requests sent after it show how long this server takes now.
+# 512 tokens); the requests sent after it show how long this server takes now. Only a first attempt
+# is judged so: a request that is merely slow (a long answer among short ones) is sent again early
+# once at most, and then has its whole deadline.
 OVERTAKERS = 8
 OVERTAKEN_FLOOR_OF_DEADLINE = 0.25
 RECENT_ANSWERS_KEPT = 64  # per size class: the answers that can show a request overtaken
@@ -136,6 +138,7 @@ class _Request:
     preempted: bool = False  # its attempt is being cancelled to make room for a clip
     overtaken: bool = False  # its attempt is being cancelled: presumed lost by the server
     sent_at: float = 0.0  # when its attempt in flight began (the scheduler's clock)
+    started: bool = False  # its attempt's task has begun running (it can be cancelled)
     # Once cancelled for a clip, or once failed, never cancelled for a clip again: a request then
     # reaches the server at most twice in a clean run, and a fault adds one send, not a cycle.
     spared: bool = False
@@ -366,9 +369,7 @@ class RequestScheduler:
                     len(victims),
                 )
             for victim in victims:
-                task = self._task_of.get(victim.seq)
-                if task is not None:
-                    task.cancel()
+                self._cancel_attempt(victim)
             while True:
                 with self._lock:
                     if self._aborted or self._inflight >= self.max_inflight:
@@ -381,6 +382,10 @@ class RequestScheduler:
                     if not request.share.clip:
                         self._others_inflight += 1
                         self._others_audio_s += request.cost_s
+                    # Set here, not when its task starts: the watch for lost requests may run
+                    # in between, and must not judge a new attempt by its last one's start.
+                    request.sent_at = self._clock()
+                    request.started = False
                     self._sending[request.seq] = request
                 task = asyncio.ensure_future(self._send(request))
                 self._task_of[request.seq] = task
@@ -398,9 +403,16 @@ class RequestScheduler:
                     request.what,
                     self._clock() - request.sent_at,
                 )
-                task = self._task_of.get(request.seq)
-                if task is not None:
-                    task.cancel()
+                self._cancel_attempt(request)
+
+    def _cancel_attempt(self, request: _Request) -> None:
+        """Cancel an attempt marked ``preempted`` or ``overtaken``. A task cancelled before it
+        starts never runs its body, so nothing would put the request back in line or count it out
+        (a window waiting on it forever): an attempt not started yet sees its mark when it starts,
+        and goes back in line without being sent."""
+        task = self._task_of.get(request.seq)
+        if task is not None and request.started:
+            task.cancel()
 
     def _overtaken_now(self) -> list[_Request]:
         """The attempts in flight that the server has overtaken (``OVERTAKERS``): vLLM admits
@@ -411,7 +423,7 @@ class RequestScheduler:
         now = self._clock()
         lost = []
         for request in self._sending.values():
-            if request.preempted or request.overtaken:
+            if not request.started or request.preempted or request.overtaken or request.tries > 1:
                 continue
             age = now - request.sent_at
             if age < OVERTAKEN_FLOOR_OF_DEADLINE * request.deadline_s:
@@ -429,10 +441,12 @@ class RequestScheduler:
         attempt cancelled for a clip goes back at once (not counted as a try)."""
         retry_after: float | None = None
         preempted = False
+        request.started = True
         try:
             request.tries += 1
-            request.sent_at = self._clock()
             try:
+                if request.preempted:
+                    raise asyncio.CancelledError  # cut for a clip before it was sent
                 answer = await asyncio.wait_for(request.attempt(request.deadline_s), request.deadline_s)
             except TimeoutError as exc:
                 raise Retryable(f"no answer within {request.deadline_s:.0f} s") from exc

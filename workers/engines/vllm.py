@@ -31,7 +31,7 @@ from typing import Any
 
 from jobs.engine import Capabilities
 from jobs.errors import EngineRejected, InputError, RepetitionLoop, TranscriptCut, WindowTooLarge
-from jobs.profiles import DEFAULT_PROFILE, ModelProfile, profile_for
+from jobs.profiles import DEFAULT_PROFILE, TRANSCRIPT_TOKENS_PER_S, ModelProfile, profile_for
 from jobs.settings import Settings
 from workers.engines import durations
 from workers.engines.answers import Refusal, RefusedTooLarge
@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 MAX_MODEL_LEN = 32_768
 PROMPT_OVERHEAD_TOKENS = 16  # [INST], audio delimiters, "lang:xx[TRANSCRIBE]": a few, counted high
 MIN_OUTPUT_TOKENS = 512  # a window leaving less room than this for the answer is too long
-TRANSCRIPT_TOKENS_PER_S = 6.0  # fast speech is ~4-5 tokens/s; above that is a runaway answer
 CUT_FRACTION = 0.9  # of the token cap: a transcript this long (by the high estimate) was cut
 SUMMARY_MAX_TOKENS = 2048
 COMPLETE_MAX_TOKENS = 4096
