@@ -43,6 +43,25 @@ def _gated(gate: threading.Event, order: list[str], name: str) -> Any:
     return attempt
 
 
+class _Gated:
+    """Requests each held open until the test sets its gate; counts each one's attempts."""
+
+    def __init__(self, scheduler: RequestScheduler) -> None:
+        self.scheduler = scheduler
+        self.gates: dict[str, threading.Event] = {}
+        self.starts = Counter[str]()
+
+    def send(self, name: str, share: Share, cost_s: float) -> Any:
+        gate = self.gates[name] = threading.Event()
+
+        async def attempt(_deadline: float) -> str:
+            self.starts[name] += 1
+            await _until(gate)
+            return name
+
+        return self.scheduler.submit(attempt, share=share, cost_s=cost_s, deadline_s=60, retries=0)
+
+
 def test_exactly_max_inflight_requests_are_sent_at_once() -> None:
     scheduler = RequestScheduler(max_inflight=8)
     gate = threading.Event()
@@ -229,21 +248,11 @@ def test_a_summary_held_for_its_size_does_not_hold_up_the_segments_behind_it() -
     # (With one line per job, the held summary was the job's head and the talk sent nothing: the
     # server ran the clip alone, then refilled from empty when it ended.)
     scheduler = RequestScheduler(max_inflight=8, max_audio_beside_clips_s=60)
-    gates: dict[str, threading.Event] = {}
-    starts = Counter[str]()
+    gated = _Gated(scheduler)
+    send, gates, starts = gated.send, gated.gates, gated.starts
     window0 = Share(tenant="a", order=("2026-01-01", 0))
     window1 = Share(tenant="a", order=("2026-01-01", 1))
     clip = Share(tenant="b", order=("2026-01-02", 0), short=True)
-
-    def send(name: str, share: Share, cost_s: float) -> Any:
-        gate = gates[name] = threading.Event()
-
-        async def attempt(_deadline: float) -> str:
-            starts[name] += 1
-            await _until(gate)
-            return name
-
-        return scheduler.submit(attempt, share=share, cost_s=cost_s, deadline_s=60, retries=0)
 
     first = send("a-first", window0, 30)
     gates["a-first"].set()
@@ -270,20 +279,10 @@ def test_the_cap_beside_clips_follows_their_audio_and_cuts_only_at_its_peak() ->
     # gets a tight cap; the cap falls as its segments are answered, which holds new attempts back
     # but cuts nothing more (what is out was prefilled beside the larger cap).
     scheduler = RequestScheduler(max_inflight=64, max_audio_beside_clips_s=2000, audio_beside_clips_ratio=2)
-    gates: dict[str, threading.Event] = {}
-    starts = Counter[str]()
+    gated = _Gated(scheduler)
+    send, gates, starts = gated.send, gated.gates, gated.starts
     talk = Share(tenant="a", order=("2026-01-01", 3))
     clip = Share(tenant="b", order=("2026-01-02", 0), short=True)
-
-    def send(name: str, share: Share, cost_s: float) -> Any:
-        gate = gates[name] = threading.Event()
-
-        async def attempt(_deadline: float) -> str:
-            starts[name] += 1
-            await _until(gate)
-            return name
-
-        return scheduler.submit(attempt, share=share, cost_s=cost_s, deadline_s=60, retries=0)
 
     talk_futures = [send(f"a{n}", talk, 30) for n in range(40)]  # 1,200 s of audio out
     _wait_for(lambda: scheduler.stats()["others_audio_s"] == 1200, "the long job out")
