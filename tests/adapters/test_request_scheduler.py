@@ -4,6 +4,7 @@ HTTP client on top of it against a server that drops uploads mid-body and someti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from collections import Counter
@@ -41,6 +42,25 @@ def _gated(gate: threading.Event, order: list[str], name: str) -> Any:
         return name
 
     return attempt
+
+
+@contextlib.contextmanager
+def _loop_held(scheduler: RequestScheduler) -> Iterator[None]:
+    """Hold the scheduler's loop while the block submits, so it sees those requests together. What
+    it cuts for a clip depends on the clip audio it knows of when it wakes; without the hold that
+    depends on whether it woke between two submits."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        held.set()
+        release.wait(timeout=60)
+
+    scheduler._loop.call_soon_threadsafe(hold)
+    assert held.wait(timeout=30), "the scheduler's loop never ran"
+    try:
+        yield
+    finally:
+        release.set()
 
 
 class _Gated:
@@ -286,7 +306,8 @@ def test_the_cap_beside_clips_follows_their_audio_and_cuts_only_at_its_peak() ->
 
     talk_futures = [send(f"a{n}", talk, 30) for n in range(40)]  # 1,200 s of audio out
     _wait_for(lambda: scheduler.stats()["others_audio_s"] == 1200, "the long job out")
-    segment, summary = send("b-segment", clip, 100), send("b-summary", clip, 300)
+    with _loop_held(scheduler):
+        segment, summary = send("b-segment", clip, 100), send("b-summary", clip, 300)
     # 400 s of clip audio: 800 s beside it. The 14 newest segments (420 s) are cut.
     _wait_for(lambda: scheduler.stats()["preempted"] == 14, "the newest beyond the cap cut")
     assert scheduler.stats().items() >= {"others_audio_s": 780, "cap_beside_clips_s": 800}.items()
