@@ -224,19 +224,11 @@ def test_the_cap_beside_a_clip_counts_audio_seconds_not_requests() -> None:
     # What slows a clip is the prefill of what is admitted beside it, and that grows with audio: a
     # 30-minute window's summary weighs as much as sixty 30-s segments.
     scheduler = RequestScheduler(max_inflight=8, max_audio_beside_clips_s=60)
-    gates = {name: threading.Event() for name in ("a0", "a1", "summary", "a2", "b")}
-    starts = Counter[str]()
+    gated = _Gated(scheduler)
+    send, gates, starts = gated.send, gated.gates, gated.starts
     talk = Share(tenant="a", order=("2026-01-01", 3))
     next_talk = Share(tenant="a", order=("2026-01-03", 3))  # the summary is not its line's head
     clip = Share(tenant="b", order=("2026-01-02", 0), short=True)
-
-    def send(name: str, share: Share, cost_s: float) -> Any:
-        async def attempt(_deadline: float) -> str:
-            starts[name] += 1
-            await _until(gates[name])
-            return name
-
-        return scheduler.submit(attempt, share=share, cost_s=cost_s, deadline_s=60, retries=0)
 
     segments = [send("a0", talk, 30), send("a1", talk, 30)]
     summary = send("summary", talk, 1800)
