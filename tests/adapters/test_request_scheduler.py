@@ -311,7 +311,13 @@ def test_the_cap_beside_clips_follows_their_audio_and_cuts_only_at_its_peak() ->
     _wait_for(lambda: scheduler.stats()["cap_beside_clips_s"] == 600, "the cap at its floor")
     for n in range(10):  # 300 s answered: 480 s out, room for four of the cut ones
         gates[f"a{n}"].set()
-    _wait_for(lambda: scheduler.stats()["others_audio_s"] == 600, "the cap filled again")
+    # Counted out when sent, started when its task runs: wait for both.
+    _wait_for(
+        lambda: (
+            scheduler.stats()["others_audio_s"] == 600 and sum(starts[f"a{n}"] == 2 for n in range(40)) == 4
+        ),
+        "the cap filled again",
+    )
     assert scheduler.stats()["preempted"] == 14
     assert sum(starts[f"a{n}"] == 2 for n in range(26, 40)) == 4
     gates["b-summary"].set()
