@@ -75,11 +75,18 @@ def _kill_and_restart(redis: RedisServer, workers: list[Worker], busy: Callable[
         raise AssertionError(f"{exc}\n{tails}") from None
     redis.start()
     reconnecting = [(w, n) for w, n, seen in zip(workers, connects, noticed(), strict=True) if seen]
-    wait_until(
-        lambda: all(_connects(w) > n for w, n in reconnecting),
-        90,
-        "every gpu worker that noticed to connect again",
-    )
+    try:
+        wait_until(
+            lambda: all(_connects(w) > n for w, n in reconnecting),
+            90,
+            "every gpu worker that noticed to connect again",
+        )
+    except AssertionError as exc:
+        # A worker that noticed and never connected again is the wedge this test exists for, or a
+        # reconnect it logs in words the test does not count: its last lines tell which.
+        stuck = [w for w, n in reconnecting if _connects(w) <= n]
+        tails = "\n".join(f"--- gpu worker {w.pid}:\n{w.text()[-3000:]}" for w in stuck)
+        raise AssertionError(f"{exc}\n{tails}") from None
 
 
 def test_gpu_workers_consume_again_after_many_redis_restarts_while_windows_run(
