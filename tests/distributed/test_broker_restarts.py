@@ -42,6 +42,11 @@ def _lost(worker: Worker) -> int:
     )
 
 
+def _tails(workers: list[Worker]) -> str:
+    """The last log lines of each of ``workers``, for a failure to be read."""
+    return "\n".join(f"--- gpu worker {w.pid}:\n{w.text()[-3000:]}" for w in workers)
+
+
 def _kill_and_restart(redis: RedisServer, workers: list[Worker], busy: Callable[[Worker], bool]) -> None:
     """SIGKILL (a crash, as the soak does), kept down until every gpu worker that reads from Redis
     noticed, then started again; returns once each worker that noticed connected again (or fails
@@ -71,8 +76,7 @@ def _kill_and_restart(redis: RedisServer, workers: list[Worker], busy: Callable[
         # Say which worker stayed silent and what it last logged: a worker that neither reads nor
         # runs two windows is the wedge this test exists for, or a state the test does not know.
         silent = [w for w, seen in zip(workers, noticed(), strict=True) if not seen and not busy(w)]
-        tails = "\n".join(f"--- gpu worker {w.pid}:\n{w.text()[-3000:]}" for w in silent)
-        raise AssertionError(f"{exc}\n{tails}") from None
+        raise AssertionError(f"{exc}\n{_tails(silent)}") from None
     redis.start()
     reconnecting = [(w, n) for w, n, seen in zip(workers, connects, noticed(), strict=True) if seen]
     try:
@@ -85,8 +89,7 @@ def _kill_and_restart(redis: RedisServer, workers: list[Worker], busy: Callable[
         # A worker that noticed and never connected again is the wedge this test exists for, or a
         # reconnect it logs in words the test does not count: its last lines tell which.
         stuck = [w for w, n in reconnecting if _connects(w) <= n]
-        tails = "\n".join(f"--- gpu worker {w.pid}:\n{w.text()[-3000:]}" for w in stuck)
-        raise AssertionError(f"{exc}\n{tails}") from None
+        raise AssertionError(f"{exc}\n{_tails(stuck)}") from None
 
 
 def test_gpu_workers_consume_again_after_many_redis_restarts_while_windows_run(
