@@ -84,6 +84,29 @@ def test_the_one_job_ideal_sends_the_overall_summary_after_the_window_summaries(
     assert model.ideal_one_job_s(requests[:2]) == pytest.approx(model.ideal_s(requests[:2]))
 
 
+def test_the_jobs_ideal_waits_for_each_jobs_own_window_summaries() -> None:
+    model = GpuModel(PLAIN)
+    short = GpuRequest(30.0, output_tokens=10)
+    long = GpuRequest(30.0, output_tokens=100)
+    overall = GpuRequest(0.0, text_tokens=200, output_tokens=10)
+    # The short job's overall summary goes once its own summary is answered, beside the long
+    # one's steps; the one-job ideal of both together makes it wait for the long summary too.
+    jobs = [[short, overall], [long]]
+    both = model.ideal_jobs_s(jobs)
+    assert model.ideal_s([short, long]) < both < model.ideal_one_job_s([short, overall, long])
+    assert model.ideal_jobs_s([[short, overall]]) == pytest.approx(model.ideal_one_job_s([short, overall]))
+
+
+def test_summaries_first_start_the_chain_before_the_segments() -> None:
+    model = GpuModel(PLAIN)  # 4 sequences at most
+    segments = [GpuRequest(30.0)] * 8  # a transcription: its answer follows its speech
+    summary = GpuRequest(30.0, output_tokens=100)
+    overall = GpuRequest(0.0, text_tokens=200, output_tokens=100)
+    job = [*segments, summary, overall]
+    # In order the summary is admitted after the segments and its 100 steps start late.
+    assert model.ideal_jobs_s([job], summaries_first=True) < model.ideal_jobs_s([job])
+
+
 def test_the_cap_makes_requests_wait_and_slots_are_refilled_between_steps() -> None:
     model = GpuModel(PLAIN)
     short = GpuRequest(30.0, output_tokens=10)

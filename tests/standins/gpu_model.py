@@ -136,23 +136,42 @@ class GpuModel:
         return engine.t
 
     def ideal_one_job_s(self, requests: Iterable[GpuRequest]) -> float:
-        """``ideal_s`` for the requests of one job, keeping its one dependency: a request without
-        audio (the overall summary, written from the windows' summaries) can only be sent once
-        every summary that hears audio (a request with audio and a fixed answer) is answered. No
-        client can do better for one job; for several jobs it over-constrains, so it is not used
-        there."""
-        requests = list(requests)
+        """``ideal_jobs_s`` for one job. No client can do better for one job; for several jobs
+        sharing one dependency it over-constrains (the vLLM stand-in's ``/stats`` reports it for
+        ``voxbatch run``)."""
+        return self.ideal_jobs_s([list(requests)])
+
+    def ideal_jobs_s(self, jobs: Iterable[list[GpuRequest]], summaries_first: bool = False) -> float:
+        """``ideal_s`` for several jobs' requests, keeping each job's one dependency: a request
+        without audio (the overall summary, written from the windows' summaries) can only be sent
+        once every summary of *its* job that hears audio (a request with audio and a fixed answer)
+        is answered. Every other request is there at time 0, in the order given, or with
+        ``summaries_first`` every job's summaries that hear audio ahead of the rest (the chain
+        then starts decoding at once; the server admits in arrival order)."""
         engine = BatchEngine(self)
-        heard = {k for k, r in enumerate(requests) if r.audio_s > 0 and r.output_tokens is not None}
-        later = [k for k, r in enumerate(requests) if r.audio_s <= 0]
-        for key, request in enumerate(requests):
-            if key not in later:
-                engine.submit(key, request, at=0.0)
-        while heard - engine.finished.keys():
-            engine.run_until(engine.t)
-        ready = max((engine.finished[k] for k in heard), default=0.0)
-        for key in later:
-            engine.submit(key, requests[key], at=ready)
+        heard: dict[int, set[Hashable]] = {}
+        later: dict[int, list[tuple[Hashable, GpuRequest]]] = {}
+        now: list[tuple[Hashable, GpuRequest]] = []
+        for j, requests in enumerate(jobs):
+            for k, request in enumerate(requests):
+                key = (j, k)
+                if request.audio_s <= 0:
+                    later.setdefault(j, []).append((key, request))
+                    continue
+                if request.output_tokens is not None:
+                    heard.setdefault(j, set()).add(key)
+                now.append((key, request))
+        if summaries_first:
+            now.sort(key=lambda item: item[1].output_tokens is None)  # stable: in order otherwise
+        for key, request in now:
+            engine.submit(key, request, at=0.0)
+        while later:
+            for j in [j for j in later if not heard.get(j, set()) - engine.finished.keys()]:
+                ready = max((engine.finished[k] for k in heard.get(j, ())), default=0.0)
+                for key, request in later.pop(j):
+                    engine.submit(key, request, at=ready)
+            if later:
+                engine.run_until(engine.t)
         engine.run_until(math.inf)
         return engine.t
 
