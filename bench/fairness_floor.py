@@ -93,7 +93,7 @@ def a_todo_of(a_windows: int, a_window_s: float) -> list[GpuRequest]:
 def a_jobs_of(a_jobs: int, a_windows: int, a_window_s: float, summary_tokens: int) -> list[list[GpuRequest]]:
     """A's backlog as ``a_jobs`` jobs: their windows' requests, and each job's overall summary,
     written (no audio) from its windows' summaries once they are all answered."""
-    per_job = max(1, a_windows // a_jobs)
+    per_job = a_windows // a_jobs
     overall = GpuRequest(
         0.0, text_tokens=per_job * summary_tokens + OVERALL_PROMPT_TOKENS, output_tokens=summary_tokens
     )
@@ -193,6 +193,8 @@ def main() -> None:
     parser.add_argument("--a-jobs", type=int, default=A_JOBS, help="A's recordings (overall summaries)")
     parser.add_argument("--a-window-minutes", type=float, default=WINDOW_MINUTES, help="A's windows' length")
     args = parser.parse_args()
+    if args.a_jobs < 1 or args.a_windows % args.a_jobs:
+        parser.error("--a-windows must be a multiple of --a-jobs (each job has as many windows)")
     model = GpuModel()
     clip_s = args.clip_minutes * 60
     alone = max(model.alone_s(r) for r in b_requests(clip_s, args.summary_tokens))
@@ -215,13 +217,13 @@ def main() -> None:
     )
     print(f"A's time / alone for any client that keeps B within 2x of alone: at least ~{bound:.3f}x")
     jobs = a_jobs_of(args.a_jobs, args.a_windows, a_window_s, args.summary_tokens)
-    b = b_requests(clip_s, args.summary_tokens)
-    every_at_0 = model.ideal_s([r for job in jobs for r in job] + b)
+    a_all = [r for job in jobs for r in job]
+    every_at_0 = model.ideal_s(a_all + b_requests(clip_s, args.summary_tokens))
     chained = min(model.ideal_jobs_s(jobs), model.ideal_jobs_s(jobs, summaries_first=True))
     print(
         f"A with its overall summaries ({args.a_jobs} jobs): every request at 0 "
-        f"{model.ideal_s([r for job in jobs for r in job]):.1f} s, each overall summary after its "
-        f"job's windows' {chained:.1f} s modelled"
+        f"{model.ideal_s(a_all):.1f} s, each overall summary after its job's windows' "
+        f"{chained:.1f} s modelled"
     )
     ceiling = every_at_0 / (chained + (bound - 1) * a_alone)
     print(
